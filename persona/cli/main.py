@@ -1,0 +1,86 @@
+"""Entry point: global options, sub-command registration, and errors printed without tracebacks.
+
+Imports are deferred into the commands so ``persona --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from persona.config import Settings
+
+app = typer.Typer(
+    name="persona",
+    help="LLM personas that operate a Plisio crypto-payment account through typed, audited tools.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@dataclass
+class CliState:
+    config: str | None = None
+    log_level: str | None = None
+    _settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from persona import log
+            from persona.config import load_settings
+
+            self._settings = load_settings(self.config)
+            log.configure(self.log_level or self._settings.log.level, self._settings.log.format)
+        return self._settings
+
+
+STATE = CliState()
+
+
+@app.callback()
+def _global(
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="Config file (default: $PERSONA_CONFIG or ./config.yaml).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")] = None,
+) -> None:
+    STATE.config = config
+    STATE.log_level = log_level
+
+
+def _register() -> None:
+    from persona.cli import sandbox, tools
+
+    app.add_typer(tools.app, name="tools")
+    app.command("sandbox")(sandbox.sandbox)
+
+
+_register()
+
+
+def main() -> None:
+    from persona.errors import PersonaError
+    from tools.errors import ToolsError
+
+    try:
+        app()
+    except PersonaError as exc:
+        _fail(str(exc), exc.exit_code)
+    except ToolsError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.console import Console
+
+    from tools.redaction import scrub
+
+    Console(stderr=True).print(f"[bold red]error:[/] {scrub(message)}", highlight=False, markup=True)
+    sys.exit(code)

@@ -1,0 +1,30 @@
+"""``persona sandbox``: serve the Plisio sandbox on loopback for demos and end-to-end tests."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def sandbox(
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port on 127.0.0.1.")] = 8765,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the demo shop's data.")] = 7,
+    creation_callbacks: Annotated[
+        bool, typer.Option("--creation-callbacks/--no-creation-callbacks", help="Post a 'new' callback on create.")
+    ] = True,
+) -> None:
+    """Serve a faithful fake of Plisio's API (and its signed callbacks) with a seeded demo shop."""
+    from rich.console import Console
+
+    from tools.plisio.sandbox import SANDBOX_API_KEY, Sandbox
+    from tools.plisio.sandbox.server import serve
+
+    box = Sandbox(seed=seed, send_creation_callbacks=creation_callbacks)
+    Console(stderr=True).print(
+        f"Plisio sandbox on http://{host}:{port}/api/v1 (api_key={SANDBOX_API_KEY}; "
+        f"control endpoints under /_sandbox/). Ctrl-C stops it.",
+        highlight=False,
+    )
+    serve(host, port, sandbox=box)

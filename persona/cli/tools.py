@@ -1,0 +1,94 @@
+"""``persona tools``: list the Plisio tools, show a schema, call one (sandbox by default)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="The Plisio tools: list, schema, call.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_tools() -> None:
+    """List the tools with their flags and descriptions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tools.plisio.tools import PLISIO_TOOLS
+
+    table = Table(title=f"{len(PLISIO_TOOLS)} Plisio tools", title_justify="left")
+    table.add_column("tool", style="bold")
+    table.add_column("kind")
+    table.add_column("description")
+    for tool in PLISIO_TOOLS:
+        kind = "read" if tool.read_only else f"[yellow]{tool.side_effect}[/]"
+        table.add_row(tool.name, kind, tool.description)
+    Console().print(table)
+
+
+@app.command("schema")
+def schema(name: Annotated[str, typer.Argument(help="Tool name, e.g. plisio_get_balance.")]) -> None:
+    """Print the strict OpenAI tool definition sent to the model."""
+    from rich.console import Console
+    from rich.json import JSON
+
+    tool = _tool(name)
+    Console().print(JSON(json.dumps(tool.openai_tool())))
+
+
+@app.command("call")
+def call(
+    name: Annotated[str, typer.Argument(help="Tool name.")],
+    args: Annotated[str, typer.Option("--args", "-a", help="Arguments as a JSON object.")] = "{}",
+) -> None:
+    """Call one tool against the configured Plisio (the in-process sandbox by default)."""
+    from rich.console import Console
+    from rich.json import JSON
+
+    from persona.cli.main import STATE
+
+    settings = STATE.settings()
+    tool = _tool(name)
+    parsed = tool.parse(args)
+    from tools.registry import ToolFailure, dumps, run
+
+    console = Console()
+    if isinstance(parsed, ToolFailure):
+        console.print(f"[bold red]invalid arguments for {name}:[/] {parsed.message}", highlight=False)
+        for item in (parsed.details or {}).get("errors", [])[1:]:
+            console.print(f"  {item['field'] or '(arguments)'}: {item['message']}", highlight=False)
+        raise typer.Exit(2)
+    result = asyncio.run(_run(settings, tool, parsed, run))
+    if result.ok:
+        console.print(JSON(dumps(result.data)))
+        return
+    assert result.error is not None
+    console.print(f"[bold red]{name} failed ({result.error.type}):[/] {result.error.message}", highlight=False)
+    raise typer.Exit(1)
+
+
+async def _run(settings: Any, tool: Any, parsed: Any, run: Any) -> Any:
+    from persona.app import connect_plisio
+    from tools.plisio.tools import PlisioContext
+
+    conn = connect_plisio(settings)
+    try:
+        ctx = PlisioContext(client=conn.client, call_key=f"cli:{uuid.uuid4()}", callback_url=settings.plisio.callback_url)
+        return await run(tool, parsed, ctx, timeout=settings.plisio.retry.deadline + 5)
+    finally:
+        await conn.aclose()
+
+
+def _tool(name: str) -> Any:
+    from persona.errors import NotFound
+    from tools.plisio.tools import PLISIO_TOOLS
+
+    for tool in PLISIO_TOOLS:
+        if tool.name == name:
+            return tool
+    names = ", ".join(t.name for t in PLISIO_TOOLS)
+    raise NotFound(f"no tool named {name!r}; the tools are: {names}")

@@ -1,0 +1,63 @@
+"""Shared fixtures: the async backend, an instant clock, the sandbox and a client on it."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+
+from tools.plisio.client import PlisioClient, RetryPolicy
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class FakeClock:
+    """A monotonic clock whose sleeps advance time instantly and are recorded."""
+
+    now: float = 1000.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sandbox():  # type: ignore[no-untyped-def]
+    from tools.plisio.sandbox import Sandbox
+
+    return Sandbox(seed=7, now=lambda: NOW)
+
+
+@pytest.fixture
+async def plisio(sandbox, clock: FakeClock) -> AsyncIterator[PlisioClient]:  # type: ignore[no-untyped-def]
+    from tools.plisio.sandbox import SANDBOX_API_KEY
+
+    client = PlisioClient(
+        SANDBOX_API_KEY,
+        base_url="http://sandbox.test/api/v1",
+        transport=sandbox.transport(),
+        clock=clock,
+        sleep=clock.sleep,
+        rng=random.Random(1),
+        retry=RetryPolicy(),
+    )
+    async with client:
+        yield client

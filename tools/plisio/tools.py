@@ -1,0 +1,264 @@
+"""The 13 Plisio tools, each declared once: name, description for the model, args, handler, flags.
+
+The two fee-plan tools call the same route (``/operations/fee-plan/{psys_cid}``): one gives a
+normalised summary (plan -> fee and unit) for comparing coins, the other the chain-specific
+configuration. There is deliberately no withdrawal tool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from tools.errors import PlisioError, PlisioOutcomeUnknown
+from tools.plisio import views
+from tools.plisio.args import (
+    CoinArgs,
+    CreateInvoiceArgs,
+    EstimateCommissionArgs,
+    EstimateFeeArgs,
+    FiatArgs,
+    InvoiceArgs,
+    InvoiceByEmailArgs,
+    ListTransactionsArgs,
+    NoArgs,
+    SupportedCurrenciesArgs,
+    TransactionArgs,
+)
+from tools.plisio.client import PlisioClient
+from tools.plisio.models import WithdrawalType
+from tools.registry import Registry, Tool
+
+
+@dataclass(frozen=True)
+class PlisioContext:
+    """What a Plisio tool call runs with. Built per call by whoever dispatches it.
+
+    ``call_key`` identifies this call durably (conversation + tool-call id): the order
+    number of a new invoice is derived from it, so running the same call twice can never
+    create two invoices.
+    """
+
+    client: PlisioClient
+    call_key: str
+    callback_url: str | None = None
+    order_prefix: str = "pp"
+
+
+def order_number_for(ctx: PlisioContext) -> str:
+    digest = hashlib.sha256(ctx.call_key.encode()).hexdigest()[:20]
+    return f"{ctx.order_prefix}-{digest}"
+
+
+async def create_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[str, Any]:
+    order_number = order_number_for(ctx)
+    try:
+        created = await ctx.client.create_invoice(
+            order_number=order_number,
+            order_name=args.order_name,
+            currency=args.currency,
+            amount=args.amount,
+            source_currency=args.source_currency,
+            source_amount=args.source_amount,
+            allowed_psys_cids=args.allowed_psys_cids,
+            description=args.description,
+            callback_url=ctx.callback_url,
+            email=args.email,
+            expire_min=args.expire_min,
+        )
+    except PlisioOutcomeUnknown:
+        # The request may have been applied. Look it up by its order number instead of re-sending.
+        found = await _find_by_order_number(ctx.client, order_number)
+        if found is None:
+            raise
+        return {
+            **views.operation(found),
+            "recovered": "the answer was lost; the invoice was found by order number",
+        }
+    return views.invoice_created(created, order_number)
+
+
+async def _find_by_order_number(client: PlisioClient, order_number: str) -> Any:
+    try:
+        page = await client.list_operations(search=order_number, limit=5)
+    except PlisioError:
+        return None
+    for op in page.operations:
+        if op.params is not None and op.params.order_number == order_number:
+            return op
+    return None
+
+
+async def estimate_fee(args: EstimateFeeArgs, ctx: PlisioContext) -> dict[str, Any]:
+    fee = await ctx.client.estimate_fee(
+        args.psys_cid, addresses=args.addresses, amounts=args.amounts, fee_plan=args.fee_plan
+    )
+    return views.fee_estimate(fee)
+
+
+async def get_balance(args: CoinArgs, ctx: PlisioContext) -> dict[str, Any]:
+    return views.balance(await ctx.client.get_balance(args.psys_cid), args.psys_cid)
+
+
+async def estimate_commission(args: EstimateCommissionArgs, ctx: PlisioContext) -> dict[str, Any]:
+    kind = args.type or (
+        WithdrawalType.CASH_OUT if len(args.addresses) == 1 else WithdrawalType.MASS_CASH_OUT
+    )
+    com = await ctx.client.estimate_commission(
+        args.psys_cid, addresses=args.addresses, amounts=args.amounts, type=kind, fee_plan=args.fee_plan
+    )
+    return views.commission(com, args.psys_cid)
+
+
+async def get_currencies_by_fiat(args: FiatArgs, ctx: PlisioContext) -> dict[str, Any]:
+    currencies = await ctx.client.get_currencies(args.fiat)
+    return {"fiat": args.fiat, "currencies": [views.currency(c) for c in currencies if not c.hidden]}
+
+
+async def get_fee_plans(args: CoinArgs, ctx: PlisioContext) -> dict[str, Any]:
+    plans = await ctx.client.get_fee_plans(args.psys_cid)
+    return {
+        "psys_cid": args.psys_cid,
+        "plans": {name: views.fee_plan_summary(plan, args.psys_cid) for name, plan in plans.items()},
+    }
+
+
+async def get_fee_plan_details(args: CoinArgs, ctx: PlisioContext) -> dict[str, Any]:
+    plans = await ctx.client.get_fee_plans(args.psys_cid)
+    return {
+        "psys_cid": args.psys_cid,
+        "plans": {name: views.fee_plan_details(p) for name, p in plans.items()},
+    }
+
+
+async def get_invoice(args: InvoiceArgs, ctx: PlisioContext) -> dict[str, Any]:
+    return views.invoice_details(await ctx.client.get_invoice(args.invoice_id))
+
+
+async def get_invoice_by_email(args: InvoiceByEmailArgs, ctx: PlisioContext) -> dict[str, Any]:
+    return views.invoice_details(await ctx.client.get_invoice_by_email(args.invoice_id, args.email))
+
+
+async def get_shop_info(args: NoArgs, ctx: PlisioContext) -> dict[str, Any]:
+    return views.shop(await ctx.client.get_shop())
+
+
+async def list_transactions(args: ListTransactionsArgs, ctx: PlisioContext) -> dict[str, Any]:
+    page = await ctx.client.list_operations(
+        page=args.page,
+        limit=args.limit,
+        type=args.type,
+        status=args.status,
+        currency=args.currency,
+        search=args.search,
+    )
+    return views.operations_page(page)
+
+
+async def get_supported_currencies(args: SupportedCurrenciesArgs, ctx: PlisioContext) -> dict[str, Any]:
+    currencies = await ctx.client.get_currencies()
+    shown = [c for c in currencies if args.include_hidden or not c.hidden]
+    return {"currencies": [views.currency(c) for c in shown]}
+
+
+async def get_transaction(args: TransactionArgs, ctx: PlisioContext) -> dict[str, Any]:
+    return views.operation(await ctx.client.get_operation(args.operation_id))
+
+
+PLISIO_TOOLS: tuple[Tool[Any, PlisioContext], ...] = (
+    Tool(
+        name="plisio_create_invoice",
+        description=(
+            "Create a Plisio payment invoice and get its payment link. Price it in fiat "
+            "(source_amount+source_currency) or in crypto (amount+currency). The order number is assigned "
+            "by the service. Subject to the persona's amount caps and approvals."
+        ),
+        args_model=CreateInvoiceArgs,
+        handler=create_invoice,
+        read_only=False,
+        side_effect="creates_invoice",
+        idempotency="order_number derived from the call id; return_existing=1",
+    ),
+    Tool(
+        name="plisio_estimate_fee",
+        description="Estimate the blockchain network fee of sending amounts to one or more addresses.",
+        args_model=EstimateFeeArgs,
+        handler=estimate_fee,
+    ),
+    Tool(
+        name="plisio_get_balance",
+        description="Get the shop's balance in one cryptocurrency.",
+        args_model=CoinArgs,
+        handler=get_balance,
+    ),
+    Tool(
+        name="plisio_estimate_commission",
+        description=(
+            "Estimate the total cost of sending crypto to addresses: Plisio commission plus network fee."
+        ),
+        args_model=EstimateCommissionArgs,
+        handler=estimate_commission,
+    ),
+    Tool(
+        name="plisio_get_currencies_by_fiat",
+        description="List the enabled cryptocurrencies with their rates in a given fiat currency.",
+        args_model=FiatArgs,
+        handler=get_currencies_by_fiat,
+    ),
+    Tool(
+        name="plisio_get_fee_plans",
+        description="Fee plans (economy/normal/priority) of a coin as a comparable fee value and unit per plan.",
+        args_model=CoinArgs,
+        handler=get_fee_plans,
+    ),
+    Tool(
+        name="plisio_get_fee_plan_details",
+        description="Chain-specific fee configuration of a coin per plan: gas limit/price, fee rate, conf target.",
+        args_model=CoinArgs,
+        handler=get_fee_plan_details,
+    ),
+    Tool(
+        name="plisio_get_invoice",
+        description="Get one invoice by its Plisio id: status, amounts paid and due, order, payer, expiry.",
+        args_model=InvoiceArgs,
+        handler=get_invoice,
+    ),
+    Tool(
+        name="plisio_get_invoice_by_email",
+        description="Get one invoice by its Plisio id together with the payer's email.",
+        args_model=InvoiceByEmailArgs,
+        handler=get_invoice_by_email,
+    ),
+    Tool(
+        name="plisio_get_shop_info",
+        description="Get the shop's profile: name, link, white-label and commission settings.",
+        args_model=NoArgs,
+        handler=get_shop_info,
+    ),
+    Tool(
+        name="plisio_list_transactions",
+        description=(
+            "List operations (invoices, deposits, withdrawals), newest first, with filters and pagination. "
+            "Use search for a customer email, order number or txid."
+        ),
+        args_model=ListTransactionsArgs,
+        handler=list_transactions,
+    ),
+    Tool(
+        name="plisio_get_supported_currencies",
+        description="List the cryptocurrencies the shop accepts, with USD rates and minimum amounts.",
+        args_model=SupportedCurrenciesArgs,
+        handler=get_supported_currencies,
+    ),
+    Tool(
+        name="plisio_get_transaction",
+        description="Get one operation (invoice, deposit or withdrawal) by its Plisio id.",
+        args_model=TransactionArgs,
+        handler=get_transaction,
+    ),
+)
+
+
+def plisio_registry() -> Registry[PlisioContext]:
+    return Registry(PLISIO_TOOLS)

@@ -1,0 +1,441 @@
+"""Tools declared once; schemas, validation and results derived from the declaration.
+
+A tool is a name, a description written for the model, a pydantic args model
+(``extra="forbid"``), an async handler and flags. From that one declaration the registry
+derives the OpenAI strict-mode schema (closed objects, every property required, optionals
+as ``null`` unions) and validates raw model arguments with jsonschema *before* pydantic, so
+the model gets field-level errors it can act on. Failures a model can cause or fix come
+back as data (:class:`ToolResult`); only bugs raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
+from functools import cached_property
+from typing import Any, Generic, TypeVar
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tools.errors import PlisioError, ToolDefinitionError
+
+A = TypeVar("A", bound=BaseModel)
+C = TypeVar("C")
+
+MAX_RESULT_CHARS = 6000
+"""Results handed back to a model are cut to this many characters (lists shortened first)."""
+
+# Keywords OpenAI's strict mode accepts; anything else stays in the local validation schema only.
+_MODEL_KEYWORDS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "anyOf",
+        "description",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "minItems",
+        "maxItems",
+    }
+)
+
+
+class ToolArgs(BaseModel):
+    """Base of every args model: unknown fields are an error, parsed args are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class ToolFailure:
+    """Why a call did not produce a result, in words a model (or a person) can act on."""
+
+    type: str
+    message: str
+    field: str | None = None
+    details: Mapping[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.field:
+            out["field"] = self.field
+        if self.details:
+            out["details"] = dict(self.details)
+        return out
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """The outcome of one tool call: ``data`` on success, ``error`` otherwise."""
+
+    tool: str
+    ok: bool
+    data: Any = None
+    error: ToolFailure | None = None
+
+    @classmethod
+    def success(cls, tool: str, data: Any) -> ToolResult:
+        return cls(tool=tool, ok=True, data=data)
+
+    @classmethod
+    def failure(cls, tool: str, failure: ToolFailure) -> ToolResult:
+        return cls(tool=tool, ok=False, error=failure)
+
+    def payload(self) -> dict[str, Any]:
+        if self.ok:
+            return {"ok": True, "result": self.data}
+        assert self.error is not None
+        return {"ok": False, "error": self.error.as_dict()}
+
+    def to_content(self, limit: int = MAX_RESULT_CHARS) -> str:
+        """Compact JSON for the model, bounded to ``limit`` characters."""
+        return bounded_json(self.payload(), limit)
+
+
+Handler = Callable[[A, C], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Tool(Generic[A, C]):
+    """One tool, declared once."""
+
+    name: str
+    description: str
+    args_model: type[A]
+    handler: Handler[A, C]
+    read_only: bool = True
+    side_effect: str | None = None
+    """What the call changes in the world (e.g. ``"creates_invoice"``); None for reads."""
+    idempotency: str | None = None
+    """How a repeated call is kept from acting twice (e.g. ``"order_number from the call id"``)."""
+
+    def __post_init__(self) -> None:
+        if self.read_only == (self.side_effect is not None):
+            raise ToolDefinitionError(f"{self.name}: read_only and side_effect contradict each other")
+        if self.args_model.model_config.get("extra") != "forbid":
+            raise ToolDefinitionError(f"{self.name}: args model must forbid extra fields")
+
+    @cached_property
+    def validation_schema(self) -> dict[str, Any]:
+        """Strict schema with every constraint pydantic knows (used locally by jsonschema)."""
+        return strict_schema(self.args_model)
+
+    @cached_property
+    def parameters(self) -> dict[str, Any]:
+        """The strict schema as sent to the model: only keywords strict mode accepts."""
+        pruned: dict[str, Any] = _prune(self.validation_schema)
+        return pruned
+
+    @cached_property
+    def _validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.validation_schema)
+
+    @cached_property
+    def _nullable(self) -> frozenset[str]:
+        props = self.validation_schema["properties"]
+        return frozenset(name for name, spec in props.items() if _admits_null(spec))
+
+    def openai_tool(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+                "strict": True,
+            },
+        }
+
+    def parse(self, raw: str | Mapping[str, Any] | None) -> A | ToolFailure:
+        """Raw model arguments -> args model, or a field-level failure."""
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            raw = {}
+        if isinstance(raw, str):
+            try:
+                obj: Any = json.loads(raw, parse_float=Decimal)
+            except ValueError as exc:
+                return ToolFailure(
+                    "invalid_arguments",
+                    f"arguments are not valid JSON ({exc}); send one JSON object with the tool's parameters",
+                )
+        else:
+            obj = dict(raw)
+        if not isinstance(obj, dict):
+            return ToolFailure(
+                "invalid_arguments", f"arguments must be a JSON object, not {type(obj).__name__}"
+            )
+        # Endpoints without strict mode (Ollama, vLLM) often omit optional fields: treat as null.
+        for name in self._nullable:
+            obj.setdefault(name, None)
+        errors = sorted(self._validator.iter_errors(obj), key=lambda e: (list(e.absolute_path), e.message))
+        if errors:
+            return _schema_failure(errors)
+        try:
+            return self.args_model.model_validate(obj)
+        except ValidationError as exc:
+            return _pydantic_failure(exc)
+
+
+class Registry(Generic[C]):
+    """The set of tools a process knows, by name."""
+
+    def __init__(self, tools: Iterable[Tool[Any, C]] = ()) -> None:
+        self._tools: dict[str, Tool[Any, C]] = {}
+        for tool in tools:
+            self.register(tool)
+
+    def register(self, tool: Tool[Any, C]) -> None:
+        if tool.name in self._tools:
+            raise ToolDefinitionError(f"tool {tool.name!r} is declared twice")
+        tool.parameters  # noqa: B018 - derive (and so check) the schema at registration
+        self._tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool[Any, C] | None:
+        return self._tools.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Any:
+        return iter(self._tools.values())
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def openai_tools(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        chosen = self._tools.values() if names is None else [self._tools[n] for n in names]
+        return [t.openai_tool() for t in chosen]
+
+    async def call(
+        self, name: str, raw: str | Mapping[str, Any] | None, ctx: C, *, timeout: float | None = None
+    ) -> ToolResult:
+        """Parse, validate and run one call; model-fixable failures come back as data."""
+        tool = self._tools.get(name)
+        if tool is None:
+            return ToolResult.failure(
+                name,
+                ToolFailure(
+                    "unknown_tool", f"there is no tool named {name!r}", details={"tools": self.names()}
+                ),
+            )
+        parsed = tool.parse(raw)
+        if isinstance(parsed, ToolFailure):
+            return ToolResult.failure(name, parsed)
+        return await run(tool, parsed, ctx, timeout=timeout)
+
+
+async def run(tool: Tool[A, C], args: A, ctx: C, *, timeout: float | None = None) -> ToolResult:
+    """Execute already-validated args. Plisio failures and timeouts become data; bugs raise."""
+    try:
+        async with asyncio.timeout(timeout):
+            data = await tool.handler(args, ctx)
+    except PlisioError as exc:
+        return ToolResult.failure(tool.name, ToolFailure(exc.kind, str(exc), details=exc.to_dict()))
+    except TimeoutError:
+        return ToolResult.failure(
+            tool.name, ToolFailure("tool_timeout", f"{tool.name} did not finish within {timeout:g}s")
+        )
+    return ToolResult.success(tool.name, data)
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Pydantic's JSON schema made strict-mode shaped: refs inlined, objects closed, all required."""
+    raw = model.model_json_schema(mode="validation")
+    defs = raw.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+            extra = {k: v for k, v in node.items() if k != "$ref"}
+            return walk({**target, **extra})
+        out = {k: walk(v) for k, v in node.items() if k not in {"title", "default"}}
+        if out.get("type") == "object" or "properties" in out:
+            out["type"] = "object"
+            out.setdefault("properties", {})
+            out["required"] = list(out["properties"])
+            out["additionalProperties"] = False
+        return _collapse_null_union(out)
+
+    schema = walk(raw)
+    if schema.get("type") != "object":
+        raise ToolDefinitionError(f"{model.__name__}: a tool's parameters must be an object")
+    return dict(schema) if isinstance(schema, dict) else {}
+
+
+def _collapse_null_union(node: dict[str, Any]) -> dict[str, Any]:
+    """``anyOf: [{type: T, ...}, {type: null}]`` -> ``{type: [T, null], ...}`` (fewer tokens)."""
+    branches = node.get("anyOf")
+    if not isinstance(branches, list) or len(branches) != 2 or {"type": "null"} not in branches:
+        return node
+    other = next(b for b in branches if b != {"type": "null"})
+    if not isinstance(other.get("type"), str) or "anyOf" in other or other.get("type") == "object":
+        return node
+    merged = {k: v for k, v in node.items() if k != "anyOf"}
+    merged.update(other)
+    merged["type"] = [other["type"], "null"]
+    if "enum" in merged:
+        merged["enum"] = [*merged["enum"], None]
+    return merged
+
+
+def _admits_null(spec: Mapping[str, Any]) -> bool:
+    t = spec.get("type")
+    if t == "null" or (isinstance(t, list) and "null" in t):
+        return True
+    return any(_admits_null(b) for b in spec.get("anyOf", ()))
+
+
+def _prune(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_prune(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: _prune(spec) for name, spec in value.items()}
+        elif key in _MODEL_KEYWORDS:
+            out[key] = _prune(value)
+    return out
+
+
+# ----------------------------------------------------------------------------- errors as data
+
+
+def _schema_failure(errors: list[SchemaError]) -> ToolFailure:
+    items = [{"field": _field_of(e), "message": _message_of(e)} for e in errors[:5]]
+    first = items[0]
+    where = f"{first['field']}: " if first["field"] else ""
+    return ToolFailure(
+        "invalid_arguments",
+        f"{where}{first['message']}",
+        field=first["field"] or None,
+        details={"errors": items},
+    )
+
+
+def _field_of(error: SchemaError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator in {"required", "additionalProperties"} and "'" in error.message:
+        name = error.message.split("'")[1]
+        return f"{path}.{name}" if path else name
+    return path
+
+
+def _message_of(error: SchemaError) -> str:
+    inst = error.instance
+    if error.validator == "type" and isinstance(inst, int | float | Decimal) and not isinstance(inst, bool):
+        expected = error.validator_value
+        if expected == "string" or (isinstance(expected, list) and "string" in expected):
+            return f'must be a decimal string such as "{inst}", not a JSON number'
+    if error.validator == "enum":
+        allowed: Any = error.validator_value
+        values = [str(v) for v in allowed if v is not None]
+        return f"{_short(inst)} is not a valid value; use one of: {', '.join(values)}"
+    if error.validator == "additionalProperties" and isinstance(error.schema, Mapping):
+        fields = ", ".join(error.schema.get("properties", {}))
+        return f"{error.message}; the fields are: {fields}"
+    if error.validator == "pattern":
+        return f"{_short(inst)} does not have the expected form (pattern {error.validator_value})"
+    return error.message
+
+
+def _pydantic_failure(exc: ValidationError) -> ToolFailure:
+    items = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid value"))
+        items.append({"field": where, "message": msg.removeprefix("Value error, ")})
+    first = items[0]
+    where = f"{first['field']}: " if first["field"] else ""
+    return ToolFailure(
+        "invalid_arguments",
+        f"{where}{first['message']}",
+        field=first["field"] or None,
+        details={"errors": items},
+    )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------------------- bounded JSON
+
+
+def to_jsonable(value: Any) -> Any:
+    """Decimals as strings, enums as values, models as dicts: JSON that keeps money exact."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, BaseModel):
+        return to_jsonable(value.model_dump(mode="python", by_alias=True, exclude_none=True))
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(to_jsonable(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def bounded_json(value: Any, limit: int = MAX_RESULT_CHARS) -> str:
+    """Compact JSON no longer than ``limit``: the longest lists are shortened first, with a note."""
+    data = to_jsonable(value)
+    text = dumps(data)
+    omitted: dict[str, int] = {}
+    for _ in range(40):
+        if len(text) <= limit:
+            return text
+        path, items = _longest_list(data, "")
+        if items is None or len(items) <= 1:
+            break
+        keep = max(1, len(items) // 2)
+        omitted[path or "$"] = omitted.get(path or "$", 0) + len(items) - keep
+        del items[keep:]
+        if isinstance(data, dict):
+            data["truncated"] = {"omitted_items": omitted, "hint": "narrow the query (filters, page, limit)"}
+        text = dumps(data)
+    if len(text) <= limit:
+        return text
+    return dumps({"truncated_text": text[: max(0, limit - 80)], "note": "result cut to fit the size limit"})
+
+
+def _longest_list(node: Any, path: str) -> tuple[str, list[Any] | None]:
+    best: tuple[str, list[Any] | None] = ("", None)
+    if isinstance(node, list):
+        best = (path, node)
+        children = [(f"{path}[{i}]", v) for i, v in enumerate(node)]
+    elif isinstance(node, dict):
+        children = [(f"{path}.{k}" if path else str(k), v) for k, v in node.items() if k != "truncated"]
+    else:
+        return best
+    for child_path, child in children:
+        cand = _longest_list(child, child_path)
+        if cand[1] is not None and (best[1] is None or len(dumps(cand[1])) > len(dumps(best[1]))):
+            best = cand
+    return best
