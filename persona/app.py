@@ -6,14 +6,27 @@ and the tests assemble the same objects the same way.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
 
-from persona.config import PlisioMode, Settings
+from persona.approvals import ApprovalStore
+from persona.audit import AuditLog
+from persona.config import PlisioMode, Settings, resolve_tools
+from persona.dispatcher import CallContext, Dispatcher
 from persona.errors import NotConfigured
+from persona.events import Source
+from persona.llm import ChatModel
+from persona.policy import PlisioPrices, Policy, SpendLedger
+from persona.prompts import PromptLibrary
+from persona.store.engine import Store
 from tools.plisio.client import KeySource, PlisioClient, RetryPolicy, Timeouts
+from tools.plisio.tools import PlisioContext, plisio_registry
+from tools.registry import Registry
 
 if TYPE_CHECKING:
     from tools.plisio.sandbox import Sandbox
@@ -73,3 +86,101 @@ def connect_plisio(
         transport=transport or sandbox.transport(),
     )
     return PlisioConnection(client, sandbox, cfg.mode)
+
+
+NO_LLM_HELP = (
+    "no LLM endpoint is configured. Set llm.base_url and llm.model in config.yaml, for example:\n"
+    "  OpenAI: base_url: https://api.openai.com/v1   model: gpt-4o-mini   (export OPENAI_API_KEY=...)\n"
+    "  Ollama: base_url: http://127.0.0.1:11434/v1  model: llama3.1      (no key needed)\n"
+    "  vLLM:   base_url: http://127.0.0.1:8000/v1   model: <served model name>"
+)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Runtime:
+    """Everything a conversation needs, built once from the settings and closed together."""
+
+    settings: Settings
+    store: Store
+    audit: AuditLog
+    plisio: PlisioConnection
+    registry: Registry[PlisioContext]
+    policy: Policy
+    approvals: ApprovalStore
+    dispatcher: Dispatcher
+    prompts: PromptLibrary
+    now: Callable[[], datetime]
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        store: Store | None = None,
+        plisio: PlisioConnection | None = None,
+        now: Callable[[], datetime] = _utcnow,
+    ) -> Runtime:
+        store = store or Store.open(settings.store_url())
+        store.create_all()
+        audit = AuditLog(store, now=now)
+        plisio = plisio or connect_plisio(settings)
+        registry = plisio_registry()
+        policy = Policy(SpendLedger(store), PlisioPrices(plisio.client), now=now)
+        approvals = ApprovalStore(store)
+        client = plisio.client
+
+        async def access(persona: str) -> PlisioClient:
+            return client
+
+        dispatcher = Dispatcher(
+            settings=settings, registry=registry, policy=policy, audit=audit, approvals=approvals, store=store,
+            plisio=access, now=now,
+        )  # fmt: skip
+        prompts = PromptLibrary(settings.prompts_path())
+        return cls(settings, store, audit, plisio, registry, policy, approvals, dispatcher, prompts, now)
+
+    def context(
+        self, persona: str, user: str, *, conversation_id: str | None = None, source: str = Source.CHAT
+    ) -> CallContext:
+        return CallContext(
+            persona_name=persona,
+            persona=self.settings.persona(persona),
+            user=user,
+            conversation_id=conversation_id or f"conv_{uuid.uuid4().hex[:16]}",
+            source=source,
+        )
+
+    def system_prompt(self, ctx: CallContext) -> str:
+        persona = ctx.persona
+        return self.prompts.render(
+            persona.prompt,
+            persona=ctx.persona_name,
+            description=persona.description,
+            user=ctx.user,
+            today=self.now().date().isoformat(),
+            tools=list(resolve_tools(persona)),
+            policy=persona.invoice_policy,
+        )
+
+    def chat_model(self, persona: str) -> ChatModel:
+        llm = self.settings.llm
+        chosen = self.settings.persona(persona).model
+        model = chosen.model or llm.model
+        if not llm.base_url or not model:
+            raise NotConfigured(NO_LLM_HELP)
+        from persona.llm import OpenAIChatModel
+
+        key = self.settings.llm_api_key.get_secret_value() if self.settings.llm_api_key else None
+        return OpenAIChatModel(
+            model=model, base_url=llm.base_url, api_key=key, timeout=llm.timeout, max_retries=llm.max_retries,
+            temperature=chosen.temperature, max_tokens=chosen.max_tokens, stream=llm.stream,
+        )  # fmt: skip
+
+    async def aclose(self) -> None:
+        await self.audit.aclose()
+        await self.plisio.aclose()
+        self.store.close()

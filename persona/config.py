@@ -6,8 +6,11 @@ message naming the file, the line, the key and the fix, never a traceback.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +63,66 @@ class PlisioSettings(Frozen):
     sandbox: SandboxSettings = SandboxSettings()
 
 
+class LLMSettings(Frozen):
+    """Any OpenAI-compatible Chat Completions endpoint: OpenAI, Azure, Ollama, vLLM, llama.cpp."""
+
+    base_url: str | None = Field(None, pattern=r"^https?://")
+    model: str | None = None
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    timeout: float = Field(60.0, gt=0, le=600)
+    max_retries: int = Field(2, ge=0, le=10)
+    stream: bool = True
+
+
+class StoreSettings(Frozen):
+    url: str = "sqlite:///var/persona.sqlite3"
+    """SQLite path (relative to the config file) or ``postgresql+psycopg://...`` for several instances."""
+
+
+class Limits(Frozen):
+    """Bounds of one turn: whatever the model asks for, the turn ends within these."""
+
+    max_steps: int = Field(8, ge=1, le=100)
+    max_tool_calls: int = Field(16, ge=0, le=500)
+    wall_clock_s: float = Field(120.0, gt=0, le=3600)
+    max_tokens: int = Field(100_000, ge=100)
+    tool_timeout_s: float = Field(30.0, gt=0, le=600)
+    loop_guard_repeats: int = Field(2, ge=1, le=10)
+
+
+class ModelSettings(Frozen):
+    model: str | None = None
+    """Overrides ``llm.model`` for this persona."""
+    temperature: float | None = Field(0.2, ge=0, le=2)
+    max_tokens: int | None = Field(1024, ge=16)
+    parallel_tool_calls: bool = True
+
+
+class InvoicePolicy(Frozen):
+    """Caps on ``plisio_create_invoice``, in ``currency`` (invoices in other currencies are converted)."""
+
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    max_amount: Decimal = Field(gt=0)
+    daily_total: Decimal = Field(gt=0)
+    approval_above: Decimal | None = Field(None, ge=0)
+
+
+class PersonaSettings(Frozen):
+    description: str = ""
+    prompt: str
+    """Template file in ``prompts_dir`` (Jinja2, StrictUndefined)."""
+    tools: tuple[str, ...] = ()
+    """Tool names; ``"@read"`` stands for every read-only tool."""
+    limits: Limits = Limits()
+    model: ModelSettings = ModelSettings()
+    invoice_policy: InvoicePolicy | None = None
+
+
+class ApprovalSettings(Frozen):
+    require_different_user: bool = True
+    """Four eyes: whoever asked for a call cannot approve it."""
+
+
 class LogSettings(Frozen):
     level: Literal["debug", "info", "warning", "error"] = "warning"
     format: Literal["console", "json"] = "console"
@@ -69,10 +132,37 @@ class Settings(Frozen):
     """Everything the service is configured with. Built once by :func:`load_settings`."""
 
     source: str = Field("<defaults>", exclude=True)
+    base_dir: str = Field(".", exclude=True)
     plisio: PlisioSettings = PlisioSettings()
+    llm: LLMSettings = LLMSettings()
+    store: StoreSettings = StoreSettings()
+    prompts_dir: str = "prompts"
+    personas: dict[str, PersonaSettings] = Field(default_factory=dict)
+    approvals: ApprovalSettings = ApprovalSettings()
     log: LogSettings = LogSettings()
     plisio_api_key: SecretStr | None = Field(None, exclude=True)
     """From ``PLISIO_API_KEY``; never from the file (a file gets committed)."""
+    llm_api_key: SecretStr | None = Field(None, exclude=True)
+    """From the variable ``llm.api_key_env`` names (``OPENAI_API_KEY`` by default)."""
+
+    def prompts_path(self) -> Path:
+        return (Path(self.base_dir) / self.prompts_dir).resolve()
+
+    def store_url(self) -> str:
+        """The store URL with a relative SQLite path resolved against the config file's directory."""
+        url = self.store.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
+            return prefix + str((Path(self.base_dir) / url[len(prefix) :]).resolve())
+        return url
+
+    def persona(self, name: str) -> PersonaSettings:
+        if name not in self.personas:
+            from persona.errors import NotFound
+
+            known = ", ".join(sorted(self.personas)) or "none"
+            raise NotFound(f"no persona named {name!r} in {self.source}; the personas are: {known}")
+        return self.personas[name]
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Path:
@@ -95,11 +185,15 @@ def load_settings(
         try:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read the file: {exc}", path=str(file), fix="check the path and permissions")
+            raise ConfigError(
+                f"cannot read the file: {exc}", path=str(file), fix="check the path and permissions"
+            ) from None
         raw = _parse_yaml(text, file)
     elif required or path is not None:
         raise ConfigError(
-            "file not found", path=str(file), fix=f"create it (see config.yaml in the repository) or set {ENV_CONFIG}"
+            "file not found",
+            path=str(file),
+            fix=f"create it (see config.yaml in the repository) or set {ENV_CONFIG}",
         )
     if raw is None:
         raw = {}
@@ -112,7 +206,7 @@ def load_settings(
             key="plisio.api_key",
             fix=f"remove it and set the {ENV_PLISIO_KEY} environment variable",
         )
-    data = {**raw, "source": str(file)}
+    data = {**raw, "source": str(file), "base_dir": str(file.parent.resolve())}
     key = env.get(ENV_PLISIO_KEY)
     if key:
         data["plisio_api_key"] = key.strip()
@@ -120,7 +214,71 @@ def load_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, file, text) from None
+    llm_key = env.get(settings.llm.api_key_env)
+    if llm_key:
+        settings = settings.model_copy(update={"llm_api_key": SecretStr(llm_key.strip())})
+    _check_personas(settings, file, text)
     return settings
+
+
+def _check_personas(settings: Settings, file: Path, text: str) -> None:
+    """Cross-field checks pydantic cannot do alone: tool names exist, prompt files exist."""
+    from tools.plisio.tools import PLISIO_TOOLS
+
+    known = {t.name for t in PLISIO_TOOLS}
+    prompts = settings.prompts_path()
+    for name, persona in settings.personas.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", name):
+            raise ConfigError(
+                "persona names are lowercase letters, digits, - and _",
+                path=str(file),
+                key=f"personas.{name}",
+                line=_line_of(text, ["personas", name]),
+                fix="rename the persona",
+            )
+        for i, tool in enumerate(persona.tools):
+            if tool != "@read" and tool not in known:
+                close = difflib.get_close_matches(tool, sorted(known), n=1)
+                hint = (
+                    f"did you mean {close[0]}?"
+                    if close
+                    else "use @read or one of: " + ", ".join(sorted(known))
+                )
+                raise ConfigError(
+                    f"unknown tool {tool!r}",
+                    path=str(file),
+                    key=f"personas.{name}.tools[{i}]",
+                    line=_line_of(text, ["personas", name, "tools", str(i)]),
+                    fix=hint,
+                )
+        if "plisio_create_invoice" in persona.tools and persona.invoice_policy is None:
+            raise ConfigError(
+                "a persona that may create invoices needs caps",
+                path=str(file),
+                key=f"personas.{name}.invoice_policy",
+                line=_line_of(text, ["personas", name]),
+                fix="add invoice_policy: {max_amount: ..., daily_total: ..., approval_above: ...}",
+            )
+        template = prompts / persona.prompt
+        if not template.is_file():
+            raise ConfigError(
+                f"prompt template {persona.prompt!r} not found in {prompts}",
+                path=str(file),
+                key=f"personas.{name}.prompt",
+                line=_line_of(text, ["personas", name, "prompt"]),
+                fix=f"create {template} or point prompt: at an existing file in {settings.prompts_dir}/",
+            )
+
+
+def resolve_tools(persona: PersonaSettings) -> tuple[str, ...]:
+    """The persona's scope with ``@read`` expanded, in declaration order, without duplicates."""
+    from tools.plisio.tools import PLISIO_TOOLS
+
+    names: list[str] = []
+    for entry in persona.tools:
+        expanded = [t.name for t in PLISIO_TOOLS if t.read_only] if entry == "@read" else [entry]
+        names += [n for n in expanded if n not in names]
+    return tuple(names)
 
 
 def _parse_yaml(text: str, file: Path) -> Any:
@@ -149,7 +307,14 @@ def _config_error(exc: ValidationError, file: Path, text: str) -> ConfigError:
     if kind == "extra_forbidden":
         fix = "remove it or check its spelling against config.yaml in the repository"
         msg = "unknown setting"
-    elif kind in {"float_parsing", "int_parsing", "decimal_parsing", "float_type", "int_type", "decimal_type"}:
+    elif kind in {
+        "float_parsing",
+        "int_parsing",
+        "decimal_parsing",
+        "float_type",
+        "int_type",
+        "decimal_type",
+    }:
         fix = f"write a number here, not {given!r}"
     elif kind == "enum" or kind == "literal_error":
         fix = msg.replace("Input should be", "use")
@@ -157,7 +322,11 @@ def _config_error(exc: ValidationError, file: Path, text: str) -> ConfigError:
         fix = "add this setting"
     else:
         fix = "see config.yaml in the repository for the expected form"
-    if given is not None and kind not in {"extra_forbidden", "missing"} and not isinstance(given, dict | list):
+    if (
+        given is not None
+        and kind not in {"extra_forbidden", "missing"}
+        and not isinstance(given, dict | list)
+    ):
         msg = f"{msg} (got {given!r})"
     return ConfigError(msg, path=str(file), key=key, line=_line_of(text, loc), fix=fix)
 

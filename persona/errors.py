@@ -14,6 +14,8 @@ stack trace. Bugs are not in this tree: they raise whatever they raise.
     │   └── StoreUnavailable     the database cannot be reached or written right now
     ├── AuditIntegrityError      the audit chain does not verify (names the first bad record)
     ├── ModelError               the LLM endpoint failed after bounded retries
+    │   └── ScriptExhausted      a scripted model was called past the end of its script
+    ├── ScriptUnfinished         a scripted model's steps were left unused
     ├── VaultError               credentials cannot be decrypted / stored (fails closed)
     └── ScenarioError            a replay scenario file is invalid (file, line, field)
 """
@@ -32,7 +34,9 @@ class ConfigError(PersonaError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, path: str = "", key: str = "", line: int | None = None, fix: str = ""):
+    def __init__(
+        self, message: str, *, path: str = "", key: str = "", line: int | None = None, fix: str = ""
+    ):
         self.path, self.key, self.line, self.fix, self.detail = path, key, line, fix, message
         where = path + (f":{line}" if line else "")
         parts = [f"{where}: " if where else "", f"{key}: " if key else "", message]
@@ -73,6 +77,14 @@ class AuditIntegrityError(PersonaError):
 
 class ModelError(PersonaError):
     pass
+
+
+class ScriptExhausted(ModelError):
+    """A scripted model was asked for more steps than it has."""
+
+
+class ScriptUnfinished(PersonaError):
+    """A scripted model ended with steps nobody asked for."""
 
 
 class VaultError(PersonaError):

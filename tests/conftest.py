@@ -61,3 +61,7 @@ async def plisio(sandbox, clock: FakeClock) -> AsyncIterator[PlisioClient]:  # t
     )
     async with client:
         yield client
+
+
+# Storage fixtures (SQLite always, PostgreSQL too when PERSONA_TEST_POSTGRES_URL is set).
+from tests.fixtures_store import store, store_url  # noqa: E402, F401

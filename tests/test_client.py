@@ -31,7 +31,9 @@ KEY = "sk_live_TESTKEY_5b9d0c7e3f1a"
 class ScriptedTransport(httpx.AsyncBaseTransport):
     """Answers each request with the next scripted step (a response or an exception to raise)."""
 
-    def __init__(self, *steps: httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]) -> None:
+    def __init__(
+        self, *steps: httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
+    ) -> None:
         self.steps = list(steps)
         self.requests: list[httpx.Request] = []
 
@@ -51,7 +53,9 @@ def ok(data: object, status: int = 200) -> httpx.Response:
     return httpx.Response(status, json={"status": "success", "data": data})
 
 
-def err(status: int, code: int, message: str, name: str = "Unprocessable entity", **headers: str) -> httpx.Response:
+def err(
+    status: int, code: int, message: str, name: str = "Unprocessable entity", **headers: str
+) -> httpx.Response:
     body = {"status": "error", "data": {"name": name, "message": message, "code": code}}
     return httpx.Response(status, json=body, headers=headers)
 
@@ -113,15 +117,24 @@ async def test_http_200_with_error_status_is_an_error(clock: FakeClock) -> None:
     [
         (httpx.Response(200, content=b""), "empty body"),
         (
-            httpx.Response(200, content=b"<html><title>502 Bad Gateway</title></html>", headers={"content-type": "text/html"}),
+            httpx.Response(
+                200,
+                content=b"<html><title>502 Bad Gateway</title></html>",
+                headers={"content-type": "text/html"},
+            ),
             "HTML page instead of JSON (HTTP 200): '502 Bad Gateway'",
         ),
         (httpx.Response(200, content=b'{"status":"success","data":{"bal'), "truncated or invalid JSON"),
         (httpx.Response(200, json=[1, 2]), "not its {status, data} envelope"),
-        (httpx.Response(200, json={"status": "success", "data": {"currency": "BTC"}}), "unexpected answer shape"),
+        (
+            httpx.Response(200, json={"status": "success", "data": {"currency": "BTC"}}),
+            "unexpected answer shape",
+        ),
     ],
 )
-async def test_protocol_errors_have_clear_messages(clock: FakeClock, response: httpx.Response, needle: str) -> None:
+async def test_protocol_errors_have_clear_messages(
+    clock: FakeClock, response: httpx.Response, needle: str
+) -> None:
     async with client_for(ScriptedTransport(response), clock) as c:
         with pytest.raises(PlisioProtocolError) as info:
             await c.get_balance("BTC")
@@ -145,7 +158,9 @@ async def test_reads_retry_5xx_with_capped_backoff_then_succeed(clock: FakeClock
 
 
 async def test_retry_after_is_honoured(clock: FakeClock) -> None:
-    t = ScriptedTransport(err(429, 429, "Rate limit exceeded.", name="Too Many Requests", **{"Retry-After": "7"}), ok([]))
+    t = ScriptedTransport(
+        err(429, 429, "Rate limit exceeded.", name="Too Many Requests", **{"Retry-After": "7"}), ok([])
+    )
     async with client_for(t, clock) as c:
         assert await c.get_currencies() == []
     assert clock.sleeps == [7.0]
@@ -185,9 +200,13 @@ async def test_reads_retry_timeouts_and_dropped_connections(clock: FakeClock) ->
 
 
 async def test_create_invoice_is_retried_only_in_the_connect_phase(clock: FakeClock) -> None:
-    t = ScriptedTransport(httpx.ConnectError("connection refused"), ok({"txn_id": "abc123def456", "invoice_url": "u"}))
+    t = ScriptedTransport(
+        httpx.ConnectError("connection refused"), ok({"txn_id": "abc123def456", "invoice_url": "u"})
+    )
     async with client_for(t, clock) as c:
-        inv = await c.create_invoice(order_number="o-1", order_name="x", source_currency="USD", source_amount=Decimal("10"))
+        inv = await c.create_invoice(
+            order_number="o-1", order_name="x", source_currency="USD", source_amount=Decimal("10")
+        )
     assert inv.txn_id == "abc123def456" and len(t.requests) == 2
     assert t.requests[0].url.params["return_existing"] == "1"
 
@@ -215,7 +234,9 @@ async def test_create_invoice_is_not_retried_on_5xx(clock: FakeClock) -> None:
 async def test_amounts_are_sent_as_plain_decimal_strings(clock: FakeClock) -> None:
     t = ScriptedTransport(ok({"fee": "0.0001", "plan": "normal"}))
     async with client_for(t, clock) as c:
-        await c.estimate_fee("BTC", addresses=["a" * 30, "b" * 30], amounts=[Decimal("1E-8"), Decimal("2.50")])
+        await c.estimate_fee(
+            "BTC", addresses=["a" * 30, "b" * 30], amounts=[Decimal("1E-8"), Decimal("2.50")]
+        )
     params = t.requests[0].url.params
     assert params["amounts"] == "0.00000001,2.5"
     assert params["addresses"] == "a" * 30 + "," + "b" * 30
@@ -227,7 +248,9 @@ async def test_path_identifiers_cannot_escape_the_route(clock: FakeClock) -> Non
             await c.get_invoice("../operations/withdraw")
 
 
-async def test_key_is_scrubbed_from_answers_logs_reprs_and_errors(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+async def test_key_is_scrubbed_from_answers_logs_reprs_and_errors(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
     leaky = {
         "operations": [],
         "_links": {"self": {"href": f"https://api.plisio.net/api/v1/operations?api_key={KEY}&page=1"}},
@@ -247,13 +270,19 @@ async def test_key_is_scrubbed_from_answers_logs_reprs_and_errors(clock: FakeClo
     assert "api_key=***" in caplog.text
 
 
-async def test_unreachable_plisio_names_the_host_not_the_key(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+async def test_unreachable_plisio_names_the_host_not_the_key(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     caplog.set_level(logging.DEBUG)
     client = PlisioClient(
-        KEY, base_url=f"http://127.0.0.1:{port}/api/v1", clock=clock, sleep=clock.sleep, retry=RetryPolicy(max_attempts=2)
+        KEY,
+        base_url=f"http://127.0.0.1:{port}/api/v1",
+        clock=clock,
+        sleep=clock.sleep,
+        retry=RetryPolicy(max_attempts=2),
     )
     async with client:
         with pytest.raises(PlisioTransportError) as info:

@@ -80,7 +80,9 @@ def test_schema_is_openai_strict_mode_shaped(tool: Tool[Any, Any]) -> None:
         assert sorted(obj["required"]) == sorted(obj["properties"]), path
     for name, field in tool.args_model.model_fields.items():
         prop = params["properties"][name]
-        admits_null = "null" in (prop.get("type") or []) or any(b.get("type") == "null" for b in prop.get("anyOf", []))
+        admits_null = "null" in (prop.get("type") or []) or any(
+            b.get("type") == "null" for b in prop.get("anyOf", [])
+        )
         assert admits_null == (not field.is_required()), f"{tool.name}.{name}: optional <=> nullable"
         if prop.get("enum"):
             assert all(isinstance(v, str) or v is None for v in prop["enum"])
@@ -137,7 +139,9 @@ def test_field_level_errors(raw: str, field: str, needle: str) -> None:
 def test_cross_field_rules_come_from_pydantic_after_the_schema() -> None:
     tool = REGISTRY.get("plisio_create_invoice")
     assert tool is not None
-    both = tool.parse('{"order_name":"x","source_amount":"1","source_currency":"USD","amount":"1","currency":"BTC"}')
+    both = tool.parse(
+        '{"order_name":"x","source_amount":"1","source_currency":"USD","amount":"1","currency":"BTC"}'
+    )
     assert isinstance(both, ToolFailure) and "not both" in both.message
     fee = REGISTRY.get("plisio_estimate_fee")
     assert fee is not None

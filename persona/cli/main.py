@@ -45,18 +45,24 @@ STATE = CliState()
 @app.callback()
 def _global(
     config: Annotated[
-        str | None, typer.Option("--config", "-c", help="Config file (default: $PERSONA_CONFIG or ./config.yaml).")
+        str | None,
+        typer.Option("--config", "-c", help="Config file (default: $PERSONA_CONFIG or ./config.yaml)."),
     ] = None,
-    log_level: Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="debug, info, warning or error.")
+    ] = None,
 ) -> None:
     STATE.config = config
     STATE.log_level = log_level
 
 
 def _register() -> None:
-    from persona.cli import sandbox, tools
+    from persona.cli import approvals, audit, chat, sandbox, tools
 
     app.add_typer(tools.app, name="tools")
+    app.add_typer(approvals.app, name="approvals")
+    app.add_typer(audit.app, name="audit")
+    app.command("chat")(chat.chat)
     app.command("sandbox")(sandbox.sandbox)
 
 

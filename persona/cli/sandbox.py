@@ -9,10 +9,13 @@ import typer
 
 def sandbox(
     port: Annotated[int, typer.Option("--port", "-p", help="TCP port on 127.0.0.1.")] = 8765,
-    host: Annotated[str, typer.Option("--host", help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to bind (loopback by default).")
+    ] = "127.0.0.1",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the demo shop's data.")] = 7,
     creation_callbacks: Annotated[
-        bool, typer.Option("--creation-callbacks/--no-creation-callbacks", help="Post a 'new' callback on create.")
+        bool,
+        typer.Option("--creation-callbacks/--no-creation-callbacks", help="Post a 'new' callback on create."),
     ] = True,
 ) -> None:
     """Serve a faithful fake of Plisio's API (and its signed callbacks) with a seeded demo shop."""

@@ -67,7 +67,9 @@ def call(
         console.print(JSON(dumps(result.data)))
         return
     assert result.error is not None
-    console.print(f"[bold red]{name} failed ({result.error.type}):[/] {result.error.message}", highlight=False)
+    console.print(
+        f"[bold red]{name} failed ({result.error.type}):[/] {result.error.message}", highlight=False
+    )
     raise typer.Exit(1)
 
 
@@ -77,7 +79,9 @@ async def _run(settings: Any, tool: Any, parsed: Any, run: Any) -> Any:
 
     conn = connect_plisio(settings)
     try:
-        ctx = PlisioContext(client=conn.client, call_key=f"cli:{uuid.uuid4()}", callback_url=settings.plisio.callback_url)
+        ctx = PlisioContext(
+            client=conn.client, call_key=f"cli:{uuid.uuid4()}", callback_url=settings.plisio.callback_url
+        )
         return await run(tool, parsed, ctx, timeout=settings.plisio.retry.deadline + 5)
     finally:
         await conn.aclose()

@@ -27,8 +27,7 @@ def fmt(value: Decimal, places: int, rounding: str = ROUND_HALF_UP) -> str:
 
 def plain(value: Decimal) -> str:
     """Shortest fixed-point text (rates and prices, which Plisio prints without padding)."""
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(), "f")
 
 
 @dataclass(frozen=True)
@@ -238,10 +237,6 @@ def fee_plan(coin: Coin, plan: str) -> dict[str, Any]:
     if coin.chain == "trx":
         return {"value": value_text}
     return {"value": value_text, "feeUnit": fee_coin.currency}
-
-
-def fee_plans(coin: Coin) -> dict[str, dict[str, Any]]:
-    return {plan: fee_plan(coin, plan) for plan in PLAN_NAMES}
 
 
 WITHDRAW_COMMISSION_PCT: Final = Decimal("0.5")

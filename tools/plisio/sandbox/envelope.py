@@ -28,93 +28,91 @@ CODE_VALIDATION: Final = 100  # any field validation failure not covered by a do
 CODE_DUPLICATE_ORDER: Final = 104  # order_number already used and return_existing not set
 
 ASSUMPTIONS: Final[tuple[tuple[str, str], ...]] = (
-    # (behaviour, what the sandbox does) -- each one a [sandbox assumption]
+    # (behaviour, what the sandbox does): every row is a [sandbox assumption].
     (
         "missing or wrong api_key",
-        'HTTP 401, name "Unauthorized", code 0, message '
-        '"Your request was made with invalid credentials." (Yii QueryParamAuth)',
+        'HTTP 401, name "Unauthorized", code 0, "Your request was made with invalid credentials." (Yii)',
     ),
     (
         "api_key on /currencies",
-        "optional (NODE and the PHP plugins call it as a guest); a wrong key is "
-        "ignored there, like a Yii optional action",
+        "optional (NODE and the PHP plugins call it as a guest); a wrong key is ignored there",
     ),
     (
         "unknown invoice / operation id",
-        'HTTP 404, name "Not Found", code 0, message "Invoice not found." / "Operation not found."',
+        'HTTP 404, name "Not Found", code 0, "Invoice not found." / "Operation not found."',
     ),
-    ("unknown route (incl. /operations/withdraw)", 'HTTP 404, name "Not Found", code 0, "Page not found."'),
-    ("non-GET method on a route", 'HTTP 405, name "Method Not Allowed", code 0'),
     (
-        "field validation (blank, not a number, bad enum, bad email/url)",
-        'HTTP 422, name "Unprocessable entity", code 100, message = JSON of {field: Yii message}',
+        "unknown route, incl. /operations/withdraw and trailing slashes",
+        'HTTP 404, name "Not Found", code 0, "Page not found." (checked before the key)',
+    ),
+    ("non-GET method on a route", 'HTTP 405, name "Method Not Allowed", code 0, Allow header'),
+    (
+        "field validation: blank, not a number, bad enum/email/url, count mismatch",
+        'HTTP 422, name "Unprocessable entity", code 100, message = JSON text of {field: Yii message}',
     ),
     (
         "duplicate order_number on /invoices/new",
-        'HTTP 422, code 104, message {"order_number":"Order Number '
-        '\\"X\\" has already been taken."}; with return_existing=1|true the existing invoice is returned',
+        'HTTP 422, code 104, {"order_number":"Order Number \\"X\\" has already been taken."}',
     ),
     (
-        "unknown or hidden coin in a path or a currency/allowed_psys_cids param",
-        "HTTP 422, code 105, "
-        'message "Unsupported currency attribute value: {\\"<attribute>\\":\\"<value>\\"}"',
+        "return_existing=1|true on /invoices/new",
+        "the live invoice for that order_number is returned before any other check",
+    ),
+    (
+        "unknown coin (path, currency, allowed_psys_cids); hidden coin on /invoices/new",
+        'HTTP 422, code 105, "Unsupported currency attribute value: {\\"<attribute>\\":\\"<value>\\"}"',
     ),
     (
         "unknown fiat (/currencies/{fiat}, source_currency)",
-        'HTTP 422, code 105, message "Unsupported '
-        'currency attribute value: {\\"fiat\\":\\"ZZZ\\"}" (attribute source_currency on /invoices/new)',
+        "HTTP 422, code 105, the same message with attribute fiat / source_currency",
     ),
     (
         "rate limit (fault injection only)",
-        'HTTP 429, name "Too Many Requests", code 0, message "Rate limit '
-        'exceeded.", Retry-After and X-Rate-Limit-* headers',
+        'HTTP 429, name "Too Many Requests", code 0, "Rate limit exceeded.", Retry-After, X-Rate-Limit-*',
     ),
+    ("injected 5xx", "the status with Yii's name and code 0 (502 html: an nginx page)"),
     (
         "/operations pagination",
-        "page is 1-based (<1 -> 1, past the end -> last page); limit defaults to "
-        "20 and is clamped to [1, 50] (Yii pageSizeLimit); non-numbers count as 0",
+        "page 1-based (<1 -> 1, past the end -> last); limit default 20, clamped to [1, 50]; PHP (int) casts",
     ),
     (
         "/operations _links",
-        "self, first, last, prev, next as absolute hrefs echoing the whole request "
-        "query, api_key included (Yii serializer); limit appears only when it is not 20",
+        "self, first, last, prev, next: absolute hrefs echoing the whole query, api_key included",
     ),
     ("/operations search", "case-insensitive substring of operation id, txids, order_number, email"),
-    ("/operations currency filter", "unknown coin -> 422 code 105; unknown shop_id -> empty page"),
-    ("/invoices/new currency omitted", "first of allowed_psys_cids, else the shop's first active coin"),
-    ("/invoices/new source_amount without source_currency", "source_currency defaults to USD"),
-    ("/invoices/new amount and source_amount both given", "amount wins (crypto), like the docs' note"),
+    ("/operations filters", "unknown currency -> 105; unknown shop_id -> empty page; newest first"),
+    ("/invoices/new currency omitted", "first of allowed_psys_cids, else the shop's first active coin (BTC)"),
+    ("/invoices/new source_currency omitted", "USD"),
+    ("/invoices/new amount and source_amount both given", "amount (crypto) wins"),
     ("/invoices/new expire_min omitted", "600 minutes"),
+    ("/invoices/new minimum", "amount below the coin's min_sum_in -> 422 code 100 on amount"),
     ("/invoices/new redirect_to_invoice=1", "HTTP 302 to invoice_url (standard shops only)"),
     (
         "/invoices/email/{id}",
-        "read-only; email required (422) and must be valid; 404 when the invoice "
-        "has a different payer email; never changes the invoice",
+        "read-only lookup; email required and valid (422); 404 if the invoice has another payer email",
     ),
-    ("source_rate", "coins per one unit of the fiat, at coin precision (DOC-TX/withdraw examples)"),
+    ("source_rate", "coins per one fiat unit at coin precision (as in the DOC-TX / withdraw examples)"),
     ("commission_payment", "1 = the client pays (amount = invoice_sum + commission); 0 = the shop pays"),
-    ("tx_url in OperationDto", "always a list of explorer URLs (the docs show both a list and a string)"),
+    ("tx_url in OperationDto", "always a list of explorer URLs (the docs show a list and a string)"),
     (
         "token fees (USDT, USDT_TRX)",
-        "fee/fee-plan values are in the parent chain's coin (contractOf); "
-        "116 checks amounts against the token balance and the fee against the parent balance",
+        "fee values are in the parent chain's coin; 116 checks amounts vs token, fee vs parent balance",
     ),
     (
         "/operations/commission",
-        "commission = 0.5% Plisio cut of the amounts + network fee; type defaults to cash_out",
+        "commission = 0.5% of the amounts + the network fee (native coins); type defaults to cash_out",
     ),
+    ("fee-plan for SOL", "value + feeUnit, like TON"),
     (
         "balance credit",
-        "an invoice credits received * invoice_sum / invoice_total_sum when it reaches "
-        "completed, mismatch or expired (underpaid)",
+        "received * invoice_sum / invoice_total_sum, when an invoice ends completed, mismatch or expired",
     ),
-    ("pending", "confirmations are instant: a partial payment is 'pending' until paid in full or expired"),
+    ("pending", "confirmations are instant: a partial payment stays pending until paid up or expired"),
     (
-        "callback values",
-        "all strings except expire_utc, an int in JSON callbacks; keys sorted; tx_urls is "
-        'a JSON array text or "null"',
+        "callbacks",
+        'keys sorted; all strings except expire_utc (int in JSON); tx_urls JSON array text or "null"',
     ),
-    ("no callback_url", "falls back to the shop's Status URL (Sandbox(status_url=...)); none -> no callback"),
+    ("no callback_url", "the shop's Status URL (Sandbox(status_url=...)); none -> no callback"),
 )
 
 _HTTP_NAMES: Final = {  # Yii2 Response::$httpStatuses spelling

@@ -1,0 +1,469 @@
+"""Append, verify, query and export the hash-chained audit log.
+
+Every record hashes (SHA-256) the canonical JSON of all its fields, ``prev_hash`` included, so
+any edit, deletion, insertion or reorder breaks the chain at a nameable record; the
+``audit_head`` row, moved in the same transaction as each batch, exposes a truncated tail.
+
+Appends are group-committed: callers queue events, one writer thread takes everything queued
+(up to ``max_batch``), locks the head (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE``
+on PostgreSQL), chains the batch, inserts it, moves the head and commits once. One fsync then
+pays for many records, the event loop never waits on the database, and several processes
+writing to one database still produce one chain. Secrets are scrubbed before hashing, so what
+is stored is exactly what verifies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import Select, select
+
+from persona.errors import AuditIntegrityError, StoreError
+from persona.store.audit_tables import (
+    GENESIS_HASH,
+    HEAD_ID,
+    audit_head,
+    audit_log,
+    canonical_json,
+    canonical_record,
+    clean_text,
+    jsonable,
+    record_hash,
+    ts_text,
+)
+from persona.store.engine import Store
+from tools.redaction import scrub, scrub_data
+
+log = structlog.get_logger(__name__)
+
+SOURCES = frozenset({"chat", "webhook", "schedule", "replay", "cli", "http", "worker"})
+_VERIFY_CHUNK = 5000
+
+
+class Events:
+    """Event type names used across the service (flows may add their own ``flow.*`` names)."""
+
+    MODEL_REQUEST = "model_request"
+    MODEL_RESPONSE = "model_response"
+    TOOL_CALL_ATTEMPTED = "tool_call_attempted"
+    TOOL_CALL_DENIED = "tool_call_denied"
+    TOOL_CALL_SUCCEEDED = "tool_call_succeeded"
+    TOOL_CALL_FAILED = "tool_call_failed"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_GRANTED = "approval_granted"
+    APPROVAL_REJECTED = "approval_rejected"
+    WEBHOOK_RECEIVED = "webhook_received"
+    WEBHOOK_REJECTED = "webhook_rejected"
+    CREDENTIAL_CHANGED = "credential_changed"
+    GRANT_CHANGED = "grant_changed"
+
+
+class _EventFields(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event: str
+    source: str
+    user: str | None = None
+    persona: str | None = None
+    conversation_id: str | None = None
+    tool: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    decision: str | None = None
+    reason: str | None = None
+    model: str | None = None
+    usage: dict[str, int] | None = None
+    latency_ms: float | None = Field(None, allow_inf_nan=False)
+
+
+class AuditEvent(_EventFields):
+    """What a caller appends; the log adds seq, ts and the hashes."""
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(sorted(SOURCES))}")
+        return value
+
+    @field_validator("event")
+    @classmethod
+    def _event_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_.]{0,63}", value):
+            raise ValueError("event must be a short snake_case name (letters, digits, '_', '.')")
+        return value
+
+
+class AuditRecord(_EventFields):
+    """One stored record, as it was hashed (redacted)."""
+
+    seq: int
+    ts: datetime
+    prev_hash: str
+    hash: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    records: int
+    """Records that verified (all of them when ``ok``)."""
+    first_bad_seq: int | None
+    problem: str | None
+    head_hash: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditFilter:
+    user: str | None = None
+    persona: str | None = None
+    conversation_id: str | None = None
+    event: str | None = None
+    tool: str | None = None
+    source: str | None = None
+    since: datetime | None = None
+    """Inclusive; a naive datetime is taken as UTC."""
+    until: datetime | None = None
+    """Exclusive; a naive datetime is taken as UTC."""
+    limit: int | None = None
+    after_seq: int | None = None
+
+
+# -- the log ------------------------------------------------------------------------------------
+
+_STR_FIELDS = ("user", "persona", "conversation_id", "tool", "decision", "reason", "model")
+_ROW_FIELDS = ("persona", "conversation_id", "source", "event", "tool", "decision", "reason", "model", "latency_ms")  # fmt: skip
+_FIELD_NAMES = ("seq", "ts", "user", "persona", "conversation_id", "source", "event", "tool", "payload", "decision",
+                "reason", "model", "usage", "latency_ms", "prev_hash", "hash")  # fmt: skip
+_COLUMNS = (
+    audit_log.c.seq, audit_log.c.ts, audit_log.c.user_id, audit_log.c.persona, audit_log.c.conversation_id,
+    audit_log.c.source, audit_log.c.event, audit_log.c.tool, audit_log.c.payload, audit_log.c.decision,
+    audit_log.c.reason, audit_log.c.model, audit_log.c.usage, audit_log.c.latency_ms, audit_log.c.prev_hash,
+    audit_log.c.hash,
+)  # fmt: skip
+
+
+_HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclasses.dataclass(slots=True)
+class _Prepared:
+    fields: dict[str, Any]
+    payload_text: str
+    usage_text: str | None
+
+
+_Item = tuple[AuditEvent, "Future[AuditRecord]"]
+
+
+class AuditLog:
+    """The audit log on a :class:`Store` (whose ``create_all`` has run)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        now: Callable[[], datetime] = _utc_now,
+        redact: Callable[[Any], Any] | None = None,
+        max_batch: int = 512,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._store, self._now, self._redact, self._max_batch = store, now, redact, max_batch
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+
+    # -- appending -----------------------------------------------------------------------------
+
+    async def append(self, event: AuditEvent) -> AuditRecord:
+        """Append ``event``; the record is committed (durable) when this returns."""
+        return await asyncio.wrap_future(self._submit(event))
+
+    def append_sync(self, event: AuditEvent) -> AuditRecord:
+        """Append from synchronous code (the CLI); shares the writer and its batches."""
+        return self._submit(event).result()
+
+    def _submit(self, event: AuditEvent) -> Future[AuditRecord]:
+        if not isinstance(event, AuditEvent):
+            raise TypeError("append() takes an AuditEvent")
+        future: Future[AuditRecord] = Future()
+        with self._lock:
+            if self._closed:
+                raise StoreError("the audit log is closed; no more records can be appended")
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._run_writer, name="audit-writer", daemon=True)
+                self._writer.start()
+            self._queue.put((event, future))
+        return future
+
+    def _run_writer(self) -> None:
+        """The single writer: one transaction per batch of whatever is queued."""
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: list[_Item]) -> None:
+        ready: list[tuple[_Prepared, Future[AuditRecord]]] = []
+        for event, future in batch:
+            if not future.set_running_or_notify_cancel():
+                continue  # the caller gave up before its record was written
+            try:
+                ready.append((self._prepare(event), future))
+            except Exception as err:
+                future.set_exception(err)
+        if not ready:
+            return
+        try:
+            records = self._commit([prepared for prepared, _ in ready])
+        except BaseException as err:  # every caller hears of it; the writer lives on
+            log.error("audit_append_failed", records=len(ready), error=type(err).__name__)
+            for _, future in ready:
+                future.set_exception(err)
+            return
+        for (_, future), record in zip(ready, records, strict=True):
+            future.set_result(record)
+
+    def _prepare(self, event: AuditEvent) -> _Prepared:
+        """Redact (before hashing, so the stored record verifies) and serialise, outside the lock."""
+        payload = scrub_data(jsonable(event.payload))
+        if self._redact is not None:
+            payload = jsonable(self._redact(payload))
+        if not isinstance(payload, dict):
+            payload = {"value": payload}
+        fields: dict[str, Any] = {"event": event.event, "source": event.source}
+        for name in _STR_FIELDS:
+            value = getattr(event, name)
+            if value is not None:
+                value = scrub(clean_text(value))
+                if self._redact is not None:
+                    value = clean_text(str(self._redact(value)))
+            fields[name] = value
+        fields["payload"] = payload
+        fields["usage"] = dict(event.usage) if event.usage is not None else None
+        fields["latency_ms"] = event.latency_ms
+        usage_text = canonical_json(event.usage) if event.usage is not None else None
+        return _Prepared(fields, canonical_json(payload), usage_text)
+
+    def _commit(self, batch: list[_Prepared]) -> list[AuditRecord]:
+        rows: list[dict[str, Any]] = []
+        records: list[AuditRecord] = []
+        with self._store.begin("append to the audit log") as conn:
+            head = conn.execute(_HEAD.with_for_update()).first()
+            if head is None:
+                raise AuditIntegrityError(
+                    "the audit_head row is missing, so the chain cannot be continued safely"
+                    " (fix: run `persona audit verify`; if the store is new, run create_all first)"
+                )
+            seq, prev = int(head[0]), str(head[1])
+            for item in batch:
+                seq += 1
+                ts = ts_text(self._now())
+                f = item.fields
+                digest = record_hash(
+                    canonical_record(
+                        seq, ts, f["user"], f["persona"], f["conversation_id"], f["source"], f["event"],
+                        f["tool"], item.payload_text, f["decision"], f["reason"], f["model"],
+                        item.usage_text, f["latency_ms"], prev,
+                    )
+                )  # fmt: skip
+                row = {name: f[name] for name in _ROW_FIELDS}
+                row.update(
+                    seq=seq, ts=ts, user_id=f["user"], payload=item.payload_text, usage=item.usage_text
+                )
+                row.update(prev_hash=prev, hash=digest)
+                rows.append(row)
+                records.append(
+                    AuditRecord.model_construct(
+                        **f, seq=seq, ts=datetime.fromisoformat(ts), prev_hash=prev, hash=digest
+                    )
+                )
+                prev = digest
+            conn.execute(audit_log.insert(), rows)
+            conn.execute(audit_head.update().where(audit_head.c.id == HEAD_ID).values(seq=seq, hash=prev))
+        return records
+
+    async def aclose(self) -> None:
+        """Write what is queued, then stop the writer thread."""
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                self._queue.put(None)
+        if writer is not None:
+            writer.join()
+
+    # -- verifying -----------------------------------------------------------------------------
+
+    def verify(self, *, expect_head: str | None = None) -> VerifyReport:
+        """Rehash every record in seq order, in bounded memory; name the first bad one and why.
+
+        ``expect_head`` is a head hash written down earlier (e.g. printed by a previous verify): it
+        must still be in the chain, which catches a tail cut off together with a rewritten head.
+        """
+        with self._store.read("verify the audit log") as conn:
+            head = conn.execute(_HEAD).first()
+            result = conn.execution_options(yield_per=_VERIFY_CHUNK).execute(
+                select(*_COLUMNS).order_by(audit_log.c.seq)
+            )
+            report = _verify_rows(result, head, expect_head)
+            result.close()
+        if not report.ok:
+            log.warning("audit_verify_failed", first_bad_seq=report.first_bad_seq, problem=report.problem)
+        return report
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def query(self, flt: AuditFilter) -> list[AuditRecord]:
+        with self._store.read("query the audit log") as conn:
+            return [_record(row) for row in conn.execute(_select(flt))]
+
+    def get(self, seq: int) -> AuditRecord | None:
+        with self._store.read("read the audit log") as conn:
+            row = conn.execute(select(*_COLUMNS).where(audit_log.c.seq == seq)).first()
+        return None if row is None else _record(row)
+
+    def conversation(self, conversation_id: str) -> list[AuditRecord]:
+        return self.query(AuditFilter(conversation_id=conversation_id))
+
+    def export_jsonl(self, out: IO[str], flt: AuditFilter) -> int:
+        """Write matching records as canonical JSON lines (``hash`` included); return how many."""
+        count = 0
+        with self._store.read("export the audit log") as conn:
+            for row in conn.execution_options(yield_per=_VERIFY_CHUNK).execute(_select(flt)):
+                out.write(_line(row))
+                count += 1
+        return count
+
+    def head(self) -> tuple[int, str | None]:
+        """(last seq, last hash); ``(0, None)`` while the log is empty."""
+        with self._store.read("read the audit head") as conn:
+            row = conn.execute(_HEAD).first()
+        if row is None or int(row[0]) == 0:
+            return 0, None
+        return int(row[0]), str(row[1])
+
+
+def _verify_rows(
+    rows: Iterable[Sequence[Any]], head: Sequence[Any] | None, expect_head: str | None
+) -> VerifyReport:
+    """The chain check proper: the first problem wins; ``records`` counts those before it."""
+    head_seq = None if head is None else int(head[0])
+    head_hash = None if head is None else str(head[1])
+    anchored = expect_head is None or expect_head == GENESIS_HASH
+    expected, prev, prev2 = 1, GENESIS_HASH, None
+    sha256 = hashlib.sha256
+
+    def bad(seq: int, problem: str) -> VerifyReport:
+        return VerifyReport(False, seq - 1, seq, problem, head_hash)
+
+    for row in rows:
+        seq, prev_hash, stored = row[0], row[14], row[15]
+        if seq != expected:
+            return bad(expected, f"record {expected} is missing (the next record is {seq})")
+        intact = sha256(canonical_record(*row[:15]).encode("utf-8", "surrogatepass")).hexdigest() == stored
+        if prev_hash != prev:
+            if prev2 is not None and prev_hash == prev2:
+                return bad(seq - 1, f"record {seq - 1} was inserted: record {seq} links to record {seq - 2}")
+            if intact and seq > 1:  # record seq is self-consistent: its predecessor was rewritten
+                return bad(
+                    seq - 1, f"record {seq - 1} was rewritten: record {seq} was chained to another hash"
+                )
+            return bad(seq, f"record {seq}: prev_hash does not match the hash of record {seq - 1}")
+        if not intact:
+            return bad(seq, f"record {seq}: its content does not match its hash (a field was changed)")
+        if head_seq is not None and seq > head_seq:
+            return bad(
+                seq,
+                f"record {seq} lies beyond the audit head (seq {head_seq}): it was not appended by the log",
+            )
+        if stored == expect_head:
+            anchored = True
+        prev2, prev, expected = prev, stored, expected + 1
+    last = expected - 1
+    if head_seq is None:
+        return VerifyReport(False, last, None, "the audit_head row is missing", None)
+    if head_seq > last:
+        return bad(last + 1, f"the tail was truncated: the head is at seq {head_seq}, the log ends at {last}")
+    if head_hash != prev:
+        return bad(last, f"record {last}: the audit head's hash does not match it")
+    if not anchored:
+        return bad(
+            last + 1,
+            f"the expected head {expect_head} is not in the chain (it ends at seq {last}):"
+            " records were removed or the chain was rewritten",
+        )
+    return VerifyReport(True, last, None, None, None if last == 0 else prev)
+
+
+def _record(row: Sequence[Any]) -> AuditRecord:
+    values = dict(zip(_FIELD_NAMES, row, strict=True))
+    try:
+        values["ts"] = datetime.fromisoformat(values["ts"])
+        values["payload"] = json.loads(values["payload"])
+        values["usage"] = None if values["usage"] is None else json.loads(values["usage"])
+    except (TypeError, ValueError):
+        raise AuditIntegrityError(
+            f"audit record {row[0]} cannot be read back (fix: run `persona audit verify`)", seq=row[0]
+        ) from None
+    return AuditRecord.model_construct(**values)
+
+
+def _line(row: Sequence[Any]) -> str:
+    return canonical_record(*row) + "\n"  # the 16th column is the hash
+
+
+def _select(flt: AuditFilter) -> Select[Any]:
+    stmt = select(*_COLUMNS).order_by(audit_log.c.seq)
+    c = audit_log.c
+    for column, value in (
+        (c.user_id, flt.user), (c.persona, flt.persona), (c.conversation_id, flt.conversation_id),
+        (c.event, flt.event), (c.tool, flt.tool), (c.source, flt.source),
+    ):  # fmt: skip
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if flt.since is not None:
+        stmt = stmt.where(c.ts >= ts_text(_aware(flt.since)))
+    if flt.until is not None:
+        stmt = stmt.where(c.ts < ts_text(_aware(flt.until)))
+    if flt.after_seq is not None:
+        stmt = stmt.where(c.seq > flt.after_seq)
+    if flt.limit is not None:
+        stmt = stmt.limit(flt.limit)
+    return stmt
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

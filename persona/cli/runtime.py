@@ -1,0 +1,25 @@
+"""Building and closing the runtime for one CLI command."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from persona.app import Runtime
+
+T = TypeVar("T")
+
+
+def with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Run ``work`` with a runtime built from the CLI's settings, always closing it."""
+    from persona.cli.main import STATE
+
+    async def main() -> T:
+        runtime = Runtime.build(STATE.settings())
+        try:
+            return await work(runtime)
+        finally:
+            await runtime.aclose()
+
+    return asyncio.run(main())

@@ -1,0 +1,34 @@
+"""Names of audit events: one vocabulary for the loop, the dispatcher, webhooks and flows."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    TURN_STARTED = "turn_started"
+    TURN_ENDED = "turn_ended"
+    MODEL_REQUEST = "model_request"
+    MODEL_RESPONSE = "model_response"
+    MODEL_FAILED = "model_failed"
+    TOOL_CALL_ATTEMPTED = "tool_call_attempted"
+    TOOL_CALL_DENIED = "tool_call_denied"
+    TOOL_CALL_SUCCEEDED = "tool_call_succeeded"
+    TOOL_CALL_FAILED = "tool_call_failed"
+    TOOL_CALL_REPLAYED = "tool_call_replayed"
+    TOOL_CALL_IN_TEXT = "tool_call_in_text"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_GRANTED = "approval_granted"
+    APPROVAL_REJECTED = "approval_rejected"
+    CLAIM_UNVERIFIED = "claim_unverified"
+    LIMIT_REACHED = "limit_reached"
+
+
+class Source(StrEnum):
+    CHAT = "chat"
+    HTTP = "http"
+    WEBHOOK = "webhook"
+    SCHEDULE = "schedule"
+    REPLAY = "replay"
+    CLI = "cli"
+    WORKER = "worker"

@@ -1,0 +1,252 @@
+"""The audit log's tables and the triggers that make it append-only.
+
+``audit_log`` holds one row per event, chained by ``prev_hash``/``hash``. ``ts`` is stored as the
+exact ISO-8601 text that was hashed (fixed width, always UTC, so it also sorts and filters
+correctly as text): no driver or time-zone round trip can change what ``verify`` rehashes.
+``payload`` and ``usage`` hold the canonical JSON text that was hashed, for the same reason.
+
+``canonical_record`` (with ``canonical_json`` for payload and usage) defines the bytes each
+record hash covers, for append and verify alike: the stored form and the hashed form are
+defined once, here, next to the columns.
+
+``audit_head`` is a single row (last seq, last hash) written in the same transaction as every
+batch of appends; a record deleted from the tail therefore no longer matches the head. Triggers
+refuse UPDATE/DELETE/TRUNCATE on ``audit_log`` and let the head only move forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
+from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) uses, in C
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import BigInteger, Column, Connection, Double, Index, Integer, String, Table, Text, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from persona.store.metadata import metadata
+
+GENESIS_HASH = "0" * 64
+"""``prev_hash`` of record 1, and the head's hash while the log is empty."""
+APPEND_ONLY_MESSAGE = "audit log is append-only"
+HEAD_MESSAGE = "audit head only moves forward"
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # INTEGER PRIMARY KEY on SQLite makes seq the rowid: no second b-tree to maintain.
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("ts", String(32), nullable=False),
+    Column("user_id", Text),
+    Column("persona", Text),
+    Column("conversation_id", Text),
+    Column("source", Text, nullable=False),
+    Column("event", Text, nullable=False),
+    Column("tool", Text),
+    Column("payload", Text, nullable=False),
+    Column("decision", Text),
+    Column("reason", Text),
+    Column("model", Text),
+    Column("usage", Text),
+    Column("latency_ms", Double),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_log_conversation_id", audit_log.c.conversation_id)
+Index("ix_audit_log_user_id", audit_log.c.user_id)
+Index("ix_audit_log_ts", audit_log.c.ts)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+HEAD_ID = 1
+
+_SQLITE_TRIGGERS = (
+    f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}: UPDATE refused'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}: DELETE refused'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_head_forward_only BEFORE UPDATE ON audit_head
+    WHEN NEW.seq <= OLD.seq OR NEW.id <> OLD.id
+    BEGIN SELECT RAISE(ABORT, '{HEAD_MESSAGE}'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
+    BEGIN SELECT RAISE(ABORT, '{HEAD_MESSAGE}: DELETE refused'); END""",
+)
+
+_PG_FUNCTIONS = (
+    f"""CREATE OR REPLACE FUNCTION audit_log_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION USING MESSAGE = '{APPEND_ONLY_MESSAGE}: ' || TG_OP || ' refused';
+        RETURN NULL;
+    END $$""",
+    f"""CREATE OR REPLACE FUNCTION audit_head_forward_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP <> 'UPDATE' THEN
+            RAISE EXCEPTION USING MESSAGE = '{HEAD_MESSAGE}: ' || TG_OP || ' refused';
+        END IF;
+        IF NEW.seq <= OLD.seq OR NEW.id <> OLD.id THEN
+            RAISE EXCEPTION '{HEAD_MESSAGE}';
+        END IF;
+        RETURN NEW;
+    END $$""",
+)
+
+# (trigger name, table, DDL): created only when absent, so a restart takes no table lock.
+_PG_TRIGGERS = (
+    (
+        "audit_log_append_only",
+        "audit_log",
+        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log"
+        " FOR EACH ROW EXECUTE FUNCTION audit_log_refuse_change()",
+    ),
+    (
+        "audit_log_no_truncate",
+        "audit_log",
+        "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log"
+        " FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change()",
+    ),
+    (
+        "audit_head_forward_only",
+        "audit_head",
+        "CREATE TRIGGER audit_head_forward_only BEFORE UPDATE OR DELETE ON audit_head"
+        " FOR EACH ROW EXECUTE FUNCTION audit_head_forward_only()",
+    ),
+    (
+        "audit_head_no_truncate",
+        "audit_head",
+        "CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head"
+        " FOR EACH STATEMENT EXECUTE FUNCTION audit_head_forward_only()",
+    ),
+)
+
+
+def install(conn: Connection, dialect: str) -> None:
+    """Install the triggers and the head row, idempotently, inside the caller's transaction."""
+    if dialect == "sqlite":
+        for ddl in _SQLITE_TRIGGERS:
+            conn.exec_driver_sql(ddl)
+        conn.execute(
+            sqlite.insert(audit_head)
+            .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        return
+    for ddl in _PG_FUNCTIONS:
+        conn.exec_driver_sql(ddl)
+    for name, table, ddl in _PG_TRIGGERS:
+        exists = conn.execute(
+            text("SELECT 1 FROM pg_trigger WHERE tgrelid = CAST(:t AS regclass) AND tgname = :n"),
+            {"t": table, "n": name},
+        ).first()
+        if exists is None:
+            conn.exec_driver_sql(ddl)
+    conn.execute(
+        postgresql.insert(audit_head)
+        .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+
+
+# -- the hashed form of a record: the same bytes when appending and when verifying ---------------
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, compact separators, UTF-8 as is; Decimal as string (see :func:`jsonable`)."""
+    return json.dumps(
+        jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def clean_text(text: str) -> str:
+    """Text any database stores: no NUL (PostgreSQL refuses it), no lone surrogates."""
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def jsonable(value: Any) -> Any:
+    """JSON-native data, so that everything that becomes a string passes the scrubber."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {clean_text(str(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((jsonable(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, BaseModel):
+        return jsonable(value.model_dump(mode="json"))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"  # raw bytes cannot be scrubbed: keep only their size
+    return clean_text(str(value))
+
+
+def _enc(value: Any) -> str:
+    """One scalar as canonical JSON; odd types (only a tampered row has them) go through json."""
+    kind = type(value)
+    if kind is str:
+        return str(encode_basestring(value))
+    if value is None:
+        return "null"
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def canonical_record(
+    seq: Any, ts: Any, user: Any, persona: Any, conversation_id: Any, source: Any, event: Any, tool: Any,
+    payload: Any, decision: Any, reason: Any, model: Any, usage: Any, latency_ms: Any, prev_hash: Any,
+    hash_: Any = None,
+) -> str:  # fmt: skip
+    """The canonical JSON of a record; ``payload``/``usage`` are their canonical JSON text as stored.
+
+    Equal to ``json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` of
+    the record with ``ts`` as ISO-8601 text, built by hand because ``verify`` runs it per row.
+    ``hash_`` is included only for export (the hash input never contains the hash).
+    """
+    p = payload if type(payload) is str else _enc(payload)
+    u = usage if type(usage) is str else _enc(usage)
+    h = "" if hash_ is None else f',"hash":{_enc(hash_)}'
+    return (
+        f'{{"conversation_id":{_enc(conversation_id)},"decision":{_enc(decision)},"event":{_enc(event)}{h}'
+        f',"latency_ms":{_enc(latency_ms)},"model":{_enc(model)},"payload":{p},"persona":{_enc(persona)}'
+        f',"prev_hash":{_enc(prev_hash)},"reason":{_enc(reason)},"seq":{_enc(seq)},"source":{_enc(source)}'
+        f',"tool":{_enc(tool)},"ts":{_enc(ts)},"usage":{u},"user":{_enc(user)}}}'
+    )
+
+
+def record_hash(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def ts_text(moment: datetime) -> str:
+    """The stored and hashed form of a time: UTC, ISO-8601, microseconds, fixed width."""
+    if moment.tzinfo is None:
+        raise ValueError("audit timestamps must be timezone-aware (UTC)")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")

@@ -1,0 +1,91 @@
+"""Builders shared by the persona tests: a runtime on the in-process sandbox, scripted steps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from persona.app import Runtime, connect_plisio
+from persona.config import Settings, load_settings
+from persona.llm import ScriptStep, ToolCall
+from persona.store.engine import Store
+from tests.conftest import NOW
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def repo_settings(**env: str) -> Settings:
+    return load_settings(REPO / "config.yaml", env=env)
+
+
+def build_runtime(
+    store: Store,
+    sandbox: Any,
+    *,
+    settings: Settings | None = None,
+    now: Callable[[], datetime] = lambda: NOW,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Runtime:
+    settings = settings or repo_settings()
+    plisio = connect_plisio(settings, sandbox=sandbox, transport=transport)
+    return Runtime.build(settings, store=store, plisio=plisio, now=now)
+
+
+def call(name: str, args: Any = None, call_id: str | None = "auto") -> ToolCall:
+    """A tool call; dict arguments are JSON-encoded unless ``raw`` semantics are wanted (pass a str)."""
+    if call_id == "auto":
+        call.counter += 1  # type: ignore[attr-defined]
+        call_id = f"call_{call.counter}"  # type: ignore[attr-defined]
+    arguments = json.dumps(args) if isinstance(args, dict) else args
+    return ToolCall(id=call_id, name=name, arguments=arguments)
+
+
+call.counter = 0  # type: ignore[attr-defined]
+
+
+def step(*calls: ToolCall, text: str | None = None) -> ScriptStep:
+    return ScriptStep(text=text, tool_calls=tuple(calls))
+
+
+def say(text: str) -> ScriptStep:
+    return ScriptStep(text=text)
+
+
+class ConcurrencyProbe(httpx.AsyncBaseTransport):
+    """Wraps a transport; records request order and the most requests in flight at once.
+
+    Requests whose path contains ``hold`` wait (up to ``patience`` seconds) until ``expect`` of them
+    are in flight, so truly concurrent calls meet, and sequential ones show max_inflight == 1.
+    """
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, *, hold: str = "", expect: int = 2, patience: float = 1.5
+    ):
+        self.inner, self.hold, self.expect, self.patience = inner, hold, expect, patience
+        self.inflight = 0
+        self.max_inflight = 0
+        self.paths: list[str] = []
+        self._arrived = 0
+        self._met = asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        self.paths.append(request.url.path)
+        try:
+            if self.hold and self.hold in request.url.path:
+                self._arrived += 1
+                if self._arrived >= self.expect:
+                    self._met.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._met.wait(), self.patience)
+            return await self.inner.handle_async_request(request)
+        finally:
+            self.inflight -= 1
