@@ -7,10 +7,10 @@ and the tests assemble the same objects the same way.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -29,9 +29,13 @@ from tools.plisio.tools import PlisioContext, plisio_registry
 from tools.registry import Registry
 
 if TYPE_CHECKING:
+    from persona.drafts import ReviewQueue
     from tools.plisio.sandbox import Sandbox
 
 IN_PROCESS_SANDBOX_URL = "http://sandbox.invalid/api/v1"
+
+ModelFactory = Callable[[str, str, Mapping[str, Any]], "ChatModel"]
+"""(flow, persona, facts) -> the model that writes for that flow run."""
 
 
 @dataclass
@@ -61,7 +65,7 @@ def connect_plisio(
     cfg = settings.plisio
     timeouts = Timeouts(**cfg.timeouts.model_dump())
     retry = RetryPolicy(**cfg.retry.model_dump())
-    if cfg.mode is PlisioMode.LIVE:
+    if cfg.mode == PlisioMode.LIVE:
         if key is None:
             if settings.plisio_api_key is None:
                 raise NotConfigured(
@@ -114,6 +118,17 @@ class Runtime:
     dispatcher: Dispatcher
     prompts: PromptLibrary
     now: Callable[[], datetime]
+    model_factory: ModelFactory | None = None
+    """Injected model for flows (tests, replay); None means the configured LLM."""
+    outbound_transport: httpx.AsyncBaseTransport | None = None
+    """Injected transport for the outbound channel (tests); None means the network."""
+
+    def reviews(self) -> ReviewQueue:
+        """The draft review queue with its outbound channel."""
+        from persona.drafts import DraftStore, Outbound, ReviewQueue
+
+        outbound = Outbound(self.settings, transport=self.outbound_transport, now=self.now)
+        return ReviewQueue(DraftStore(self.store), outbound, self.audit, self.now)
 
     @classmethod
     def build(
@@ -144,7 +159,13 @@ class Runtime:
         return cls(settings, store, audit, plisio, registry, policy, approvals, dispatcher, prompts, now)
 
     def context(
-        self, persona: str, user: str, *, conversation_id: str | None = None, source: str = Source.CHAT
+        self,
+        persona: str,
+        user: str,
+        *,
+        conversation_id: str | None = None,
+        source: str = Source.CHAT,
+        scope: str | None = None,
     ) -> CallContext:
         return CallContext(
             persona_name=persona,
@@ -152,7 +173,17 @@ class Runtime:
             user=user,
             conversation_id=conversation_id or f"conv_{uuid.uuid4().hex[:16]}",
             source=source,
+            scope=scope,
         )
+
+    def flow_model(self, flow: str, persona: str, facts: Mapping[str, Any]) -> ChatModel | None:
+        """The model a flow's persona writes with: injected (tests, replay), configured, or None."""
+        if self.model_factory is not None:
+            return self.model_factory(flow, persona, facts)
+        try:
+            return self.chat_model(persona)
+        except NotConfigured:
+            return None
 
     def system_prompt(self, ctx: CallContext) -> str:
         persona = ctx.persona

@@ -69,7 +69,7 @@ class ApprovalStore:
         now: datetime,
     ) -> Approval:
         """Store a pending approval; the same call asked twice returns the existing row."""
-        with self._store.engine.begin() as conn:
+        with self._store.begin("store an approval") as conn:
             found = conn.execute(
                 select(approvals).where(
                     approvals.c.conversation_id == conversation_id, approvals.c.tool_call_id == tool_call_id
@@ -88,7 +88,7 @@ class ApprovalStore:
         return self.get(approval_id)
 
     def get(self, approval_id: str) -> Approval:
-        with self._store.engine.connect() as conn:
+        with self._store.read("read approvals") as conn:
             row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).first()
         if row is None:
             raise NotFound(f"no approval with id {approval_id!r}; `persona approvals list` shows them")
@@ -98,7 +98,7 @@ class ApprovalStore:
         query = select(approvals).order_by(approvals.c.created_at.desc()).limit(limit)
         if status:
             query = query.where(approvals.c.status == status)
-        with self._store.engine.connect() as conn:
+        with self._store.read("read approvals") as conn:
             return [_row(r) for r in conn.execute(query)]
 
     def decide(
@@ -106,7 +106,7 @@ class ApprovalStore:
     ) -> Approval:
         """pending -> approved | rejected, exactly once."""
         current = self.get(approval_id)
-        with self._store.engine.begin() as conn:
+        with self._store.begin("decide an approval") as conn:
             changed = conn.execute(
                 update(approvals)
                 .where(approvals.c.id == approval_id, approvals.c.status == "pending")
@@ -125,7 +125,7 @@ class ApprovalStore:
         return self.get(approval_id)
 
     def finish(self, approval_id: str, *, ok: bool, result: str) -> None:
-        with self._store.engine.begin() as conn:
+        with self._store.begin("finish an approval") as conn:
             conn.execute(
                 update(approvals)
                 .where(approvals.c.id == approval_id, approvals.c.status == "approved")

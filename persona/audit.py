@@ -21,14 +21,14 @@ import json
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import IO, Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Select, select
+from sqlalchemy import Connection, Select, select
 
 from persona.errors import AuditIntegrityError, StoreError
 from persona.store.audit_tables import (
@@ -49,7 +49,7 @@ from tools.redaction import scrub, scrub_data
 log = structlog.get_logger(__name__)
 
 SOURCES = frozenset({"chat", "webhook", "schedule", "replay", "cli", "http", "worker"})
-_VERIFY_CHUNK = 5000
+_PAGE = 10_000
 
 
 class Events:
@@ -138,22 +138,21 @@ class AuditFilter:
     """Exclusive; a naive datetime is taken as UTC."""
     limit: int | None = None
     after_seq: int | None = None
+    newest: bool = False
+    """With ``limit``: the last ``limit`` matching records (still returned in seq order)."""
 
 
 # -- the log ------------------------------------------------------------------------------------
 
 _STR_FIELDS = ("user", "persona", "conversation_id", "tool", "decision", "reason", "model")
-_ROW_FIELDS = ("persona", "conversation_id", "source", "event", "tool", "decision", "reason", "model", "latency_ms")  # fmt: skip
-_FIELD_NAMES = ("seq", "ts", "user", "persona", "conversation_id", "source", "event", "tool", "payload", "decision",
-                "reason", "model", "usage", "latency_ms", "prev_hash", "hash")  # fmt: skip
 _COLUMNS = (
     audit_log.c.seq, audit_log.c.ts, audit_log.c.user_id, audit_log.c.persona, audit_log.c.conversation_id,
     audit_log.c.source, audit_log.c.event, audit_log.c.tool, audit_log.c.payload, audit_log.c.decision,
     audit_log.c.reason, audit_log.c.model, audit_log.c.usage, audit_log.c.latency_ms, audit_log.c.prev_hash,
     audit_log.c.hash,
 )  # fmt: skip
-
-
+_COLUMN_NAMES = tuple(column.name for column in _COLUMNS)
+_FIELD_NAMES = tuple("user" if name == "user_id" else name for name in _COLUMN_NAMES)
 _HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
 
 
@@ -164,8 +163,9 @@ def _utc_now() -> datetime:
 @dataclasses.dataclass(slots=True)
 class _Prepared:
     fields: dict[str, Any]
-    payload_text: str
-    usage_text: str | None
+    """For the returned :class:`AuditRecord`."""
+    hashed: tuple[Any, ...]
+    """As stored and hashed, in column order from ``user_id`` to ``latency_ms``."""
 
 
 _Item = tuple[AuditEvent, "Future[AuditRecord]"]
@@ -268,11 +268,14 @@ class AuditLog:
                 if self._redact is not None:
                     value = clean_text(str(self._redact(value)))
             fields[name] = value
-        fields["payload"] = payload
-        fields["usage"] = dict(event.usage) if event.usage is not None else None
-        fields["latency_ms"] = event.latency_ms
-        usage_text = canonical_json(event.usage) if event.usage is not None else None
-        return _Prepared(fields, canonical_json(payload), usage_text)
+        usage = None if event.usage is None else dict(event.usage)
+        fields.update(payload=payload, usage=usage, latency_ms=event.latency_ms)
+        texts = {
+            **fields,
+            "payload": canonical_json(payload),
+            "usage": None if usage is None else canonical_json(usage),
+        }
+        return _Prepared(fields, tuple(texts[name] for name in _FIELD_NAMES[2:-2]))
 
     def _commit(self, batch: list[_Prepared]) -> list[AuditRecord]:
         rows: list[dict[str, Any]] = []
@@ -288,23 +291,12 @@ class AuditLog:
             for item in batch:
                 seq += 1
                 ts = ts_text(self._now())
-                f = item.fields
-                digest = record_hash(
-                    canonical_record(
-                        seq, ts, f["user"], f["persona"], f["conversation_id"], f["source"], f["event"],
-                        f["tool"], item.payload_text, f["decision"], f["reason"], f["model"],
-                        item.usage_text, f["latency_ms"], prev,
-                    )
-                )  # fmt: skip
-                row = {name: f[name] for name in _ROW_FIELDS}
-                row.update(
-                    seq=seq, ts=ts, user_id=f["user"], payload=item.payload_text, usage=item.usage_text
-                )
-                row.update(prev_hash=prev, hash=digest)
-                rows.append(row)
+                digest = record_hash(canonical_record(*(seq, ts, *item.hashed, prev)))
+                rows.append(dict(zip(_COLUMN_NAMES, (seq, ts, *item.hashed, prev, digest), strict=True)))
+                moment = datetime.fromisoformat(ts)
                 records.append(
                     AuditRecord.model_construct(
-                        **f, seq=seq, ts=datetime.fromisoformat(ts), prev_hash=prev, hash=digest
+                        **item.fields, seq=seq, ts=moment, prev_hash=prev, hash=digest
                     )
                 )
                 prev = digest
@@ -335,11 +327,7 @@ class AuditLog:
         """
         with self._store.read("verify the audit log") as conn:
             head = conn.execute(_HEAD).first()
-            result = conn.execution_options(yield_per=_VERIFY_CHUNK).execute(
-                select(*_COLUMNS).order_by(audit_log.c.seq)
-            )
-            report = _verify_rows(result, head, expect_head)
-            result.close()
+            report = _verify_rows(_stream(conn, AuditFilter()), head, expect_head)
         if not report.ok:
             log.warning("audit_verify_failed", first_bad_seq=report.first_bad_seq, problem=report.problem)
         return report
@@ -362,8 +350,8 @@ class AuditLog:
         """Write matching records as canonical JSON lines (``hash`` included); return how many."""
         count = 0
         with self._store.read("export the audit log") as conn:
-            for row in conn.execution_options(yield_per=_VERIFY_CHUNK).execute(_select(flt)):
-                out.write(_line(row))
+            for row in _stream(conn, flt):
+                out.write(canonical_record(*row) + "\n")  # the 16th column is the hash
                 count += 1
         return count
 
@@ -441,8 +429,17 @@ def _record(row: Sequence[Any]) -> AuditRecord:
     return AuditRecord.model_construct(**values)
 
 
-def _line(row: Sequence[Any]) -> str:
-    return canonical_record(*row) + "\n"  # the 16th column is the hash
+def _stream(conn: Connection, flt: AuditFilter) -> Iterator[Sequence[Any]]:
+    """Matching rows in seq order, a page at a time (keyset on seq): bounded memory on any driver."""
+    after, remaining = flt.after_seq, flt.limit
+    while remaining is None or remaining > 0:
+        size = _PAGE if remaining is None else min(_PAGE, remaining)
+        rows = conn.execute(_select(dataclasses.replace(flt, after_seq=after, limit=size))).all()
+        yield from rows
+        if len(rows) < size:
+            return
+        after = rows[-1][0]
+        remaining = None if remaining is None else remaining - len(rows)
 
 
 def _select(flt: AuditFilter) -> Select[Any]:
@@ -460,6 +457,9 @@ def _select(flt: AuditFilter) -> Select[Any]:
         stmt = stmt.where(c.ts < ts_text(_aware(flt.until)))
     if flt.after_seq is not None:
         stmt = stmt.where(c.seq > flt.after_seq)
+    if flt.limit is not None and flt.newest:
+        inner = stmt.order_by(None).order_by(c.seq.desc()).limit(flt.limit).subquery()
+        return select(*inner.c).order_by(inner.c.seq)
     if flt.limit is not None:
         stmt = stmt.limit(flt.limit)
     return stmt

@@ -23,6 +23,7 @@ from persona.errors import ConfigError
 DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "PERSONA_CONFIG"
 ENV_PLISIO_KEY = "PLISIO_API_KEY"
+ENV_PLISIO_PREVIOUS_KEY = "PLISIO_PREVIOUS_API_KEY"
 
 
 class Frozen(BaseModel):
@@ -123,6 +124,78 @@ class ApprovalSettings(Frozen):
     """Four eyes: whoever asked for a call cannot approve it."""
 
 
+class ServerSettings(Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(16_384, ge=1024, le=10_000_000)
+    """Callback bodies above this get 413 before anything is parsed."""
+    public_url: str | None = Field(None, pattern=r"^https?://")
+    """How Plisio reaches this server; ``<public_url>/webhooks/plisio`` becomes the invoices' callback_url."""
+    in_process_worker: bool = True
+
+
+class WebhookSettings(Frozen):
+    previous_key_grace_hours: float = Field(72, ge=0, le=24 * 90)
+    """After a key rotation, callbacks signed with the previous key are accepted this long."""
+
+
+class WorkerSettings(Frozen):
+    poll_interval_s: float = Field(1.0, gt=0, le=60)
+    lease_s: float = Field(120.0, ge=5, le=3600)
+    """A claimed inbox row is retried by another worker when its lease runs out (a crashed worker)."""
+    max_attempts: int = Field(5, ge=1, le=100)
+    retry_backoff_s: float = Field(30.0, ge=0, le=3600)
+    reconcile_every_s: float = Field(300.0, ge=10, le=86_400)
+    reconcile_pages: int = Field(2, ge=1, le=20)
+    """Pages (50 operations each, newest first) the reconciler reads per failure status."""
+
+
+class OutboundSettings(Frozen):
+    """Where approved customer messages go. Nothing is sent until a person approves a draft."""
+
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    secret_env: str = Field("PERSONA_OUTBOUND_SECRET", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+
+class RecoverySettings(Frozen):
+    persona: str = "recovery"
+    statuses: tuple[Literal["expired", "cancelled", "error"], ...] = ("expired", "cancelled", "error")
+    offer_new_link: bool = True
+
+
+class RefundPolicy(Frozen):
+    """The written refund policy. The evaluator applies it deterministically and names the clause."""
+
+    persona: str = "finance"
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    window_days: int = Field(14, ge=0, le=3650)
+    eligible_statuses: tuple[str, ...] = ("completed", "mismatch")
+    auto_approve_up_to: Decimal = Field(Decimal("100"), ge=0)
+    max_amount: Decimal = Field(Decimal("2000"), gt=0)
+    mismatch: Literal["overpayment_only", "full", "escalate"] = "overpayment_only"
+    underpaid: Literal["escalate", "refund_received", "deny"] = "escalate"
+    escalate_reasons: tuple[str, ...] = ("fraud", "chargeback", "dispute", "stolen", "lawyer")
+
+
+class ChurnSettings(Frozen):
+    persona: str = "growth"
+    schedule: str | None = "0 6 * * 1"
+    """Cron expression (UTC) for the scheduled scan; null disables it."""
+    lookback_days: int = Field(90, ge=7, le=3650)
+    recent_days: int = Field(30, ge=1, le=365)
+    quiet_days: int = Field(45, ge=1, le=3650)
+    min_completed: int = Field(3, ge=1)
+    underpaid_min: int = Field(2, ge=1)
+    coin_switch_min: int = Field(3, ge=2)
+
+
+class FlowSettings(Frozen):
+    recovery: RecoverySettings = RecoverySettings()
+    refunds: RefundPolicy = RefundPolicy()
+    churn: ChurnSettings = ChurnSettings()
+
+
 class LogSettings(Frozen):
     level: Literal["debug", "info", "warning", "error"] = "warning"
     format: Literal["console", "json"] = "console"
@@ -139,11 +212,28 @@ class Settings(Frozen):
     prompts_dir: str = "prompts"
     personas: dict[str, PersonaSettings] = Field(default_factory=dict)
     approvals: ApprovalSettings = ApprovalSettings()
+    server: ServerSettings = ServerSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    worker: WorkerSettings = WorkerSettings()
+    outbound: OutboundSettings = OutboundSettings()
+    flows: FlowSettings = FlowSettings()
     log: LogSettings = LogSettings()
     plisio_api_key: SecretStr | None = Field(None, exclude=True)
     """From ``PLISIO_API_KEY``; never from the file (a file gets committed)."""
     llm_api_key: SecretStr | None = Field(None, exclude=True)
     """From the variable ``llm.api_key_env`` names (``OPENAI_API_KEY`` by default)."""
+    plisio_previous_api_key: SecretStr | None = Field(None, exclude=True)
+    """From ``PLISIO_PREVIOUS_API_KEY``: still accepted on callbacks during a key rotation."""
+    outbound_secret: SecretStr | None = Field(None, exclude=True)
+    """From the variable ``outbound.secret_env`` names: signs approved messages sent out."""
+
+    def callback_url(self) -> str | None:
+        """Where Plisio should post invoice callbacks: explicit, or derived from ``server.public_url``."""
+        if self.plisio.callback_url:
+            return self.plisio.callback_url
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/") + "/webhooks/plisio"
+        return None
 
     def prompts_path(self) -> Path:
         return (Path(self.base_dir) / self.prompts_dir).resolve()
@@ -214,11 +304,46 @@ def load_settings(
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, file, text) from None
-    llm_key = env.get(settings.llm.api_key_env)
-    if llm_key:
-        settings = settings.model_copy(update={"llm_api_key": SecretStr(llm_key.strip())})
+    secrets = {
+        "llm_api_key": env.get(settings.llm.api_key_env),
+        "plisio_previous_api_key": env.get(ENV_PLISIO_PREVIOUS_KEY),
+        "outbound_secret": env.get(settings.outbound.secret_env),
+    }
+    found = {k: SecretStr(v.strip()) for k, v in secrets.items() if v and v.strip()}
+    if found:
+        settings = settings.model_copy(update=found)
     _check_personas(settings, file, text)
+    _check_flows(settings, file, text)
     return settings
+
+
+def _check_flows(settings: Settings, file: Path, text: str) -> None:
+    flows = settings.flows
+    for key, persona in (
+        ("recovery", flows.recovery.persona),
+        ("refunds", flows.refunds.persona),
+        ("churn", flows.churn.persona),
+    ):
+        if settings.personas and persona not in settings.personas:
+            raise ConfigError(
+                f"persona {persona!r} is not defined",
+                path=str(file),
+                key=f"flows.{key}.persona",
+                line=_line_of(text, ["flows", key, "persona"]),
+                fix="define it under personas: or name one that exists: " + ", ".join(sorted(settings.personas)),
+            )
+    cron = flows.churn.schedule
+    if cron:
+        from croniter import croniter
+
+        if not croniter.is_valid(cron):
+            raise ConfigError(
+                f"{cron!r} is not a cron expression",
+                path=str(file),
+                key="flows.churn.schedule",
+                line=_line_of(text, ["flows", "churn", "schedule"]),
+                fix='use five fields, e.g. "0 6 * * 1" (Mondays 06:00 UTC), or null to disable',
+            )
 
 
 def _check_personas(settings: Settings, file: Path, text: str) -> None:

@@ -52,6 +52,9 @@ class CallContext:
     user: str
     conversation_id: str
     source: str = Source.CHAT
+    scope: str | None = None
+    """Idempotency scope of a flow: when set, a side effect's key is (scope, tool, arguments), so re-running
+    the flow (after a crash, a duplicate callback) gets the same Plisio order number, hence the same invoice."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ class Dispatcher:
     def tools_for(self, persona: PersonaSettings) -> list[dict[str, Any]]:
         """The OpenAI tool definitions offered to a persona: its scope, nothing more."""
         return self.registry.openai_tools(resolve_tools(persona))
+
+    def tools_for_names(self, persona: PersonaSettings) -> tuple[str, ...]:
+        return resolve_tools(persona)
 
     async def _audit(self, ctx: CallContext, event: Event, tool: str | None, **fields: Any) -> None:
         await self.audit.append(
@@ -226,11 +232,10 @@ class Dispatcher:
                     conversation_id=ctx.conversation_id, tool_call_id=call_id, committed=False
                 )
             return await self._deny(ctx, call_id, tool.name, content, "grant")
-        pctx = PlisioContext(
-            client=client,
-            call_key=f"{ctx.conversation_id}:{call_id}",
-            callback_url=self.settings.plisio.callback_url,
-        )
+        call_key = f"{ctx.conversation_id}:{call_id}"
+        if ctx.scope is not None:
+            call_key = f"{ctx.scope}:{tool.name}:{digest(args)[:24]}"
+        pctx = PlisioContext(client=client, call_key=call_key, callback_url=self.settings.callback_url())
         started = asyncio.get_running_loop().time()
         result = await run(tool, args, pctx, timeout=ctx.persona.limits.tool_timeout_s)
         latency = round((asyncio.get_running_loop().time() - started) * 1000, 2)
@@ -321,7 +326,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ stored results
 
     def _stored(self, conversation_id: str, call_id: str) -> dict[str, Any] | None:
-        with self._store.engine.connect() as conn:
+        with self._store.read("read stored tool results") as conn:
             row = conn.execute(
                 select(tool_results).where(
                     tool_results.c.conversation_id == conversation_id, tool_results.c.tool_call_id == call_id
@@ -332,7 +337,7 @@ class Dispatcher:
     def _remember(
         self, conversation_id: str, call_id: str, tool: str, args_hash: str, result: ToolResult, content: str
     ) -> None:
-        with self._store.engine.begin() as conn:
+        with self._store.begin("store a tool result") as conn:
             conn.execute(
                 tool_results.insert().values(
                     conversation_id=conversation_id, tool_call_id=call_id, tool=tool, arguments_hash=args_hash,

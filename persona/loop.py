@@ -53,6 +53,8 @@ class TurnResult:
     stopped_by: str | None = None
     flags: list[str] = field(default_factory=list)
     error: Exception | None = None
+    model: str = ""
+    conversation_id: str = ""
 
 
 OnEvent = Callable[[LoopEvent], None]
@@ -379,6 +381,7 @@ async def run_turn(
     )  # fmt: skip
     await turn.audit(Event.TURN_STARTED, payload={"user_message": user_message})
     result = await turn.run(messages, first_new)
+    result.model, result.conversation_id = model.name, ctx.conversation_id
     await turn.audit(
         Event.TURN_ENDED, reason=result.stopped_by,
         usage={"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,

@@ -104,7 +104,7 @@ class SpendLedger:
         self._store = store
 
     def spent(self, persona: str, day: str) -> Decimal:
-        with self._store.engine.connect() as conn:
+        with self._store.read("read the spend ledger") as conn:
             total = conn.execute(
                 select(func.coalesce(func.sum(spend_ledger.c.amount_usd), 0)).where(
                     spend_ledger.c.persona == persona,
@@ -126,7 +126,7 @@ class SpendLedger:
         now: datetime,
     ) -> Decimal | None:
         """Atomically check ``spent + amount <= cap`` and reserve. Returns the new total, or None if over."""
-        with self._store.engine.begin() as conn:
+        with self._store.begin("reserve spend") as conn:
             if self._store.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(persona.encode())})
             existing = conn.execute(
@@ -174,7 +174,7 @@ class SpendLedger:
             return spent + amount
 
     def settle(self, *, conversation_id: str, tool_call_id: str, committed: bool) -> None:
-        with self._store.engine.begin() as conn:
+        with self._store.begin("settle spend") as conn:
             conn.execute(
                 update(spend_ledger)
                 .where(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated
 
 import typer
@@ -28,12 +29,14 @@ def list_approvals(
     async def work(rt: Runtime) -> None:
         rows = rt.approvals.find(None if status == "all" else status)
         table = Table(title=f"{len(rows)} approval(s) · {status}", title_justify="left")
-        for col in ("id", "status", "persona", "asked by", "tool", "amount", "reason", "created"):
-            table.add_column(col)
+        for col in ("id", "status", "persona", "asked by", "tool", "amount", "created (UTC)"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("reason")
         for a in rows:
+            amount = "" if a.amount is None else f"{a.amount.quantize(Decimal('0.01'))}"
             table.add_row(
-                a.id, a.status, a.persona, a.user_id, a.tool, "" if a.amount is None else str(a.amount),
-                a.reason, a.created_at.strftime("%Y-%m-%d %H:%M"),
+                a.id, a.status, a.persona, a.user_id, a.tool.removeprefix("plisio_"), amount,
+                a.created_at.strftime("%Y-%m-%d %H:%M"), a.reason,
             )  # fmt: skip
         Console().print(table)
 

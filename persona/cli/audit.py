@@ -52,7 +52,7 @@ def list_records(
     from persona.cli.runtime import with_runtime
 
     flt = _filter(user=user, persona=persona, conversation_id=conversation, event=event, tool=tool,
-                  since=_when(since), until=_when(until), limit=limit)  # fmt: skip
+                  since=_when(since), until=_when(until), limit=limit, newest=True)  # fmt: skip
 
     async def work(rt: Runtime) -> None:
         records = rt.audit.query(flt)

@@ -65,7 +65,7 @@ def chat(
                 console.print()
                 streamed.clear()
             if ev.kind == "tool_call":
-                console.print(f"  [dim]→ {ev.tool} {_short(ev.arguments)}[/]")
+                console.print(f"  [dim]→ {ev.tool} {_short(ev.arguments)}[/]", soft_wrap=True)
             elif ev.kind == "tool_result":
                 console.print(f"    {OUTCOME_STYLE.get(ev.outcome or '', ev.outcome)} [dim]{ev.tool}[/]")
             else:
