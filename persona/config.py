@@ -329,7 +329,7 @@ def _check_flows(settings: Settings, file: Path, text: str) -> None:
                 f"persona {persona!r} is not defined",
                 path=str(file),
                 key=f"flows.{key}.persona",
-                line=_line_of(text, ["flows", key, "persona"]),
+                line=line_of(text, ["flows", key, "persona"]),
                 fix="define it under personas: or name one that exists: " + ", ".join(sorted(settings.personas)),
             )
     cron = flows.churn.schedule
@@ -341,7 +341,7 @@ def _check_flows(settings: Settings, file: Path, text: str) -> None:
                 f"{cron!r} is not a cron expression",
                 path=str(file),
                 key="flows.churn.schedule",
-                line=_line_of(text, ["flows", "churn", "schedule"]),
+                line=line_of(text, ["flows", "churn", "schedule"]),
                 fix='use five fields, e.g. "0 6 * * 1" (Mondays 06:00 UTC), or null to disable',
             )
 
@@ -358,7 +358,7 @@ def _check_personas(settings: Settings, file: Path, text: str) -> None:
                 "persona names are lowercase letters, digits, - and _",
                 path=str(file),
                 key=f"personas.{name}",
-                line=_line_of(text, ["personas", name]),
+                line=line_of(text, ["personas", name]),
                 fix="rename the persona",
             )
         for i, tool in enumerate(persona.tools):
@@ -373,7 +373,7 @@ def _check_personas(settings: Settings, file: Path, text: str) -> None:
                     f"unknown tool {tool!r}",
                     path=str(file),
                     key=f"personas.{name}.tools[{i}]",
-                    line=_line_of(text, ["personas", name, "tools", str(i)]),
+                    line=line_of(text, ["personas", name, "tools", str(i)]),
                     fix=hint,
                 )
         if "plisio_create_invoice" in persona.tools and persona.invoice_policy is None:
@@ -381,7 +381,7 @@ def _check_personas(settings: Settings, file: Path, text: str) -> None:
                 "a persona that may create invoices needs caps",
                 path=str(file),
                 key=f"personas.{name}.invoice_policy",
-                line=_line_of(text, ["personas", name]),
+                line=line_of(text, ["personas", name]),
                 fix="add invoice_policy: {max_amount: ..., daily_total: ..., approval_above: ...}",
             )
         template = prompts / persona.prompt
@@ -390,7 +390,7 @@ def _check_personas(settings: Settings, file: Path, text: str) -> None:
                 f"prompt template {persona.prompt!r} not found in {prompts}",
                 path=str(file),
                 key=f"personas.{name}.prompt",
-                line=_line_of(text, ["personas", name, "prompt"]),
+                line=line_of(text, ["personas", name, "prompt"]),
                 fix=f"create {template} or point prompt: at an existing file in {settings.prompts_dir}/",
             )
 
@@ -453,10 +453,10 @@ def _config_error(exc: ValidationError, file: Path, text: str) -> ConfigError:
         and not isinstance(given, dict | list)
     ):
         msg = f"{msg} (got {given!r})"
-    return ConfigError(msg, path=str(file), key=key, line=_line_of(text, loc), fix=fix)
+    return ConfigError(msg, path=str(file), key=key, line=line_of(text, loc), fix=fix)
 
 
-def _line_of(text: str, loc: list[str]) -> int | None:
+def line_of(text: str, loc: list[str]) -> int | None:
     """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
     if not text:
         return None

@@ -387,10 +387,18 @@ class ScriptedChatModel:
     not use exactly its script is not testing what it claims to.
     """
 
-    def __init__(self, steps: Sequence[ScriptStep], *, name: str = "scripted") -> None:
+    def __init__(
+        self,
+        steps: Sequence[ScriptStep],
+        *,
+        name: str = "scripted",
+        render: Callable[[ScriptStep, Sequence[Mapping[str, Any]]], ScriptStep] | None = None,
+    ) -> None:
         self._steps = list(steps)
         self._next = 0
         self._name = name
+        self._render = render
+        """Fills a step in from the conversation so far (replay templates: ``{{ results[0].txn_id }}``)."""
         self.calls: list[RecordedCall] = []
 
     @property
@@ -420,6 +428,8 @@ class ScriptedChatModel:
             )
         step = self._steps[self._next]
         self._next += 1
+        if self._render is not None:
+            step = self._render(step, messages)
         if step.error is not None:
             raise step.error
         if on_text is not None and step.text:

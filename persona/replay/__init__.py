@@ -1,0 +1,1 @@
+"""Scripted conversation replay: load scenarios, run them for real (only the model is scripted), check."""

@@ -1,0 +1,155 @@
+"""Running a scenario through the real loop, dispatcher, policy, audit log and sandbox.
+
+Each scenario gets a fresh world: a temporary SQLite store, an in-process sandbox seeded at
+the scenario's instant, and the configured personas and policies (a replay is only useful if
+a change of prompt, policy or code can change its outcome). Only the model is scripted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from persona.app import Runtime, connect_plisio
+from persona.audit import AuditFilter
+from persona.config import PlisioMode, PlisioSettings, Settings
+from persona.drafts import DraftStore
+from persona.errors import PersonaError, ScenarioError, ScriptExhausted, ScriptUnfinished
+from persona.events import Source
+from persona.llm import ChatModel, ScriptedChatModel
+from persona.loop import run_turn
+from persona.replay.checks import Observed, calls_from, check
+from persona.replay.scenario import Scenario
+from persona.replay.script import scripted_turn
+from persona.store.engine import Store
+from tools.plisio.sandbox import Sandbox
+
+REPLAY_CALLBACK_URL = "http://persona.replay/webhooks/plisio"
+
+
+@dataclass
+class Result:
+    name: str
+    path: str
+    ok: bool
+    steps: int = 0
+    tool_calls: int = 0
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+
+class _Scripts:
+    """Hands out the scripted model for each turn and remembers them to check they were used up."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.models: list[tuple[str, ScriptedChatModel]] = []
+        self.trigger: dict[str, Any] = {}
+
+    def for_turn(self, index: int, facts: Mapping[str, Any] | None = None) -> ScriptedChatModel:
+        label = f"turn {index + 1}"
+        model = scripted_turn(
+            self.scenario.turns[index], name=f"replay:{self.scenario.name}", label=label,
+            base={"facts": dict(facts or {}), "trigger": self.trigger},
+        )  # fmt: skip
+        self.models.append((label, model))
+        return model
+
+    def factory(self, flow: str, persona: str, facts: Mapping[str, Any]) -> ChatModel:
+        return self.for_turn(len(self.models), facts)
+
+    def leftovers(self) -> list[str]:
+        failures = []
+        for label, model in self.models:
+            try:
+                model.assert_finished()
+            except ScriptUnfinished as exc:
+                failures.append(f"{label}: extra model step: {exc}")
+        if not self.models and self.scenario.turns:
+            failures.append("the scripted model was never called: the flow did not run the persona")
+        return failures
+
+
+def replay_settings(settings: Settings) -> Settings:
+    """The configured personas and policies, against the in-process sandbox."""
+    plisio = PlisioSettings(mode=PlisioMode.SANDBOX, callback_url=REPLAY_CALLBACK_URL)
+    return settings.model_copy(update={"plisio": plisio})
+
+
+async def run_scenario(scenario: Scenario, settings: Settings) -> Result:
+    started = time.perf_counter()
+    result = Result(name=scenario.name, path=scenario.source, ok=False)
+    with tempfile.TemporaryDirectory(prefix="persona-replay-") as tmp:
+        store = Store.open(f"sqlite:///{Path(tmp) / 'replay.sqlite3'}")
+        now: Callable[[], Any] = lambda: scenario.now  # noqa: E731 - a fixed clock
+        sandbox = Sandbox(seed=scenario.seed, now=now)
+        cfg = replay_settings(settings)
+        rt = Runtime.build(cfg, store=store, plisio=connect_plisio(cfg, sandbox=sandbox), now=now)
+        scripts = _Scripts(scenario)
+        rt.model_factory = scripts.factory
+        seen = Observed()
+        try:
+            await _drive(rt, scenario, scripts, sandbox, seen)
+        except PersonaError as exc:
+            result.failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            _observe(rt, sandbox, seen)
+            await rt.aclose()
+        result.failures += scripts.leftovers()
+        result.failures += check(scenario.expect, seen)
+        result.steps, result.tool_calls = seen.steps, len(seen.calls)
+    result.ok = not result.failures
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def _drive(rt: Runtime, scenario: Scenario, scripts: _Scripts, sandbox: Sandbox, seen: Observed) -> None:
+    kind = scenario.trigger.kind
+    if kind == "chat":
+        await _chat(rt, scenario, scripts, seen)
+    elif kind == "callback":
+        from persona.replay.triggers import callback
+
+        await callback(rt, scenario, scripts, sandbox)
+    elif kind == "refund_request":
+        from persona.replay.triggers import refund_request
+
+        seen.refund = await refund_request(rt, scenario, scripts)
+    else:
+        from persona.replay.triggers import churn_scan
+
+        seen.churn_signals = await churn_scan(rt, scenario)
+
+
+async def _chat(rt: Runtime, scenario: Scenario, scripts: _Scripts, seen: Observed) -> None:
+    ctx = rt.context(scenario.persona, scenario.user, source=Source.REPLAY)
+    system = rt.system_prompt(ctx)
+    history: list[dict[str, Any]] = []
+    for index, turn in enumerate(scenario.turns):
+        model = scripts.for_turn(index)
+        outcome = await run_turn(
+            model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=system, history=history,
+            user_message=turn.user,
+        )  # fmt: skip
+        if isinstance(outcome.error, ScriptExhausted):
+            raise ScenarioError(f"turn {index + 1}: missing model step: {outcome.error}")
+        history.extend(outcome.messages)
+        seen.stopped_by, seen.flags = outcome.stopped_by, seen.flags + len(outcome.flags)
+
+
+def _observe(rt: Runtime, sandbox: Sandbox, seen: Observed) -> None:
+    records = rt.audit.query(AuditFilter())
+    seen.calls = calls_from(records)
+    seen.steps = sum(1 for r in records if r.event == "model_response")
+    ended = [r for r in records if r.event == "turn_ended"]
+    if ended:
+        seen.final_text = str(ended[-1].payload.get("text") or "")
+        if seen.stopped_by is None:
+            seen.stopped_by = ended[-1].reason
+    seen.plisio_paths = [r.path for r in sandbox.requests]
+    seen.approvals_pending = len(rt.approvals.find("pending"))
+    seen.drafts = list(reversed(DraftStore(rt.store).find(None)))
