@@ -142,6 +142,9 @@ def verify(
 @app.command("export")
 def export(
     out: Annotated[str | None, Opt("--out", "-o", help="File to write (default: standard output).")] = None,
+    as_scenario: Annotated[
+        str | None, Opt("--as-scenario", help="Write the --conversation as a replay scenario to this file.")
+    ] = None,
     conversation: Annotated[str | None, Opt(help="Only this conversation id.")] = None,
     persona: Annotated[str | None, Opt(help="Only this persona.")] = None,
     since: Annotated[str | None, Opt(help="From this time (ISO 8601).")] = None,
@@ -150,6 +153,10 @@ def export(
     """Export records as JSON Lines (hashes included, so the export can be verified elsewhere)."""
     from persona.app import Runtime
     from persona.cli.runtime import with_runtime
+
+    if as_scenario is not None:
+        _export_scenario(conversation, Path(as_scenario))
+        return
 
     flt = _filter(conversation_id=conversation, persona=persona, since=_when(since), until=_when(until))
 
@@ -162,3 +169,19 @@ def export(
     count = with_runtime(work)
     if out is not None:
         print(f"exported {count} records to {out}", file=sys.stderr)
+
+
+def _export_scenario(conversation: str | None, out: Path) -> None:
+    from persona.app import Runtime
+    from persona.cli.chat import export_to
+    from persona.cli.runtime import with_runtime
+    from persona.errors import ConfigError
+
+    if not conversation:
+        raise ConfigError("--as-scenario needs --conversation ID", key="--conversation", fix="add --conversation")
+
+    async def work(rt: Runtime) -> str:
+        return export_to(rt, conversation, out, out.stem.replace("_", "-"))
+
+    with_runtime(work)
+    print(f"wrote scenario {out} from conversation {conversation} (replay it: persona replay {out})", file=sys.stderr)

@@ -57,13 +57,16 @@ def _global(
 
 
 def _register() -> None:
-    from persona.cli import approvals, audit, chat, drafts, replay, sandbox, tools
+    from persona.cli import approvals, audit, chat, drafts, flows, replay, sandbox, tools
 
     app.add_typer(tools.app, name="tools")
     app.add_typer(approvals.app, name="approvals")
     app.add_typer(audit.app, name="audit")
     app.add_typer(drafts.app, name="drafts")
+    app.add_typer(flows.refunds_app, name="refunds")
+    app.add_typer(flows.churn_app, name="churn")
     app.command("chat")(chat.chat)
+    app.command("record")(chat.record)
     app.command("replay")(replay.replay)
     app.command("sandbox")(sandbox.sandbox)
 

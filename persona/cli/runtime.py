@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from persona.app import Runtime
 
 T = TypeVar("T")
 
 
-def with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
+def with_runtime(work: Callable[[Runtime], Awaitable[T]], *, plisio: Any = None) -> T:
     """Run ``work`` with a runtime built from the CLI's settings, always closing it."""
     from persona.cli.main import STATE
 
     async def main() -> T:
-        runtime = Runtime.build(STATE.settings())
+        runtime = Runtime.build(STATE.settings(), plisio=plisio)
         try:
             return await work(runtime)
         finally:

@@ -96,7 +96,9 @@ def template_draft(facts: dict[str, Any], shop: str, link: str | None) -> tuple[
         )
     else:
         opening = f"Your payment of {price} for {what} did not go through (the invoice {facts['status']})."
-    action = f"You can complete it here: {link}" if link else "Reply to this email and we will send a new link."
+    action = (
+        f"You can complete it here: {link}" if link else "Reply to this email and we will send a new link."
+    )
     body = f"Hello,\n\n{opening} {action}\n\nThe {shop} team"
     return f"Your payment for {what} did not go through", body
 
@@ -117,7 +119,9 @@ async def _shop_name(rt: Runtime) -> str:
     return clean_text(shop.name, 60) or "Plisio shop"
 
 
-async def _template_link(rt: Runtime, facts: dict[str, Any], key: str, source: str) -> tuple[str | None, str | None]:
+async def _template_link(
+    rt: Runtime, facts: dict[str, Any], key: str, source: str
+) -> tuple[str | None, str | None]:
     """Without a model, code asks for the fresh link itself, through the same dispatcher and policy."""
     settings = rt.settings.flows.recovery
     if not settings.offer_new_link or not facts.get("price") or not facts.get("price_currency"):

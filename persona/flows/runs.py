@@ -80,7 +80,9 @@ class FlowRuns:
 
     def attach(self, key: str, conversation_id: str) -> None:
         with self._store.begin("update a flow run") as conn:
-            conn.execute(update(flow_runs).where(flow_runs.c.key == key).values(conversation_id=conversation_id))
+            conn.execute(
+                update(flow_runs).where(flow_runs.c.key == key).values(conversation_id=conversation_id)
+            )
 
     def finish(self, key: str, *, state: str, summary: str | None = None, error: str | None = None) -> None:
         with self._store.begin("finish a flow run") as conn:

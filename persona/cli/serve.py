@@ -1,0 +1,198 @@
+"""``persona serve``, ``persona worker`` and ``persona inbox``: the long-running side of the service.
+
+``serve`` runs the HTTP app (callbacks, chat, operator endpoints) and, unless told otherwise,
+the worker in the same process; ``worker`` runs only the worker, for deployments that keep
+them apart or run several. ``inbox`` shows what arrived and re-queues what failed.
+
+Register these in ``persona/cli/main.py``::
+
+    from persona.cli import serve
+    app.command("serve")(serve.serve)
+    app.command("worker")(serve.worker)
+    app.add_typer(serve.inbox_app, name="inbox")
+
+Until then ``python -m persona.cli.serve ...`` runs the full CLI with them added.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+inbox_app = typer.Typer(help="The Plisio callback inbox: list rows, retry failed ones.", no_args_is_help=True)
+
+Opt = typer.Option
+_STATES = ("pending", "processing", "done", "failed", "poison", "all")
+
+
+def serve(
+    host: Annotated[str | None, Opt("--host", help="Interface (default: server.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, Opt("--port", "-p", help="TCP port (default: server.port).")] = None,
+    worker: Annotated[
+        bool | None,
+        Opt(
+            "--worker/--no-worker", help="Run the worker in this process (default: server.in_process_worker)."
+        ),
+    ] = None,
+) -> None:
+    """Serve the HTTP API: POST /webhooks/plisio, /v1/chat, /v1/audit, /v1/drafts, /healthz (docs at /docs)."""
+    import asyncio
+
+    import uvicorn
+    from rich.console import Console
+
+    from persona.app import Runtime
+    from persona.cli.main import STATE
+    from persona.server import create_app
+
+    settings = STATE.settings()
+    bind_host = host or settings.server.host
+    bind_port = port or settings.server.port
+    in_process = settings.server.in_process_worker if worker is None else worker
+
+    async def main() -> None:
+        rt = Runtime.build(settings)
+        try:
+            app = create_app(rt, start_worker=in_process)
+            config = uvicorn.Config(
+                app, host=bind_host, port=bind_port, lifespan="on", log_level=settings.log.level,
+                access_log=settings.log.level == "debug", server_header=False,
+            )  # fmt: skip
+            Console(stderr=True).print(
+                f"persona on http://{bind_host}:{bind_port} (docs: /docs; callbacks: /webhooks/plisio; "
+                f"worker: {'in process' if in_process else 'separate'}). Ctrl-C stops it.",
+                highlight=False,
+            )
+            await uvicorn.Server(config).serve()
+        finally:
+            await rt.aclose()
+
+    asyncio.run(main())
+
+
+def worker(
+    once: Annotated[bool, Opt("--once", help="Process what is due, run due schedules, then exit.")] = False,
+    schedules: Annotated[
+        bool,
+        Opt(
+            "--schedules/--no-schedules",
+            help="Also run the reconciler and the churn scan on their schedules.",
+        ),
+    ] = True,
+) -> None:
+    """Process the callback inbox and run the schedules until stopped (SIGINT/SIGTERM)."""
+    import asyncio
+    import signal
+
+    from persona.app import Runtime
+    from persona.cli.runtime import with_runtime
+    from persona.worker import Worker
+
+    async def work(rt: Runtime) -> None:
+        runner = Worker(rt, schedules=schedules)
+        if once:
+            await runner.scheduler.tick()
+            done = await runner.drain()
+            typer.echo(f"processed {len(done)} inbox row(s)")
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        typer.echo(f"worker {runner.owner} running; Ctrl-C stops it", err=True)
+        await runner.run(stop)
+
+    with_runtime(work)
+
+
+@inbox_app.command("list")
+def list_rows(
+    state: Annotated[str, Opt("--state", help="pending, processing, done, failed, poison or all.")] = "all",
+    limit: Annotated[int, Opt("--limit", help="At most this many rows (newest first).")] = 50,
+    as_json: Annotated[bool, Opt("--json", help="JSON lines instead of a table.")] = False,
+) -> None:
+    """List inbox rows, newest first (``--state poison`` shows signed callbacks we could not use)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from persona.app import Runtime
+    from persona.cli.runtime import with_runtime
+    from persona.errors import ConfigError
+    from persona.inbox import Inbox
+    from persona.server import jsonable
+
+    if state not in _STATES:
+        raise ConfigError(f"unknown state {state!r}", key="--state", fix="use one of " + ", ".join(_STATES))
+
+    async def work(rt: Runtime) -> None:
+        rows = Inbox(rt.store).list(state, limit=limit)
+        if as_json:
+            for row in rows:
+                typer.echo(json.dumps(jsonable(row), ensure_ascii=False))
+            return
+        table = Table(title=f"{len(rows)} inbox row(s) · {state}", title_justify="left")
+        for col in (
+            "id",
+            "state",
+            "source",
+            "txn_id",
+            "status",
+            "plisio",
+            "action",
+            "tries",
+            "received (UTC)",
+        ):
+            table.add_column(col, no_wrap=True)
+        table.add_column("error", overflow="fold")
+        for r in rows:
+            table.add_row(
+                str(r.id), r.state, r.source, r.txn_id or "", r.status or "", r.plisio_status or "",
+                r.action or "", str(r.attempts), r.received_at.strftime("%Y-%m-%d %H:%M:%S"), (r.error or "")[:120],
+            )  # fmt: skip
+        Console().print(table)
+
+    with_runtime(work)
+
+
+@inbox_app.command("retry")
+def retry(
+    row_id: Annotated[int, typer.Argument(help="The inbox row id (see `persona inbox list`).")],
+) -> None:
+    """Queue a failed (or poison) row again, with its attempts reset."""
+    from persona.app import Runtime
+    from persona.audit import AuditEvent
+    from persona.cli.runtime import with_runtime
+    from persona.events import Source
+    from persona.inbox import Inbox
+
+    async def work(rt: Runtime) -> None:
+        row = Inbox(rt.store).retry(row_id, now=rt.now())
+        await rt.audit.append(
+            AuditEvent(
+                event="inbox_retried", source=Source.CLI, payload={"inbox_id": row.id, "txn_id": row.txn_id}
+            )
+        )
+        typer.echo(f"inbox row {row.id} ({row.txn_id} {row.status}) is pending again")
+
+    with_runtime(work)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve``, ``worker`` and ``inbox`` to the main CLI (idempotent)."""
+    names = {c.name for c in app.registered_commands}
+    if "serve" not in names:
+        app.command("serve")(serve)
+    if "worker" not in names:
+        app.command("worker")(worker)
+    if not any(g.name == "inbox" for g in app.registered_groups):
+        app.add_typer(inbox_app, name="inbox")
+
+
+if __name__ == "__main__":
+    from persona.cli.main import app as _app
+    from persona.cli.main import main as _main
+
+    register(_app)
+    _main()

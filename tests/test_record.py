@@ -1,0 +1,89 @@
+"""Record -> replay round trips: a live conversation (fake OpenAI server) becomes a scenario that replays green."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fakes.openai_server import FakeOpenAI, FakeStep
+from tests.harness import REPO
+from tools.plisio.sandbox import SANDBOX_API_KEY, LoopbackServer
+
+
+def conversation(body: dict[str, Any]) -> FakeStep:
+    """A model that reads what its tools returned: list expired invoices, open the first, bill it again."""
+    tool_msgs = [m for m in body["messages"] if m["role"] == "tool"]
+    if not tool_msgs:
+        return FakeStep(tool_calls=[{"id": "c1", "name": "plisio_list_transactions",
+                                     "arguments": '{"status":"expired","type":"invoice","limit":1}'}])  # fmt: skip
+    if len(tool_msgs) == 1:
+        op = json.loads(tool_msgs[0]["content"])["result"]["operations"][0]
+        return FakeStep(tool_calls=[
+            {"id": "c2", "name": "plisio_get_transaction", "arguments": json.dumps({"operation_id": op["id"]})},
+            {"id": "c3", "name": "plisio_create_invoice", "arguments": json.dumps(
+                {"order_name": "Retry", "source_amount": "30", "source_currency": "USD"})},
+        ])  # fmt: skip
+    created = json.loads(tool_msgs[-1]["content"])["result"]
+    return FakeStep(text=f"New invoice {created['txn_id']} for 30 USD: {created['invoice_url']}")
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Iterator[Path]:
+    fake = FakeOpenAI(conversation)
+    with LoopbackServer(fake.app) as server:
+        text = (REPO / "config.yaml").read_text(encoding="utf-8")
+        text = text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
+        text = text.replace("  base_url: null\n  model: null", f"  base_url: {server.base_url}/v1\n  model: fake-model")
+        path = tmp_path / "config.yaml"
+        path.write_text(text, encoding="utf-8")
+        yield path
+
+
+def persona(cfg: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "persona", "--config", str(cfg), *args],
+        capture_output=True, text=True, timeout=120, cwd=cfg.parent,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "OPENAI_API_KEY": "sk-test-never-written-0123456789"},
+    )  # fmt: skip
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    return proc
+
+
+def assert_clean(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    assert SANDBOX_API_KEY not in text and "sk-test-never-written" not in text
+    return dict(yaml.safe_load(text))
+
+
+def test_record_then_replay(cfg: Path, tmp_path: Path) -> None:
+    out = tmp_path / "recorded_retry.yaml"
+    persona(cfg, "record", "--persona", "finance", "--user", "alice@example.com", "-m", "bill the last expired one",
+            "--out", str(out))  # fmt: skip
+    scenario = assert_clean(out)
+    get_tx = scenario["turns"][0]["model"][1]["tool_calls"][0]
+    assert get_tx["arguments"]["operation_id"] == "{{ results[0].operations[0].id }}"
+    assert "{{ results[2].txn_id }}" in scenario["turns"][0]["model"][2]["text"]
+    assert [t["name"] for t in scenario["expect"]["tools_called"]] == [
+        "plisio_list_transactions", "plisio_get_transaction", "plisio_create_invoice"]  # fmt: skip
+    replayed = persona(cfg, "replay", str(out))
+    assert "pass" in replayed.stdout
+
+
+def test_audit_export_as_scenario_then_replay(cfg: Path, tmp_path: Path) -> None:
+    chat = persona(cfg, "chat", "--persona", "finance", "--user", "bob@example.com", "-m", "bill the last expired one")
+    conversation_id = re.search(r"conv_[0-9a-f]{16}", chat.stdout)
+    assert conversation_id
+    out = tmp_path / "exported.yaml"
+    persona(cfg, "audit", "export", "--conversation", conversation_id.group(0), "--as-scenario", str(out))
+    scenario = assert_clean(out)
+    assert scenario["user"] == "bob@example.com" and scenario["persona"] == "finance"
+    replayed = persona(cfg, "replay", str(out))
+    assert "pass" in replayed.stdout
