@@ -148,6 +148,8 @@ class WorkerSettings(Frozen):
     reconcile_every_s: float = Field(300.0, ge=10, le=86_400)
     reconcile_pages: int = Field(2, ge=1, le=20)
     """Pages (50 operations each, newest first) the reconciler reads per failure status."""
+    reconcile_max_age_h: float | None = Field(72.0, gt=0)
+    """The reconciler ignores invoices that failed longer ago (a first start must not chase old ones)."""
 
 
 class OutboundSettings(Frozen):
@@ -330,7 +332,8 @@ def _check_flows(settings: Settings, file: Path, text: str) -> None:
                 path=str(file),
                 key=f"flows.{key}.persona",
                 line=line_of(text, ["flows", key, "persona"]),
-                fix="define it under personas: or name one that exists: " + ", ".join(sorted(settings.personas)),
+                fix="define it under personas: or name one that exists: "
+                + ", ".join(sorted(settings.personas)),
             )
     cron = flows.churn.schedule
     if cron:

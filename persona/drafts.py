@@ -152,7 +152,14 @@ class DraftStore:
             return [_draft(r) for r in conn.execute(query)]
 
     def transition(
-        self, draft_id: str, *, from_: tuple[str, ...], to: str, by: str | None, note: str | None, now: datetime
+        self,
+        draft_id: str,
+        *,
+        from_: tuple[str, ...],
+        to: str,
+        by: str | None,
+        note: str | None,
+        now: datetime,
     ) -> Draft:
         """Move a draft between states exactly once; a lost race raises Conflict."""
         current = self.get(draft_id)
@@ -235,7 +242,9 @@ class Outbound:
 class ReviewQueue:
     """Approve, reject and (re)send drafts, auditing every decision and delivery."""
 
-    def __init__(self, store: DraftStore, outbound: Outbound, audit: AuditLog, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, store: DraftStore, outbound: Outbound, audit: AuditLog, now: Callable[[], datetime]
+    ) -> None:
         self.drafts, self.outbound, self._audit, self._now = store, outbound, audit, now
 
     async def _record(self, event: str, draft: Draft, by: str | None, source: str, **fields: Any) -> None:
@@ -262,7 +271,9 @@ class ReviewQueue:
             raise Conflict(f"draft {draft_id} is {draft.status}; only approved drafts are sent")
         ok, attempt = await self.outbound.deliver(draft)
         history = [*(draft.delivery or {}).get("attempts", []), attempt]
-        draft = await asyncio.to_thread(self.drafts.record_delivery, draft_id, ok=ok, delivery={"attempts": history})
+        draft = await asyncio.to_thread(
+            self.drafts.record_delivery, draft_id, ok=ok, delivery={"attempts": history}
+        )
         await self._record("draft_sent" if ok else "draft_send_failed", draft, by, source, delivery=attempt)
         return draft
 

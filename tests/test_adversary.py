@@ -15,7 +15,13 @@ from tools.plisio.sandbox import Sandbox
 
 pytestmark = pytest.mark.anyio
 
-READ_ROUTES = ("/api/v1/balances/", "/api/v1/operations", "/api/v1/shops", "/api/v1/currencies", "/api/v1/invoices/")
+READ_ROUTES = (
+    "/api/v1/balances/",
+    "/api/v1/operations",
+    "/api/v1/shops",
+    "/api/v1/currencies",
+    "/api/v1/invoices/",
+)
 
 
 def tc(i: int, name: str, arguments: Any) -> ToolCall:
@@ -46,21 +52,37 @@ ATTACKS_AS_GROWTH = [
 ATTACKS_AS_FINANCE = [
     ScriptStep(
         tool_calls=(
-            tc(10, "plisio_create_invoice", '{"order_name":"x","source_amount":"1000000000","source_currency":"USD"}'),
+            tc(
+                10,
+                "plisio_create_invoice",
+                '{"order_name":"x","source_amount":"1000000000","source_currency":"USD"}',
+            ),
             tc(11, "plisio_create_invoice", '{"order_name":"x","amount":"50","currency":"BTC"}'),
-            tc(12, "plisio_create_invoice", '{"order_name":"x","source_amount":"-5","source_currency":"USD"}'),
+            tc(
+                12, "plisio_create_invoice", '{"order_name":"x","source_amount":"-5","source_currency":"USD"}'
+            ),
             tc(13, "plisio_create_invoice", '{"order_name":"x","source_amount":"0","source_currency":"USD"}'),
-            tc(14, "plisio_create_invoice",
-               '{"order_name":"x","source_amount":"5","source_currency":"USD","callback_url":"https://evil.example"}'),
-            tc(15, "plisio_create_invoice",
-               '{"order_name":"x","source_amount":"5","source_currency":"USD","order_number":"1"}'),
+            tc(
+                14,
+                "plisio_create_invoice",
+                '{"order_name":"x","source_amount":"5","source_currency":"USD","callback_url":"https://evil.example"}',
+            ),
+            tc(
+                15,
+                "plisio_create_invoice",
+                '{"order_name":"x","source_amount":"5","source_currency":"USD","order_number":"1"}',
+            ),
             tc(16, "plisio_create_invoice", '{"order_name":"x","source_amount":5e2,"source_currency":"USD"}'),
             tc(17, "plisio_create_invoice", "not even json"),
         )
     ),
     ScriptStep(
         tool_calls=tuple(
-            tc(20 + i, "plisio_create_invoice", f'{{"order_name":"x{i}","source_amount":"999","source_currency":"USD"}}')
+            tc(
+                20 + i,
+                "plisio_create_invoice",
+                f'{{"order_name":"x{i}","source_amount":"999","source_currency":"USD"}}',
+            )
             for i in range(6)
         )
     ),
@@ -73,7 +95,9 @@ def audited_call_ids(rt: Any, conversation_id: str) -> set[str]:
             r.payload.get("tool_call_id")}  # fmt: skip
 
 
-async def attack(store: Store, sandbox: Sandbox, persona: str, steps: list[ScriptStep]) -> tuple[Any, Any, str]:
+async def attack(
+    store: Store, sandbox: Sandbox, persona: str, steps: list[ScriptStep]
+) -> tuple[Any, Any, str]:
     """Run the script; returns the runtime, the turn and the conversation id."""
     rt = build_runtime(store, sandbox)
     model = ScriptedChatModel(steps)

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import text
 
 from persona.audit import AuditEvent, AuditFilter, AuditLog, AuditRecord
-from persona.errors import StoreError
+from persona.errors import AuditIntegrityError, StoreError
 from persona.store import Store
 from persona.store.audit_tables import GENESIS_HASH, canonical_json, canonical_record, record_hash
 from tools.redaction import register_secret
@@ -475,3 +475,23 @@ def test_export_of_nothing(audit: AuditLog) -> None:
     out = io.StringIO()
     assert audit.export_jsonl(out, AuditFilter(user="nobody")) == 0
     assert out.getvalue() == ""
+
+
+def test_verify_and_export_page_through_the_log(audit: AuditLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("persona.audit._PAGE", 3)
+    fill(audit, 10)
+    assert audit.verify().records == 10
+    out = io.StringIO()
+    assert audit.export_jsonl(out, AuditFilter(after_seq=1, limit=7)) == 7
+    assert [json.loads(line)["seq"] for line in out.getvalue().splitlines()] == list(range(2, 9))
+    assert audit.export_jsonl(io.StringIO(), AuditFilter()) == 10
+
+
+def test_an_unreadable_record_is_an_integrity_error_not_a_crash(audit: AuditLog, store: Store) -> None:
+    fill(audit, 3)
+    drop_triggers(store)
+    raw(store, "UPDATE audit_log SET payload = 'not json' WHERE seq = 2")
+    with pytest.raises(AuditIntegrityError, match="record 2") as info:
+        audit.query(AuditFilter())
+    assert info.value.seq == 2
+    assert audit.verify().first_bad_seq == 2

@@ -44,14 +44,18 @@ def llm() -> Iterator[LoopbackServer]:
 def cfg(tmp_path: Path, llm: LoopbackServer) -> Path:
     text = (REPO / "config.yaml").read_text(encoding="utf-8")
     text = text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
-    text = text.replace("  base_url: null\n  model: null", f"  base_url: {llm.base_url}/v1\n  model: fake-model")
+    text = text.replace(
+        "  base_url: null\n  model: null", f"  base_url: {llm.base_url}/v1\n  model: fake-model"
+    )
     path = tmp_path / "config.yaml"
     path.write_text(text, encoding="utf-8")
     return path
 
 
 def test_chat_approve_and_audit_from_the_command_line(cfg: Path, tmp_path: Path) -> None:
-    chat = persona(cfg, "chat", "--persona", "finance", "--user", "alice@example.com", "--message", "bill ACME 400")
+    chat = persona(
+        cfg, "chat", "--persona", "finance", "--user", "alice@example.com", "--message", "bill ACME 400"
+    )
     out = chat.stdout
     assert "→ plisio_get_balance" in out and "✓ succeeded" in out
     assert "→ plisio_create_invoice" in out and "⏸ pending approval" in out
@@ -100,7 +104,11 @@ def test_tools_commands(cfg: Path) -> None:
 
 
 def test_chat_without_an_llm_says_how_to_configure_one(tmp_path: Path) -> None:
-    text = (REPO / "config.yaml").read_text(encoding="utf-8").replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
+    text = (
+        (REPO / "config.yaml")
+        .read_text(encoding="utf-8")
+        .replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
+    )
     path = tmp_path / "config.yaml"
     path.write_text(text, encoding="utf-8")
     proc = persona(path, "chat", "--user", "a@example.com", "--message", "hi", check=2)

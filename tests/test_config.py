@@ -80,7 +80,10 @@ def test_secrets_are_refused_in_the_file(tmp_path: Path) -> None:
 
 
 def test_invoice_tool_without_caps(tmp_path: Path) -> None:
-    err = error_for(tmp_path, PERSONAS.replace("    invoice_policy: {max_amount: 100, daily_total: 500, approval_above: 50}\n", ""))
+    err = error_for(
+        tmp_path,
+        PERSONAS.replace("    invoice_policy: {max_amount: 100, daily_total: 500, approval_above: 50}\n", ""),
+    )
     assert err.key == "personas.finance.invoice_policy" and "needs caps" in str(err)
 
 
@@ -91,7 +94,9 @@ def test_explicit_missing_file(tmp_path: Path) -> None:
 
 def test_live_mode_needs_a_key_and_sandbox_does_not() -> None:
     live = load_settings(REPO / "config.yaml", env={}).model_copy(
-        update={"plisio": load_settings(REPO / "config.yaml", env={}).plisio.model_copy(update={"mode": "live"})}
+        update={
+            "plisio": load_settings(REPO / "config.yaml", env={}).plisio.model_copy(update={"mode": "live"})
+        }
     )
     with pytest.raises(NotConfigured, match="export PLISIO_API_KEY"):
         connect_plisio(live)

@@ -48,7 +48,9 @@ def fake_server() -> Iterator[tuple[FakeOpenAI, LoopbackServer]]:
 
     def script(body: dict[str, Any]) -> FakeStep:
         steps: list[FakeStep] = holder["steps"]
-        return steps.pop(0) if steps else FakeStep(status=500, error_body={"error": {"message": "script over"}})
+        return (
+            steps.pop(0) if steps else FakeStep(status=500, error_body={"error": {"message": "script over"}})
+        )
 
     fake = FakeOpenAI(script)
     with LoopbackServer(fake.app) as server:
@@ -64,7 +66,9 @@ def load(fake: FakeOpenAI, steps: list[FakeStep]) -> None:
 async def converse(
     rt: Runtime, server: LoopbackServer, *, stream: bool, message: str = "balances, then bill ACME 120 USD"
 ) -> tuple[Any, list[LoopEvent], list[str], str]:
-    model = OpenAIChatModel(model="fake-model", base_url=f"{server.base_url}/v1", stream=stream, max_retries=2)
+    model = OpenAIChatModel(
+        model="fake-model", base_url=f"{server.base_url}/v1", stream=stream, max_retries=2
+    )
     ctx = rt.context("finance", "alice@example.com")
     seen: list[LoopEvent] = []
     deltas: list[str] = []
@@ -131,7 +135,12 @@ async def test_hardening_over_the_wire(
     rt = build_runtime(store, sandbox)
     result, _, _, conv = await converse(rt, server, stream=True)
     assert result.text == "Done."
-    assert [c.outcome for c in result.calls] == [Outcome.FAILED, Outcome.SUCCEEDED, Outcome.SUCCEEDED, Outcome.DENIED]
+    assert [c.outcome for c in result.calls] == [
+        Outcome.FAILED,
+        Outcome.SUCCEEDED,
+        Outcome.SUCCEEDED,
+        Outcome.DENIED,
+    ]
     second = fake.requests[1]
     answered = [m["tool_call_id"] for m in second["messages"] if m["role"] == "tool"]
     assistant = [m for m in second["messages"] if m.get("tool_calls")][-1]
@@ -170,7 +179,9 @@ async def test_unreachable_model_ends_the_turn_with_a_clear_message(store: Store
     rt = build_runtime(store, sandbox)
     model = OpenAIChatModel(model="m", base_url="http://127.0.0.1:9/v1", max_retries=0)
     ctx = rt.context("finance", "alice")
-    result = await run_turn(model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt="s", user_message="hi")
+    result = await run_turn(
+        model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt="s", user_message="hi"
+    )
     await model.aclose()
     assert result.stopped_by == "model_error"
     assert "unreachable" in result.text and "127.0.0.1" in result.text
@@ -179,7 +190,10 @@ async def test_unreachable_model_ends_the_turn_with_a_clear_message(store: Store
 
 
 async def test_plisio_key_never_reaches_the_audit_file_or_logs(
-    tmp_path: Path, sandbox: Sandbox, fake_server: tuple[FakeOpenAI, LoopbackServer], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    sandbox: Sandbox,
+    fake_server: tuple[FakeOpenAI, LoopbackServer],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake, server = fake_server
     load(fake, CHAIN)

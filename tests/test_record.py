@@ -41,7 +41,9 @@ def cfg(tmp_path: Path) -> Iterator[Path]:
     with LoopbackServer(fake.app) as server:
         text = (REPO / "config.yaml").read_text(encoding="utf-8")
         text = text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
-        text = text.replace("  base_url: null\n  model: null", f"  base_url: {server.base_url}/v1\n  model: fake-model")
+        text = text.replace(
+            "  base_url: null\n  model: null", f"  base_url: {server.base_url}/v1\n  model: fake-model"
+        )
         path = tmp_path / "config.yaml"
         path.write_text(text, encoding="utf-8")
         yield path
@@ -78,7 +80,9 @@ def test_record_then_replay(cfg: Path, tmp_path: Path) -> None:
 
 
 def test_audit_export_as_scenario_then_replay(cfg: Path, tmp_path: Path) -> None:
-    chat = persona(cfg, "chat", "--persona", "finance", "--user", "bob@example.com", "-m", "bill the last expired one")
+    chat = persona(
+        cfg, "chat", "--persona", "finance", "--user", "bob@example.com", "-m", "bill the last expired one"
+    )
     conversation_id = re.search(r"conv_[0-9a-f]{16}", chat.stdout)
     assert conversation_id
     out = tmp_path / "exported.yaml"

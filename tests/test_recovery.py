@@ -16,7 +16,7 @@ from persona.config import OutboundSettings
 from persona.drafts import DELIVERY_HEADER, SIGNATURE_HEADER, DraftStore, sign
 from persona.errors import Conflict, NotConfigured
 from persona.flows import recovery
-from persona.llm import ScriptedChatModel, ScriptStep
+from persona.llm import ScriptedChatModel
 from persona.store.engine import Store
 from tests.harness import build_runtime, call, repo_settings, say, step
 from tools.plisio.client import PlisioClient
@@ -41,7 +41,9 @@ def recovery_script(facts: Mapping[str, Any], *, link: bool = True) -> ScriptedC
     return ScriptedChatModel(steps, name="scripted-recovery")
 
 
-async def failed_invoice(rt: Runtime, sandbox: Sandbox, *, partial: str | None = None, how: str = "expire") -> Operation:
+async def failed_invoice(
+    rt: Runtime, sandbox: Sandbox, *, partial: str | None = None, how: str = "expire"
+) -> Operation:
     client: PlisioClient = rt.plisio.client
     created = await client.create_invoice(
         order_number=f"T-{len(sandbox.requests)}", order_name="Northwind Studio — annual", source_currency="USD",
@@ -61,7 +63,9 @@ async def rt(store: Store, sandbox: Sandbox) -> Any:
     await runtime.plisio.aclose()
 
 
-async def test_expired_invoice_gets_one_draft_with_context_and_a_fresh_link(rt: Runtime, sandbox: Sandbox) -> None:
+async def test_expired_invoice_gets_one_draft_with_context_and_a_fresh_link(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
     op = await failed_invoice(rt, sandbox)
     assert op.status == "expired"
     draft = await recovery.handle_failure(rt, op, trigger="webhook")
@@ -158,7 +162,11 @@ class Capture(httpx.AsyncBaseTransport):
         return httpx.Response(self.status, text="ok" if self.status < 300 else "receiver down")
 
 
-def with_outbound(rt: Runtime, transport: httpx.AsyncBaseTransport, secret: str | None = "s3cret-outbound") -> None:
+def with_outbound(
+    rt: Runtime,
+    transport: httpx.AsyncBaseTransport,
+    secret: str | None = "s3cret-outbound",  # noqa: S107
+) -> None:
     from pydantic import SecretStr
 
     rt.settings = rt.settings.model_copy(
@@ -171,7 +179,7 @@ def with_outbound(rt: Runtime, transport: httpx.AsyncBaseTransport, secret: str 
 async def test_approved_draft_goes_out_signed_exactly_once(rt: Runtime, sandbox: Sandbox) -> None:
     draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
-    with pytest.raises(NotConfigured, match="outbound.webhook_url"):
+    with pytest.raises(NotConfigured, match=r"outbound\.webhook_url"):
         await rt.reviews().approve(draft.id, by="bob@example.com")
     assert DraftStore(rt.store).get(draft.id).status == "pending_review", "not approved without a channel"
     capture = Capture()

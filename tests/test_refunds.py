@@ -40,7 +40,7 @@ def explaining(text: str, *, estimate: bool = True) -> Any:
     models: list[ScriptedChatModel] = []
 
     def factory(flow: str, persona: str, facts: Mapping[str, Any]) -> ScriptedChatModel:
-        assert flow == "refund_triage" and persona == "finance"
+        assert flow == "refund_triage" and persona == "refunds"
         steps = [step(call("plisio_get_invoice", {"invoice_id": facts["invoice"]["txn_id"]}))]
         inputs = facts["cost_estimate_inputs"]
         if estimate and inputs:
@@ -150,7 +150,7 @@ async def test_a_model_claiming_approval_of_a_denied_refund_changes_nothing_and_
 
 async def test_without_a_model_the_policy_explains(rt: Runtime) -> None:
     op = await invoice(rt, RECENT_REFUNDABLE_ORDER_NUMBERS[2])  # 45.15 EUR in ETH, 11 days ago
-    assert rt.model_factory is None and rt.flow_model("refund_triage", "finance", {}) is None
+    assert rt.model_factory is None and rt.flow_model("refund_triage", "refunds", {}) is None
     out = await refunds.triage(
         rt, txn_id=op.id, reason="duplicate order", requested_by="carol", trigger="cli"
     )

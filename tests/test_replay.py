@@ -42,7 +42,10 @@ async def test_changed_tool_argument_fails_precisely() -> None:
     data["turns"][0]["model"][0]["tool_calls"][0]["arguments"]["source_amount"] = "50.00"
     result = await replay(data)
     assert not result.ok
-    assert 'changed arguments: plisio_create_invoice source_amount: expected "49.90", got "50.00"' in result.failures
+    assert (
+        'changed arguments: plisio_create_invoice source_amount: expected "49.90", got "50.00"'
+        in result.failures
+    )
 
 
 async def test_missing_tool_call_fails_precisely() -> None:
@@ -73,7 +76,9 @@ async def test_unexpected_text_fails_precisely() -> None:
     data["turns"][0]["model"][1]["text"] += " I also moved your balance to cold storage."
     data["expect"]["final_text"]["not_contains"] = ["cold storage"]
     result = await replay(data)
-    assert any(f.startswith("unexpected text: the final answer contains 'cold storage'") for f in result.failures)
+    assert any(
+        f.startswith("unexpected text: the final answer contains 'cold storage'") for f in result.failures
+    )
 
 
 async def test_a_policy_change_changes_the_outcome() -> None:
@@ -82,7 +87,12 @@ async def test_a_policy_change_changes_the_outcome() -> None:
     assert finance.invoice_policy is not None
     strict = finance.invoice_policy.model_copy(update={"max_amount": 10})
     settings = settings.model_copy(
-        update={"personas": {**settings.personas, "finance": finance.model_copy(update={"invoice_policy": strict})}}
+        update={
+            "personas": {
+                **settings.personas,
+                "finance": finance.model_copy(update={"invoice_policy": strict}),
+            }
+        }
     )
     result = await run_scenario(Scenario.model_validate({**BASE, "source": "t"}), settings)
     assert any("policy: expected plisio_create_invoice -> allow" in f for f in result.failures)
@@ -92,8 +102,14 @@ async def test_a_policy_change_changes_the_outcome() -> None:
     ("text", "needle"),
     [
         ("name: x\npersona: finance\nturns: []\n", ":3: turns: List should have at least 1 item"),
-        ("name: x\npersona: finance\nturns:\n  - user: hi\n    model:\n      - {tex: hello}\n", ":6: turns.0.model.0.tex: unknown field"),
-        ("name: x\npersona: finance\nturns:\n  - user: hi\n    model:\n      - {}\n", ":6: turns.0.model.0: Value error"),
+        (
+            "name: x\npersona: finance\nturns:\n  - user: hi\n    model:\n      - {tex: hello}\n",
+            ":6: turns.0.model.0.tex: unknown field",
+        ),
+        (
+            "name: x\npersona: finance\nturns:\n  - user: hi\n    model:\n      - {}\n",
+            ":6: turns.0.model.0: Value error",
+        ),
         ("name: [\n", ":2: not valid YAML"),
     ],
 )

@@ -178,10 +178,15 @@ def _export_scenario(conversation: str | None, out: Path) -> None:
     from persona.errors import ConfigError
 
     if not conversation:
-        raise ConfigError("--as-scenario needs --conversation ID", key="--conversation", fix="add --conversation")
+        raise ConfigError(
+            "--as-scenario needs --conversation ID", key="--conversation", fix="add --conversation"
+        )
 
     async def work(rt: Runtime) -> str:
         return export_to(rt, conversation, out, out.stem.replace("_", "-"))
 
     with_runtime(work)
-    print(f"wrote scenario {out} from conversation {conversation} (replay it: persona replay {out})", file=sys.stderr)
+    print(
+        f"wrote scenario {out} from conversation {conversation} (replay it: persona replay {out})",
+        file=sys.stderr,
+    )

@@ -22,7 +22,8 @@ OUTCOME_STYLE = {
 PersonaOpt = Annotated[str, typer.Option("--persona", "-p", help="Persona name from config.yaml.")]
 UserOpt = Annotated[str, typer.Option("--user", "-u", help="Who is talking (recorded in the audit log).")]
 MessageOpt = Annotated[
-    list[str] | None, typer.Option("--message", "-m", help="Send this message (repeatable) instead of prompting.")
+    list[str] | None,
+    typer.Option("--message", "-m", help="Send this message (repeatable) instead of prompting."),
 ]
 
 
@@ -30,7 +31,9 @@ def chat(
     persona: PersonaOpt = "finance",
     user: UserOpt = "",
     message: MessageOpt = None,
-    conversation: Annotated[str | None, typer.Option("--conversation", help="Conversation id to use.")] = None,
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", help="Conversation id to use.")
+    ] = None,
 ) -> None:
     """Chat with a persona (against the sandbox unless plisio.mode is live)."""
     from persona.cli.runtime import with_runtime
@@ -48,7 +51,9 @@ def record(
     persona: PersonaOpt = "finance",
     user: UserOpt = "",
     message: MessageOpt = None,
-    name: Annotated[str | None, typer.Option("--name", help="Scenario name (default: from the file name).")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Scenario name (default: from the file name).")
+    ] = None,
 ) -> None:
     """Chat live with the configured model and save the conversation as a replay scenario."""
     from rich.console import Console
@@ -64,7 +69,9 @@ def record(
     _need_user(user)
     settings = STATE.settings()
     if settings.plisio.mode != PlisioMode.SANDBOX:
-        raise NotConfigured("record against the sandbox (plisio.mode: sandbox): scenarios replay on the sandbox")
+        raise NotConfigured(
+            "record against the sandbox (plisio.mode: sandbox): scenarios replay on the sandbox"
+        )
     # The sandbox seeded at the replay instant, so what the model reads now is what a replay reads.
     sandbox = Sandbox(seed=settings.plisio.sandbox.seed, now=lambda: DEFAULT_NOW)
     plisio = connect_plisio(settings, sandbox=sandbox)

@@ -15,7 +15,10 @@ Note = Annotated[str | None, typer.Option("--note", help="Why.")]
 @app.command("list")
 def list_drafts(
     status: Annotated[
-        str, typer.Option("--status", help="pending_review, approved, sent, send_failed, rejected, obsolete or all.")
+        str,
+        typer.Option(
+            "--status", help="pending_review, approved, sent, send_failed, rejected, obsolete or all."
+        ),
     ] = "pending_review",
 ) -> None:
     """List drafts (those waiting for review by default)."""

@@ -57,7 +57,7 @@ def _global(
 
 
 def _register() -> None:
-    from persona.cli import approvals, audit, chat, drafts, flows, replay, sandbox, tools
+    from persona.cli import approvals, audit, chat, drafts, flows, replay, sandbox, serve, tools
 
     app.add_typer(tools.app, name="tools")
     app.add_typer(approvals.app, name="approvals")
@@ -69,6 +69,9 @@ def _register() -> None:
     app.command("record")(chat.record)
     app.command("replay")(replay.replay)
     app.command("sandbox")(sandbox.sandbox)
+    app.command("serve")(serve.serve)
+    app.command("worker")(serve.worker)
+    app.add_typer(serve.inbox_app, name="inbox")
 
 
 _register()

@@ -11,7 +11,9 @@ import typer
 
 def replay(
     paths: Annotated[list[Path], typer.Argument(help="Scenario files or directories (scenarios/).")],
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list passing scenarios' details.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also list passing scenarios' details.")
+    ] = False,
 ) -> None:
     """Replay scripted conversations through the real loop, policy, audit log and sandbox."""
     from rich.console import Console

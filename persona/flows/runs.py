@@ -63,7 +63,9 @@ class FlowRuns:
                     changed = conn.execute(
                         update(flow_runs)
                         .where(flow_runs.c.key == key, flow_runs.c.state == "failed")
-                        .values(state="running", started_at=now, finished_at=None, error=None, trigger=trigger)
+                        .values(
+                            state="running", started_at=now, finished_at=None, error=None, trigger=trigger
+                        )
                     ).rowcount
                 current = self.get(key)
                 assert current is not None

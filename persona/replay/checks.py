@@ -69,7 +69,7 @@ def calls_from(records: list[AuditRecord]) -> list[Call]:
     order: list[str] = []
     for r in records:
         call_id = r.payload.get("tool_call_id")
-        if not call_id or not r.tool and r.event != "tool_call_attempted":
+        if not call_id or (not r.tool and r.event != "tool_call_attempted"):
             continue
         key = f"{r.conversation_id}/{call_id}"
         if key not in by_id:
@@ -94,14 +94,22 @@ def calls_from(records: list[AuditRecord]) -> list[Call]:
 
 def _matches(expected: Any, actual: Any) -> bool:
     if isinstance(expected, dict) and set(expected) == {"re"}:
-        return isinstance(actual, str | int | float) and re.search(str(expected["re"]), str(actual)) is not None
+        return (
+            isinstance(actual, str | int | float) and re.search(str(expected["re"]), str(actual)) is not None
+        )
     if isinstance(expected, dict) and set(expected) == {"any"}:
         return actual is not None
     if isinstance(expected, dict):
-        return isinstance(actual, dict) and all(k in actual and _matches(v, actual[k]) for k, v in expected.items())
+        return isinstance(actual, dict) and all(
+            k in actual and _matches(v, actual[k]) for k, v in expected.items()
+        )
     if isinstance(expected, list):
-        return isinstance(actual, list) and len(expected) == len(actual) and all(map(_matches, expected, actual))
-    return expected == actual or (actual is not None and str(expected) == str(actual) and not isinstance(expected, bool))
+        return (
+            isinstance(actual, list) and len(expected) == len(actual) and all(map(_matches, expected, actual))
+        )
+    return expected == actual or (
+        actual is not None and str(expected) == str(actual) and not isinstance(expected, bool)
+    )
 
 
 def _argument_diff(expected: dict[str, Any], actual: Any) -> str:
@@ -124,8 +132,10 @@ def _check_tools(expected: list[ToolExpect], calls: list[Call]) -> list[str]:
         found = None
         for i in range(position, len(calls)):
             c = calls[i]
-            if c.name == want.name and (want.arguments is None or _matches(want.arguments, c.arguments)) and (
-                want.outcome is None or want.outcome == c.outcome
+            if (
+                c.name == want.name
+                and (want.arguments is None or _matches(want.arguments, c.arguments))
+                and (want.outcome is None or want.outcome == c.outcome)
             ):
                 found = i
                 break
@@ -161,17 +171,24 @@ def check(expect: Expectations, seen: Observed) -> list[str]:
         match = [c for c in decided if _DECISION.get(c.outcome, c.decision) == want.decision
                  and (want.clause is None or c.clause == want.clause)]  # fmt: skip
         if not match:
-            got = ", ".join(f"{_DECISION.get(c.outcome, c.outcome)} ({c.clause or '-'})" for c in decided) or "none"
+            got = (
+                ", ".join(f"{_DECISION.get(c.outcome, c.outcome)} ({c.clause or '-'})" for c in decided)
+                or "none"
+            )
             failures.append(f"policy: expected {want.tool} -> {want.decision}"
                             f"{f' by {want.clause}' if want.clause else ''}; decisions: {got}")  # fmt: skip
     if expect.approvals_pending is not None and expect.approvals_pending != seen.approvals_pending:
-        failures.append(f"approvals: expected {expect.approvals_pending} pending, found {seen.approvals_pending}")
+        failures.append(
+            f"approvals: expected {expect.approvals_pending} pending, found {seen.approvals_pending}"
+        )
     failures += _check_drafts(expect, seen)
     if expect.refund is not None:
         got = seen.refund
         if got is None:
             failures.append("refund: expected a decision, none was made")
-        elif got.decision != expect.refund.decision or (expect.refund.clause and got.clause != expect.refund.clause):
+        elif got.decision != expect.refund.decision or (
+            expect.refund.clause and got.clause != expect.refund.clause
+        ):
             failures.append(f"refund: expected {expect.refund.decision} ({expect.refund.clause or 'any clause'}), "
                             f"got {got.decision} ({got.clause})")  # fmt: skip
     for signal, members in (expect.churn_signals or {}).items():
@@ -188,7 +205,9 @@ def check(expect: Expectations, seen: Observed) -> list[str]:
             if needle.lower() in text.lower():
                 failures.append(f"unexpected text: the final answer contains {needle!r}: {text[:200]!r}")
     if expect.stopped_by is not None and expect.stopped_by != (seen.stopped_by or "completed"):
-        failures.append(f"the turn should end by {expect.stopped_by}, it ended by {seen.stopped_by or 'completed'}")
+        failures.append(
+            f"the turn should end by {expect.stopped_by}, it ended by {seen.stopped_by or 'completed'}"
+        )
     if expect.flags is not None and expect.flags != seen.flags:
         failures.append(f"expected {expect.flags} flagged claim(s), found {seen.flags}")
     return failures

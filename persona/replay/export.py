@@ -73,7 +73,9 @@ def _arguments(raw: Any) -> Any:
     return raw
 
 
-def scenario_from_records(records: Sequence[AuditRecord], *, name: str, description: str = "") -> dict[str, Any]:
+def scenario_from_records(
+    records: Sequence[AuditRecord], *, name: str, description: str = ""
+) -> dict[str, Any]:
     """A chat scenario reproducing ``records`` (one conversation), with expectations of what happened."""
     if not records:
         raise ScenarioError("no audit records for that conversation")
@@ -92,7 +94,11 @@ def scenario_from_records(records: Sequence[AuditRecord], *, name: str, descript
         elif r.event == "model_response" and turns:
             step: dict[str, Any] = {}
             scripted = [
-                {"id": c.get("id"), "name": c.get("name"), "arguments": _templatize(_arguments(c.get("arguments")), known)}
+                {
+                    "id": c.get("id"),
+                    "name": c.get("name"),
+                    "arguments": _templatize(_arguments(c.get("arguments")), known),
+                }
                 for c in r.payload.get("tool_calls") or []
             ]
             if scripted:
@@ -102,7 +108,9 @@ def scenario_from_records(records: Sequence[AuditRecord], *, name: str, descript
             turns[-1]["model"].append(step)
         elif r.event in {"tool_call_succeeded", "tool_call_failed", "tool_call_replayed"}:
             payload = r.payload.get("result")
-            data = payload.get("result", payload) if isinstance(payload, dict) and payload.get("ok") else payload
+            data = (
+                payload.get("result", payload) if isinstance(payload, dict) and payload.get("ok") else payload
+            )
             index = len(results)
             results.append(data)
             for path, value in _paths(data, f"results[{index}]"):
@@ -127,7 +135,10 @@ def scenario_from_records(records: Sequence[AuditRecord], *, name: str, descript
     decided = [c for c in calls if c.outcome in {"succeeded", "denied", "pending_approval"} and c.name]
     if decided:
         expect["policy"] = [
-            {"tool": c.name, "decision": {"succeeded": "allow", "denied": "deny"}.get(c.outcome, "approval_required")}
+            {
+                "tool": c.name,
+                "decision": {"succeeded": "allow", "denied": "deny"}.get(c.outcome, "approval_required"),
+            }
             for c in decided
         ]
     ended = [r for r in records if r.event == "turn_ended"]

@@ -107,7 +107,9 @@ async def run_scenario(scenario: Scenario, settings: Settings) -> Result:
     return result
 
 
-async def _drive(rt: Runtime, scenario: Scenario, scripts: _Scripts, sandbox: Sandbox, seen: Observed) -> None:
+async def _drive(
+    rt: Runtime, scenario: Scenario, scripts: _Scripts, sandbox: Sandbox, seen: Observed
+) -> None:
     kind = scenario.trigger.kind
     if kind == "chat":
         await _chat(rt, scenario, scripts, seen)

@@ -31,7 +31,9 @@ def tool_results(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
             payload = json.loads(str(m.get("content")))
         except ValueError:
             payload = m.get("content")
-        out.append(payload.get("result", payload) if isinstance(payload, dict) and payload.get("ok") else payload)
+        out.append(
+            payload.get("result", payload) if isinstance(payload, dict) and payload.get("ok") else payload
+        )
     return out
 
 

@@ -7,6 +7,7 @@ the worker; refund requests and churn scans call the flows as the CLI and HTTP A
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from persona.errors import ScenarioError
@@ -28,7 +29,11 @@ async def refund_request(rt: Runtime, scenario: Scenario, scripts: _Scripts) -> 
         raise ScenarioError(f"trigger.order_number {number!r} is not in the seeded sandbox shop")
     scripts.trigger.update({"txn_id": found[0].id, "order_number": number})
     return await triage(
-        rt, txn_id=found[0].id, reason=scenario.trigger.reason or "", requested_by=scenario.user, trigger="replay"
+        rt,
+        txn_id=found[0].id,
+        reason=scenario.trigger.reason or "",
+        requested_by=scenario.user,
+        trigger="replay",
     )
 
 
@@ -44,4 +49,34 @@ async def churn_scan(rt: Runtime, scenario: Scenario) -> dict[str, list[str]]:
 
 
 async def callback(rt: Runtime, scenario: Scenario, scripts: _Scripts, sandbox: Sandbox) -> None:
-    raise ScenarioError("callback scenarios need the webhook receiver")
+    """Create the invoice, move it, let the sandbox POST the signed callback, run the worker."""
+    import httpx
+
+    from persona.replay.runner import REPLAY_CALLBACK_URL
+    from persona.replay.scenario import InvoiceSpec
+    from persona.server import create_app
+    from persona.worker import Worker
+
+    trigger = scenario.trigger
+    spec = trigger.invoice or InvoiceSpec()
+    sandbox.notifier.transport = httpx.ASGITransport(app=create_app(rt, start_worker=False))
+    url = REPLAY_CALLBACK_URL + ("?json=true" if trigger.encoding == "json" else "")
+    created = await rt.plisio.client.create_invoice(
+        order_number=f"RP-{scenario.name}"[:60], order_name=spec.order_name, currency=spec.currency,
+        source_currency=spec.source_currency, source_amount=Decimal(spec.source_amount), email=spec.email,
+        callback_url=url,
+    )  # fmt: skip
+    scripts.trigger.update({"txn_id": created.txn_id, "email": spec.email})
+    if trigger.action == "underpay":
+        await sandbox.pay(created.txn_id, Decimal(trigger.paid or "0"))
+    move = {
+        "expire": sandbox.expire,
+        "underpay": sandbox.expire,
+        "cancel": sandbox.cancel,
+        "error": sandbox.error,
+    }
+    report = await move[trigger.action](created.txn_id)
+    delivered = report.get("callback") or {}
+    if delivered.get("status_code") != 200:
+        raise ScenarioError(f"the webhook receiver did not accept the signed callback: {delivered}")
+    await Worker(rt, churn=None, schedules=False).drain()

@@ -33,7 +33,9 @@ drafts = Table(
     metadata,
     Column("id", String(16), primary_key=True),
     Column("flow_key", String(200), nullable=False),
-    Column("status", String(20), nullable=False),  # pending_review | approved | rejected | sent | send_failed | obsolete
+    Column(
+        "status", String(20), nullable=False
+    ),  # pending_review | approved | rejected | sent | send_failed | obsolete
     Column("txn_id", String(64), nullable=False),
     Column("order_number", String(128)),
     Column("customer_email", String(254)),

@@ -1,0 +1,61 @@
+"""Our loop: ``persona.loop.run_turn`` with the real dispatcher, policy and audit on durable SQLite.
+
+Built exactly as the CLI builds it (``Runtime.build`` from a config file, ``Runtime.chat_model``):
+the Plisio client talks to the loopback sandbox, the model client to the fake endpoint, the store is
+a SQLite file (WAL, ``synchronous=FULL``). Every conversation is a fresh ``conversation_id`` on the
+``finance`` persona, whose invoice policy evaluates and reserves spend for the invoice it creates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from persona import log
+from persona.app import Runtime
+from persona.config import load_settings
+from persona.dispatcher import Outcome
+from persona.loop import run_turn
+
+PERSONA = "finance"
+USER = "bench-user"
+
+
+class PersonaLoop:
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        settings = load_settings(cfg["persona_config"], env={"OPENAI_API_KEY": cfg["api_key"]})
+        log.configure(settings.log.level, settings.log.format)
+        self.rt = Runtime.build(settings)
+        self.model = self.rt.chat_model(PERSONA)
+
+    async def run(self) -> str:
+        ctx = self.rt.context(PERSONA, USER)
+        result = await run_turn(
+            model=self.model,
+            dispatcher=self.rt.dispatcher,
+            ctx=ctx,
+            system_prompt=self.rt.system_prompt(ctx),
+            user_message=self.cfg["user_message"],
+        )
+        if result.stopped_by is not None:
+            raise RuntimeError(f"the turn stopped early ({result.stopped_by}): {result.text[:300]}")
+        failed = [c for c in result.calls if c.outcome is not Outcome.SUCCEEDED]
+        if failed:
+            raise RuntimeError(f"tool calls did not succeed: {[(c.tool, c.outcome.value) for c in failed]}")
+        return result.text
+
+    async def finish(self) -> dict[str, Any]:
+        """After timing: prove the audit log was written and its chain verifies."""
+        report = await asyncio.to_thread(self.rt.audit.verify)
+        return {"audit_records": report.records, "audit_ok": report.ok}
+
+    async def aclose(self) -> None:
+        close = getattr(self.model, "aclose", None)
+        if close is not None:
+            await close()
+        await self.rt.aclose()
+
+
+async def build(cfg: dict[str, Any]) -> PersonaLoop:
+    return PersonaLoop(cfg)

@@ -1,0 +1,101 @@
+"""``python -m bench.run [--quick] [--only SECTION ...]``: run the benchmarks, print and save the tables.
+
+Sections: orchestration, cli, webhooks, audit, schemas. ``--quick`` runs every section at a fraction
+of its size (for development; the figures are noisier). Tables go to ``bench/results/latest.md``
+(+ a timestamped copy and ``latest.json``). Scratch files live in ``bench/.work/`` and are removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import report
+from bench.report import Table
+
+WORK = Path(__file__).resolve().parent / ".work"
+SECTIONS = ("orchestration", "cli", "webhooks", "audit", "schemas")
+
+
+def _section(name: str) -> Callable[..., Table]:
+    if name == "orchestration":
+        from bench import orchestration
+
+        return orchestration.run
+    if name == "cli":
+        from bench import cli_startup
+
+        return cli_startup.run
+    if name == "webhooks":
+        from bench import webhooks
+
+        return webhooks.run
+    if name == "audit":
+        from bench import audit
+
+        return audit.run
+    if name == "schemas":
+        from bench import schemas
+
+        return schemas.run
+    raise ValueError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for development")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, metavar="SECTION",
+        help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--adapter", action="append", metavar="NAME",
+        help="orchestration: only this adapter (repeatable; the openai hand loop always runs as the baseline)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    started = report.now()
+    command = report.command_line()
+    chosen = args.only or list(SECTIONS)
+    WORK.mkdir(parents=True, exist_ok=True)
+    from persona import log
+
+    log.configure("warning")  # the bench opens stores and runtimes too: no debug lines from them
+    tables: list[Table] = []
+    failed = False
+    try:
+        for name in SECTIONS:
+            if name not in chosen:
+                continue
+            print(f"== {name}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                kwargs = {"quick": args.quick, "workdir": WORK}
+                if name == "orchestration":
+                    kwargs["only"] = args.adapter
+                table = _section(name)(**kwargs)
+            except Exception as exc:  # one broken section must not hide the others
+                failed = True
+                traceback.print_exc()
+                table = Table(
+                    name,
+                    f"{name}: the section failed",
+                    [],
+                    notes=[f"**failed**: {type(exc).__name__}: {exc}"],
+                )
+            print(f"   ({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(table.markdown(), flush=True)
+            tables.append(table)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
+    path = report.write(tables, started, command)
+    print(f"written: {report.RESULTS / 'latest.md'} and {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Plisio callback receiver: bound the body, verify the signature, store in the inbox, then 2xx.
+
+The answer tells Plisio whether to send again, so it is decided by one question: is the callback
+durably stored (or known to be a duplicate)? Then 200, whatever its content. The cases:
+
+=========================================  ====  ==========================================
+received                                   HTTP  effect
+=========================================  ====  ==========================================
+content type not form / JSON               415   audit ``webhook_rejected``; no row
+body over ``server.max_body_bytes``        413   audit; counted while streaming, no row
+body we cannot parse (not UTF-8, not JSON,
+duplicate keys, nested values)             400   audit; no row. An unparsable body cannot be
+                                                 signature-checked, so it is not stored.
+``verify_hash`` missing, empty, malformed
+or not matching any accepted key           401   audit (which check failed); no row
+signed, but unusable (no txn_id, unknown
+status ``111``, amount not a number)       200   row in state ``poison`` + audit
+signed, already stored (same body, or same
+txn_id + status)                           200   audit ``webhook_duplicate``; nothing else
+signed and new                             200   row ``pending`` + audit ``webhook_received``
+store unavailable                          503   nothing stored; Plisio retries
+=========================================  ====  ==========================================
+
+The accepted keys come from a callable (``secrets() -> list[str]``, current first): the config
+today, the credentials vault later, which also decides how long a rotated-out key stays valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from persona.app import Runtime
+from persona.audit import AuditEvent
+from persona.config import PlisioMode, Settings
+from persona.errors import StoreError, StoreUnavailable
+from persona.events import Source
+from persona.inbox import Inbox, UnusableCallback, parse_callback
+from tools.errors import CallbackFormatError, CallbackSignatureError
+from tools.plisio.callbacks import FORM_CONTENT_TYPE, JSON_CONTENT_TYPE, VerifiedCallback, verify
+
+log = structlog.get_logger(__name__)
+
+SecretsSource = Callable[[], list[str]]
+"""Accepted callback keys, current first (index 0 is reported as ``current``)."""
+
+
+class WebhookEvent:
+    """Audit event names of the receiver (source ``webhook``)."""
+
+    RECEIVED = "webhook_received"
+    DUPLICATE = "webhook_duplicate"
+    REJECTED = "webhook_rejected"
+    POISON = "webhook_poison"
+
+
+def settings_secrets(settings: Settings) -> SecretsSource:
+    """Keys from the settings: the current Plisio key (the sandbox's in sandbox mode), then the previous one."""
+
+    def secrets() -> list[str]:
+        keys: list[str] = []
+        if settings.plisio.mode == PlisioMode.SANDBOX:
+            from tools.plisio.sandbox import SANDBOX_API_KEY
+
+            keys.append(SANDBOX_API_KEY)
+        elif settings.plisio_api_key is not None:
+            keys.append(settings.plisio_api_key.get_secret_value())
+        if settings.plisio_previous_api_key is not None:
+            keys.append(settings.plisio_previous_api_key.get_secret_value())
+        return [k for i, k in enumerate(keys) if k and k not in keys[:i]]
+
+    return secrets
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the receiver answered and why (also handy in tests)."""
+
+    status: int
+    body: dict[str, Any]
+
+
+def _answer(verdict: Verdict) -> Response:
+    return JSONResponse(verdict.body, status_code=verdict.status)
+
+
+def _error(status: int, kind: str, message: str) -> Verdict:
+    return Verdict(status, {"error": {"type": kind, "message": message}})
+
+
+class Receiver:
+    """The ``POST /webhooks/plisio`` handler, built around a runtime and a secrets source."""
+
+    def __init__(self, rt: Runtime, *, secrets: SecretsSource | None = None) -> None:
+        self.rt = rt
+        self.secrets = secrets or settings_secrets(rt.settings)
+        self.max_body = rt.settings.server.max_body_bytes
+        self.inbox = Inbox(rt.store)
+
+    async def __call__(self, request: Request) -> Response:
+        return _answer(await self.receive(request))
+
+    async def receive(self, request: Request) -> Verdict:
+        peer = request.client.host if request.client else None
+        content_type = request.headers.get("content-type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media not in (FORM_CONTENT_TYPE, JSON_CONTENT_TYPE):
+            await self._reject("unsupported content type", peer, content_type=content_type[:100])
+            return _error(415, "unsupported_media_type", f"send {FORM_CONTENT_TYPE} or {JSON_CONTENT_TYPE}")
+        try:
+            body = await self._read(request)
+        except _TooLarge:
+            await self._reject("body too large", peer, limit=self.max_body)
+            return _error(413, "payload_too_large", f"callback bodies are limited to {self.max_body} bytes")
+        except ClientDisconnect:
+            return _error(400, "bad_request", "the client went away")
+        secrets = self.secrets()
+        if not secrets:
+            log.error("webhook_no_secret", reason="no Plisio key configured to verify callbacks")
+            return _error(503, "not_configured", "callbacks cannot be verified right now")
+        try:
+            verified = verify(body, content_type=content_type, secrets=secrets)
+        except CallbackFormatError as exc:
+            await self._reject(f"malformed body: {exc}", peer, bytes=len(body))
+            return _error(400, "bad_request", "the body is not a Plisio callback")
+        except CallbackSignatureError as exc:
+            await self._reject(f"signature: {exc}", peer, bytes=len(body))
+            return _error(401, "bad_signature", "verify_hash does not match")
+        return await self._store(body, verified, peer)
+
+    async def _read(self, request: Request) -> bytes:
+        """The raw body, refused as soon as it passes the limit (Content-Length is only a hint)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            raise _TooLarge
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _store(self, body: bytes, verified: VerifiedCallback, peer: str | None) -> Verdict:
+        fields = verified.fields
+        try:
+            callback = parse_callback(fields)
+            error = None
+        except UnusableCallback as exc:
+            callback, error = None, str(exc)
+        try:
+            recorded = await asyncio.to_thread(
+                self.inbox.record, source="callback", body=body, encoding=verified.encoding, fields=fields,
+                callback=callback, error=error, now=self.rt.now(),
+            )  # fmt: skip
+        except StoreError as exc:
+            log.error("webhook_store_failed", error=str(exc), unavailable=isinstance(exc, StoreUnavailable))
+            return _error(503, "store_unavailable", "the callback could not be stored; retry later")
+        payload = {
+            "inbox_id": recorded.id,
+            "txn_id": fields.get("txn_id"),
+            "status": fields.get("status"),
+            "encoding": verified.encoding,
+            "key": "current" if verified.key_index == 0 else "previous",
+        }
+        reason: str | None
+        if recorded.duplicate:
+            event, reason = (
+                WebhookEvent.DUPLICATE,
+                f"already in the inbox (row {recorded.id}, {recorded.state})",
+            )
+        elif callback is None:
+            event, reason = WebhookEvent.POISON, error
+        else:
+            event, reason = WebhookEvent.RECEIVED, None
+        log.info(event, peer=peer, reason=reason, **payload)
+        await self._audit(event, reason, payload)
+        return Verdict(200, {"ok": True, "inbox_id": recorded.id, "duplicate": recorded.duplicate,
+                             "state": recorded.state})  # fmt: skip
+
+    async def _reject(self, reason: str, peer: str | None, **payload: Any) -> None:
+        log.warning(WebhookEvent.REJECTED, reason=reason, peer=peer, **payload)
+        await self._audit(WebhookEvent.REJECTED, reason, {"peer": peer, **payload}, decision="rejected")
+
+    async def _audit(
+        self, event: str, reason: str | None, payload: dict[str, Any], decision: str | None = None
+    ) -> None:
+        """Audit, but never let a failing audit write change the answer (the inbox is what counts)."""
+        try:
+            await self.rt.audit.append(
+                AuditEvent(
+                    event=event, source=Source.WEBHOOK, reason=reason, decision=decision, payload=payload
+                )
+            )
+        except Exception as exc:  # the store may be down: the log line still records it
+            log.error("webhook_audit_failed", audit_event=event, error=f"{type(exc).__name__}: {exc}")

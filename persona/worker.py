@@ -1,0 +1,368 @@
+"""The worker: inbox rows -> invoice state machine -> verify-by-fetch -> flow; plus schedules.
+
+For each claimed row the worker:
+
+1. re-checks the fields (a retried poison row may still be poison);
+2. drops it as ``stale`` if the invoice is already recorded at a higher rank (a late
+   ``pending`` after ``completed``, an old ``expired`` replayed after a late payment);
+3. for a status that would start recovery, re-reads the operation from Plisio and acts on
+   THAT status (a callback saying ``expired`` for an invoice Plisio now calls ``completed``
+   starts no recovery);
+4. moves the invoice state forward and runs the flow the status calls for, by code:
+   recovery statuses -> ``handle_failure``; ``completed``/``mismatch`` -> ``handle_success``.
+
+A failure (Plisio unreachable, a flow error) puts the row back to ``pending`` with
+exponential backoff (``retry_backoff_s`` doubled per attempt, at most an hour); after
+``max_attempts`` it is ``failed``, listed by ``persona inbox list`` and retryable with
+``persona inbox retry``. The reconciler enqueues failed invoices that no callback told us
+about, ignoring those that ended more than ``reconcile_max_age`` ago (3 days by default), so a
+first start on a long-lived shop does not draft messages for long-abandoned payments.
+A worker killed mid-flow leaves its row ``processing``; when the
+lease lapses another worker takes it, and the flow's idempotency key (``recovery:<txn_id>``)
+turns the second attempt into a continuation, never a second draft.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from persona.app import Runtime
+from persona.audit import AuditEvent
+from persona.events import Source
+from persona.inbox import Callback, Inbox, InboxRow, UnusableCallback, parse_callback
+from persona.invoices import SUCCESS_STATUSES, InvoiceStates, Transition, advance, rank
+from persona.scheduler import Job, Scheduler, cron_slot, interval_slot
+from tools.errors import PlisioError
+from tools.plisio.models import Operation, OperationStatus, OperationType
+from tools.redaction import scrub
+
+log = structlog.get_logger(__name__)
+
+PAGE_SIZE = 50
+MAX_BACKOFF_S = 3600.0
+_FROM_SETTINGS: Any = object()
+"""Sentinel: take ``worker.reconcile_max_age_h`` from the settings (a first start on a shop with a long
+history must not draft recovery messages for months-old abandoned payments)."""
+
+
+class FlowHandlers(Protocol):
+    """What the worker calls; ``persona.flows.recovery`` is the real one, tests pass a fake."""
+
+    async def handle_failure(self, rt: Runtime, op: Operation, *, trigger: str) -> object: ...
+
+    async def handle_success(self, rt: Runtime, op: Operation) -> object: ...
+
+
+ChurnScan = Callable[[Runtime, datetime], Awaitable[object]]
+
+
+def recovery_handlers() -> FlowHandlers:
+    from persona.flows import recovery
+
+    return recovery
+
+
+async def churn_scan(rt: Runtime, slot: datetime) -> object:
+    from persona.flows.churn import scan
+
+    report = await scan(rt, trigger="schedule", slot=slot)
+    return f"churn report {report.id}"
+
+
+class WorkerEvent:
+    """Audit event names of the worker (source ``worker``)."""
+
+    PROCESSED = "inbox_processed"
+    RETRY = "inbox_retry_scheduled"
+    FAILED = "inbox_failed"
+    POISON = "inbox_poison"
+    RECONCILED = "reconcile_finished"
+
+
+@dataclass(frozen=True)
+class Processed:
+    """The outcome of one claimed row: ``done``, ``retry``, ``failed``, ``poison`` or ``lease_lost``."""
+
+    inbox_id: int
+    txn_id: str | None
+    outcome: str
+    action: str | None = None
+    plisio_status: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    seen: int
+    enqueued: list[str]
+    too_old: int = 0
+
+
+class _UnknownStatus(Exception):
+    pass
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Processes the inbox and runs the schedules of one process. Several may share a store."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        handlers: FlowHandlers | None = None,
+        churn: ChurnScan | None = churn_scan,
+        now: Callable[[], datetime] | None = None,
+        owner: str | None = None,
+        schedules: bool = True,
+        reconcile_max_age: timedelta | None = _FROM_SETTINGS,
+    ) -> None:
+        self.rt = rt
+        self.settings = rt.settings.worker
+        self.handlers = handlers or recovery_handlers()
+        self.now = now or rt.now
+        self.owner = owner or worker_id()
+        if reconcile_max_age is _FROM_SETTINGS:
+            hours = self.settings.reconcile_max_age_h
+            reconcile_max_age = None if hours is None else timedelta(hours=hours)
+        self.reconcile_max_age = reconcile_max_age
+        self.inbox = Inbox(rt.store)
+        self.states = InvoiceStates(rt.store)
+        self.recovery_statuses = frozenset(rt.settings.flows.recovery.statuses)
+        jobs = [Job("reconcile", interval_slot(self.settings.reconcile_every_s), self._reconcile_job,
+                    keep=timedelta(days=1))]  # fmt: skip
+        if churn is not None and rt.settings.flows.churn.schedule:
+            scan = churn
+            jobs.append(Job("churn_scan", cron_slot(rt.settings.flows.churn.schedule), lambda s: scan(rt, s)))
+        self.scheduler = Scheduler(
+            rt.store, jobs if schedules else [], now=self.now, owner=self.owner, audit=rt.audit,
+            retry_after_s=max(self.settings.retry_backoff_s, 60.0), stale_after_s=max(self.settings.lease_s, 3600.0),
+        )  # fmt: skip
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set: run due schedules, drain the inbox, wait ``poll_interval_s``."""
+        log.info("worker_started", owner=self.owner)
+        while not stop.is_set():
+            try:
+                await self.scheduler.tick()
+                await self.drain(stop=stop)
+            except Exception as exc:  # the store may be down: keep polling, never die
+                log.error("worker_iteration_failed", error=scrub(f"{type(exc).__name__}: {exc}"))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
+        log.info("worker_stopped", owner=self.owner)
+
+    async def drain(self, *, limit: int = 1000, stop: asyncio.Event | None = None) -> list[Processed]:
+        """Process due rows until none is left (or ``limit``): what a test or one poll does."""
+        done: list[Processed] = []
+        while len(done) < limit and not (stop is not None and stop.is_set()):
+            result = await self.process_next()
+            if result is None:
+                break
+            done.append(result)
+        return done
+
+    async def process_next(self) -> Processed | None:
+        row = await asyncio.to_thread(
+            self.inbox.claim, owner=self.owner, now=self.now(), lease_s=self.settings.lease_s,
+            max_attempts=self.settings.max_attempts,
+        )  # fmt: skip
+        if row is None:
+            return None
+        log.info("inbox_claimed", inbox_id=row.id, txn_id=row.txn_id, status=row.status, attempt=row.attempts)
+        heartbeat = asyncio.create_task(self._keep_lease(row.id))
+        try:
+            return await self._process(row)
+        except Exception as exc:
+            return await self._after_error(row, exc)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _keep_lease(self, row_id: int) -> None:
+        """Renew the lease while a long flow runs, so only a dead worker's lease lapses."""
+        lease = self.settings.lease_s
+        while True:
+            await asyncio.sleep(lease / 3)
+            until = self.now() + timedelta(seconds=lease)
+            try:
+                if not await asyncio.to_thread(self.inbox.renew, row_id, owner=self.owner, until=until):
+                    log.warning("inbox_lease_lost", inbox_id=row_id, owner=self.owner)
+                    return
+            except Exception as exc:
+                log.warning("inbox_lease_renew_failed", inbox_id=row_id, error=f"{type(exc).__name__}: {exc}")
+
+    # -- one row ---------------------------------------------------------------------------
+
+    async def _process(self, row: InboxRow) -> Processed:
+        try:
+            callback = parse_callback(row.fields)
+        except UnusableCallback as exc:
+            await asyncio.to_thread(
+                self.inbox.poison, row.id, owner=self.owner, now=self.now(), error=str(exc)
+            )
+            await self._audit(WorkerEvent.POISON, str(exc), {"inbox_id": row.id, "txn_id": row.txn_id})
+            return Processed(row.id, row.txn_id, "poison", error=str(exc))
+        trigger = "reconciler" if row.source == "reconciler" else "webhook"
+        recorded = await asyncio.to_thread(self.states.get, callback.txn_id)
+        if recorded is not None and (rank(callback.status) or 0) < (rank(recorded) or 0):
+            return await self._done(row, callback, "stale", None, recorded)
+        op: Operation | None = None
+        if callback.status in self.recovery_statuses:
+            op = await self.rt.plisio.client.get_operation(callback.txn_id)
+            if op.status is None or rank(op.status) is None:
+                raise _UnknownStatus(f"Plisio reports status {op.status!r} for {callback.txn_id}")
+        effective = op.status if op is not None and op.status else callback.status
+        moved = await asyncio.to_thread(self._advance, callback.txn_id, effective, row.id)
+        if moved.stale:
+            action = "stale"
+        elif effective in self.recovery_statuses and op is not None:
+            await self.handlers.handle_failure(self.rt, op, trigger=trigger)
+            action = "recovery"
+        elif effective in SUCCESS_STATUSES:
+            await self.handlers.handle_success(self.rt, op or _operation(callback, effective))
+            action = "success"
+        elif effective == OperationStatus.CANCELLED_DUPLICATE:
+            action = "superseded"
+        elif effective in self.recovery_statuses or (rank(effective) or 0) >= 3:
+            action = "no_recovery"  # a failure status left out of flows.recovery.statuses
+        else:
+            action = "recorded"
+        return await self._done(
+            row, callback, action, None if op is None else op.status, moved.previous, moved
+        )
+
+    def _advance(self, txn_id: str, status: str, inbox_id: int) -> Transition:
+        with self.rt.store.begin("advance an invoice's state") as conn:
+            return advance(conn, self.rt.store.dialect, txn_id, status, now=self.now(), inbox_id=inbox_id)
+
+    async def _done(
+        self, row: InboxRow, callback: Callback, action: str, plisio_status: str | None, previous: str | None,
+        moved: Transition | None = None,
+    ) -> Processed:  # fmt: skip
+        held = await asyncio.to_thread(
+            self.inbox.done,
+            row.id,
+            owner=self.owner,
+            now=self.now(),
+            action=action,
+            plisio_status=plisio_status,
+        )
+        if not held:
+            log.warning("inbox_lease_lost", inbox_id=row.id, owner=self.owner, action=action)
+            return Processed(row.id, callback.txn_id, "lease_lost", action, plisio_status)
+        payload = {
+            "inbox_id": row.id, "txn_id": callback.txn_id, "status": callback.status, "plisio_status": plisio_status,
+            "action": action, "from": previous, "to": moved.recorded if moved else previous, "attempt": row.attempts,
+            "trigger": "reconciler" if row.source == "reconciler" else "webhook",
+        }  # fmt: skip
+        await self._audit(WorkerEvent.PROCESSED, None, payload, decision=action)
+        log.info(WorkerEvent.PROCESSED, **payload)
+        return Processed(row.id, callback.txn_id, "done", action, plisio_status)
+
+    async def _after_error(self, row: InboxRow, exc: Exception) -> Processed:
+        """Back off and retry; after ``max_attempts`` the row is failed (an operator can retry it)."""
+        kind = "plisio_unreachable" if isinstance(exc, PlisioError) else type(exc).__name__
+        error = scrub(f"{kind}: {exc}")[:1000]
+        now = self.now()
+        payload: dict[str, Any] = {"inbox_id": row.id, "txn_id": row.txn_id, "attempt": row.attempts}
+        try:
+            if row.attempts >= self.settings.max_attempts or isinstance(exc, _UnknownStatus):
+                await asyncio.to_thread(self.inbox.fail, row.id, owner=self.owner, now=now, error=error)
+                await self._audit(WorkerEvent.FAILED, error, payload, decision="failed")
+                log.warning(WorkerEvent.FAILED, error=error, **payload)
+                return Processed(row.id, row.txn_id, "failed", error=error)
+            delay = min(self.settings.retry_backoff_s * 2 ** (row.attempts - 1), MAX_BACKOFF_S)
+            at = now + timedelta(seconds=delay)
+            await asyncio.to_thread(self.inbox.retry_later, row.id, owner=self.owner, at=at, error=error)
+            await self._audit(
+                WorkerEvent.RETRY, error, {**payload, "retry_at": at.isoformat()}, decision="retry"
+            )
+            log.warning(WorkerEvent.RETRY, error=error, retry_in_s=delay, **payload)
+            return Processed(row.id, row.txn_id, "retry", error=error)
+        except Exception as again:  # the store is down too: the lease will lapse and the row come back
+            log.error("inbox_update_failed", inbox_id=row.id, error=f"{type(again).__name__}: {again}")
+            return Processed(row.id, row.txn_id, "lease_lost", error=error)
+
+    async def _audit(
+        self, event: str, reason: str | None, payload: dict[str, Any], decision: str | None = None
+    ) -> None:
+        try:
+            await self.rt.audit.append(
+                AuditEvent(
+                    event=event, source=Source.WORKER, reason=reason, decision=decision, payload=payload
+                )
+            )
+        except Exception as exc:
+            log.error("worker_audit_failed", audit_event=event, error=f"{type(exc).__name__}: {exc}")
+
+    # -- the reconciler --------------------------------------------------------------------
+
+    async def _reconcile_job(self, slot: datetime) -> str:
+        found = await self.reconcile()
+        return f"seen {found.seen}, enqueued {len(found.enqueued)}"
+
+    async def reconcile(self) -> Reconciled:
+        """Find failed invoices whose callback never came: newest first, ``reconcile_pages`` pages per status."""
+        seen, too_old, enqueued = 0, 0, []
+        cutoff = None if self.reconcile_max_age is None else self.now() - self.reconcile_max_age
+        for status in self.rt.settings.flows.recovery.statuses:
+            for page in range(1, self.settings.reconcile_pages + 1):
+                found = await self.rt.plisio.client.list_operations(
+                    page=page, limit=PAGE_SIZE, type=OperationType.INVOICE, status=OperationStatus(status)
+                )
+                ops = [op for op in found.operations if op.status == status and op.type in (None, "invoice")]
+                seen += len(ops)
+                recent = [op for op in ops if cutoff is None or _failed_at(op, cutoff) >= cutoff]
+                too_old += len(ops) - len(recent)
+                ops = recent
+                known = await asyncio.to_thread(self.states.terminal, [op.id for op in ops])
+                for op in ops:
+                    if op.id not in known and await asyncio.to_thread(self._enqueue, op, status):
+                        enqueued.append(op.id)
+                last_page = found.meta.page_count and page >= found.meta.page_count
+                if len(found.operations) < PAGE_SIZE or last_page:
+                    break
+        await self._audit(
+            WorkerEvent.RECONCILED, None, {"seen": seen, "too_old": too_old, "enqueued": enqueued}
+        )
+        log.info(WorkerEvent.RECONCILED, seen=seen, too_old=too_old, enqueued=len(enqueued))
+        return Reconciled(seen, enqueued, too_old)
+
+    def _enqueue(self, op: Operation, status: str) -> bool:
+        fields = {"txn_id": op.id, "status": status, "source": "reconciler"}
+        callback = Callback(txn_id=op.id, status=status, fields=fields)
+        body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+        recorded = self.inbox.record(
+            source="reconciler", body=body, encoding="reconciler", fields=fields, callback=callback, error=None,
+            now=self.now(),
+        )  # fmt: skip
+        return not recorded.duplicate
+
+
+def _failed_at(op: Operation, default: datetime) -> datetime:
+    """When the invoice ended (or was created); ``default`` when Plisio says neither."""
+    stamp = op.finished_at_utc or op.created_at_utc
+    return default if stamp is None else datetime.fromtimestamp(stamp, UTC)
+
+
+def _operation(callback: Callback, status: str) -> Operation:
+    """A minimal Operation for the success handler, from a verified callback (no re-read needed)."""
+    return Operation(id=callback.txn_id, type="invoice", status=status)

@@ -1,0 +1,384 @@
+"""The callback receiver, end to end: the real app on a real loopback port, real signed callbacks.
+
+Callbacks come from the sandbox (an invoice created with ``callback_url=<server>/webhooks/plisio``
+and then expired/paid) or are signed here with ``encode_form_callback``/``encode_json_callback``.
+Every storage test runs on SQLite and, when configured, PostgreSQL (the ``store`` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine
+
+from persona.app import Runtime
+from persona.audit import AuditFilter
+from persona.drafts import DraftStore
+from persona.inbox import Inbox, InboxRow
+from persona.invoices import InvoiceStates
+from persona.server import create_app
+from persona.store.engine import Store
+from persona.worker import Worker
+from tests.harness import build_runtime, repo_settings
+from tools.plisio.callbacks import (
+    FORM_CONTENT_TYPE,
+    JSON_CONTENT_TYPE,
+    encode_form_callback,
+    encode_json_callback,
+)
+from tools.plisio.models import Operation
+from tools.plisio.sandbox import SANDBOX_API_KEY, LoopbackServer, Sandbox
+
+pytestmark = pytest.mark.anyio
+
+KEY = SANDBOX_API_KEY
+OLD_KEY = "sk_previous_0123456789abcdef"
+
+
+@dataclass
+class FakeFlows:
+    """Stands in for ``persona.flows.recovery``: records what the worker asked for."""
+
+    failures: list[tuple[str, str | None, str]] = field(default_factory=list)
+    successes: list[tuple[str, str | None]] = field(default_factory=list)
+
+    async def handle_failure(self, rt: Runtime, op: Operation, *, trigger: str) -> None:
+        self.failures.append((op.id, op.status, trigger))
+
+    async def handle_success(self, rt: Runtime, op: Operation) -> None:
+        self.successes.append((op.id, op.status))
+
+
+def callback_fields(txn_id: str, status: str, **extra: str) -> dict[str, str]:
+    return {
+        "amount": "0.00150000", "currency": "BTC", "ipn_type": "invoice", "order_number": "ORD-1",
+        "psys_cid": "BTC", "source_amount": "100.00", "source_currency": "USD", "status": status,
+        "txn_id": txn_id, **extra,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def rt(store: Store, sandbox: Sandbox) -> Iterator[Runtime]:
+    runtime = build_runtime(store, sandbox)
+    yield runtime
+    runtime.audit.close()
+
+
+@pytest.fixture
+async def server(rt: Runtime) -> AsyncIterator[LoopbackServer]:
+    async with LoopbackServer(create_app(rt, start_worker=False)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def flows() -> FakeFlows:
+    return FakeFlows()
+
+
+@pytest.fixture
+def worker(rt: Runtime, flows: FakeFlows) -> Worker:
+    return Worker(rt, handlers=flows, churn=None, schedules=False)
+
+
+async def post(
+    srv: LoopbackServer, body: bytes | Any, content_type: str = FORM_CONTENT_TYPE, query: str = ""
+) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=srv.base_url, timeout=30) as http:
+        return await http.post(
+            f"/webhooks/plisio{query}", content=body, headers={"Content-Type": content_type}
+        )
+
+
+async def new_invoice(rt: Runtime, callback_url: str, order: str = "ORD-1") -> str:
+    created = await rt.plisio.client.create_invoice(
+        order_number=order, order_name="Pro plan", currency="BTC", source_amount=Decimal("100"),
+        callback_url=callback_url,
+    )  # fmt: skip
+    return created.txn_id
+
+
+def rows(rt: Runtime, state: str = "all") -> list[InboxRow]:
+    return Inbox(rt.store).list(state)
+
+
+def events(rt: Runtime, name: str) -> list[Any]:
+    return rt.audit.query(AuditFilter(event=name))
+
+
+# -- the sandbox's own callbacks --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", ["", "?json=true"])
+async def test_sandbox_callback_is_stored_before_the_200(
+    rt: Runtime, server: LoopbackServer, sandbox: Sandbox, query: str
+) -> None:
+    txn_id = await new_invoice(rt, f"{server.base_url}/webhooks/plisio{query}")
+    report = await sandbox.expire(txn_id)
+    assert report["callback"]["status_code"] == 200
+    [row] = rows(rt)
+    assert (row.txn_id, row.status, row.state, row.source) == (txn_id, "expired", "pending", "callback")
+    assert row.encoding == ("json" if query else "form")
+    [received] = events(rt, "webhook_received")
+    assert received.source == "webhook"
+    assert received.payload == {
+        "inbox_id": row.id, "txn_id": txn_id, "status": "expired", "encoding": row.encoding, "key": "current",
+    }  # fmt: skip
+
+
+# -- signatures -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["form", "json"])
+async def test_altered_byte_is_401_without_a_row(rt: Runtime, server: LoopbackServer, encoding: str) -> None:
+    fields = callback_fields("6a1b2c3d4e5f60718293a4b5", "expired")
+    body = encode_form_callback(fields, KEY) if encoding == "form" else encode_json_callback(fields, KEY)
+    altered = body.replace(b"0.0015", b"0.0016")
+    assert altered != body
+    ctype = FORM_CONTENT_TYPE if encoding == "form" else JSON_CONTENT_TYPE
+    response = await post(server, altered, ctype)
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "bad_signature"
+    assert rows(rt) == []
+    [rejected] = events(rt, "webhook_rejected")
+    assert "does not match" in (rejected.reason or "")
+    assert KEY not in rejected.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("variant", "reason"),
+    [("missing", "no verify_hash"), ("empty", "is empty"), ("wrong_key", "does not match")],
+)
+async def test_missing_empty_or_wrong_key_signature_is_401(
+    rt: Runtime, server: LoopbackServer, variant: str, reason: str
+) -> None:
+    fields = callback_fields("6a1b2c3d4e5f60718293a4b5", "expired")
+    if variant == "wrong_key":
+        body = encode_form_callback(fields, "sk_somebody_else")
+    else:
+        body = str(
+            httpx.QueryParams({**fields, **({"verify_hash": ""} if variant == "empty" else {})})
+        ).encode()
+    response = await post(server, body)
+    assert response.status_code == 401
+    assert rows(rt) == []
+    [rejected] = events(rt, "webhook_rejected")
+    assert reason in (rejected.reason or "")
+
+
+async def test_previous_key_is_accepted_during_a_rotation(store: Store, sandbox: Sandbox) -> None:
+    settings = repo_settings(PLISIO_PREVIOUS_API_KEY=OLD_KEY)
+    rt = build_runtime(store, sandbox, settings=settings)
+    body = encode_json_callback(callback_fields("6a1b2c3d4e5f60718293a4b5", "expired"), OLD_KEY)
+    async with LoopbackServer(create_app(rt, start_worker=False)) as srv:
+        response = await post(srv, body, JSON_CONTENT_TYPE, "?json=true")
+    assert response.status_code == 200
+    [received] = events(rt, "webhook_received")
+    assert received.payload["key"] == "previous"
+    rt.audit.close()
+
+
+async def test_previous_key_is_refused_when_not_configured(rt: Runtime, server: LoopbackServer) -> None:
+    body = encode_json_callback(callback_fields("6a1b2c3d4e5f60718293a4b5", "expired"), OLD_KEY)
+    response = await post(server, body, JSON_CONTENT_TYPE, "?json=true")
+    assert response.status_code == 401
+    assert rows(rt) == []
+
+
+async def test_secrets_source_is_injectable(rt: Runtime) -> None:
+    """The vault will supply current + previous keys itself: any callable will do."""
+    body = encode_form_callback(callback_fields("6a1b2c3d4e5f60718293a4b5", "expired"), "sk_from_vault")
+    async with LoopbackServer(create_app(rt, start_worker=False, secrets=lambda: ["sk_from_vault"])) as srv:
+        assert (await post(srv, body)).status_code == 200
+        legacy = encode_form_callback(callback_fields("6a1b2c3d4e5f60718293a4b6", "expired"), KEY)
+        assert (await post(srv, legacy)).status_code == 401
+
+
+# -- size, type, shape ------------------------------------------------------------------------------------
+
+
+async def test_oversized_body_is_413_whether_declared_or_streamed(
+    rt: Runtime, server: LoopbackServer
+) -> None:
+    limit = rt.settings.server.max_body_bytes
+    fields = callback_fields("6a1b2c3d4e5f60718293a4b5", "expired", order_name="x" * limit)
+    body = encode_form_callback(fields, KEY)
+    assert (await post(server, body)).status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while reading
+        for start in range(0, len(body), 1024):
+            yield body[start : start + 1024]
+
+    response = await post(server, chunks())
+    assert response.status_code == 413
+    assert rows(rt) == []
+    assert [e.reason for e in events(rt, "webhook_rejected")] == ["body too large", "body too large"]
+
+
+async def test_wrong_content_type_is_415(rt: Runtime, server: LoopbackServer) -> None:
+    body = encode_form_callback(callback_fields("6a1b2c3d4e5f60718293a4b5", "expired"), KEY)
+    response = await post(server, body, "text/plain")
+    assert response.status_code == 415
+    assert response.json()["error"]["type"] == "unsupported_media_type"
+    assert rows(rt) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [(b"{not json", JSON_CONTENT_TYPE), (b"[1, 2]", JSON_CONTENT_TYPE), (b"\xff\xfe=1", FORM_CONTENT_TYPE)],
+)
+async def test_unparsable_body_is_400_without_a_row(
+    rt: Runtime, server: LoopbackServer, body: bytes, ctype: str
+) -> None:
+    response = await post(server, body, ctype)
+    assert response.status_code == 400
+    assert rows(rt) == []
+    [rejected] = events(rt, "webhook_rejected")
+    assert (rejected.reason or "").startswith("malformed body")
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"status": "expired", "amount": "1"}, "no txn_id"),
+        (callback_fields("6a1b2c3d4e5f60718293a4b5", "111"), "unknown status '111'"),
+        (
+            callback_fields("6a1b2c3d4e5f60718293a4b5", "expired", amount="lots"),
+            "amount 'lots' is not a number",
+        ),
+    ],
+)
+async def test_signed_but_unusable_is_poison_and_acknowledged(
+    rt: Runtime, server: LoopbackServer, worker: Worker, flows: FakeFlows, fields: dict[str, str], error: str
+) -> None:
+    response = await post(server, encode_form_callback(fields, KEY))
+    assert response.status_code == 200
+    assert response.json()["state"] == "poison"
+    [row] = rows(rt, "poison")
+    assert error in (row.error or "")
+    assert await worker.drain() == []  # never claimed
+    assert flows.failures == []
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        listed = (await http.get("/v1/inbox", params={"state": "poison"})).json()
+    assert [r["id"] for r in listed["rows"]] == [row.id]
+    assert events(rt, "webhook_poison")[0].reason == row.error
+
+
+# -- duplicates, order, replay ----------------------------------------------------------------------------
+
+
+async def test_duplicate_sequential_is_acknowledged_once(
+    rt: Runtime, server: LoopbackServer, worker: Worker, flows: FakeFlows, sandbox: Sandbox
+) -> None:
+    txn_id = await new_invoice(rt, f"{server.base_url}/webhooks/plisio")
+    await sandbox.expire(txn_id)
+    body = encode_form_callback(callback_fields(txn_id, "expired"), KEY)
+    second = await post(server, body)  # other bytes, same txn_id + status
+    third = await post(server, body)  # same bytes
+    assert [second.status_code, third.status_code] == [200, 200]
+    assert second.json()["duplicate"] and third.json()["duplicate"]
+    assert len(rows(rt)) == 1
+    assert len(events(rt, "webhook_duplicate")) == 2
+    await worker.drain()
+    assert flows.failures == [(txn_id, "expired", "webhook")]
+
+
+async def test_twenty_concurrent_duplicates_make_one_row_and_one_draft(
+    rt: Runtime, server: LoopbackServer, sandbox: Sandbox
+) -> None:
+    txn_id = await new_invoice(rt, "http://127.0.0.1:9/nowhere")  # its own callback goes nowhere
+    await sandbox.expire(txn_id)
+    body = encode_form_callback(callback_fields(txn_id, "expired"), KEY)
+    answers = await asyncio.gather(*(post(server, body) for _ in range(20)))
+    assert [a.status_code for a in answers] == [200] * 20
+    assert sum(not a.json()["duplicate"] for a in answers) == 1
+    assert len(rows(rt)) == 1
+    real = Worker(rt, churn=None, schedules=False)  # the real recovery flow
+    processed = await real.drain()
+    assert [(p.outcome, p.action) for p in processed] == [("done", "recovery")]
+    assert len(DraftStore(rt.store).for_invoice(txn_id)) == 1
+    assert (await post(server, body)).json()["duplicate"]
+    assert await real.drain() == []
+    assert len(DraftStore(rt.store).for_invoice(txn_id)) == 1
+
+
+async def test_late_pending_after_completed_stays_completed(
+    rt: Runtime, server: LoopbackServer, worker: Worker, flows: FakeFlows
+) -> None:
+    txn_id = "6a1b2c3d4e5f60718293a4b5"
+    assert (
+        await post(server, encode_form_callback(callback_fields(txn_id, "completed"), KEY))
+    ).status_code == 200
+    await worker.drain()
+    late = encode_json_callback(callback_fields(txn_id, "pending", confirmations="1"), KEY)
+    assert (await post(server, late, JSON_CONTENT_TYPE, "?json=true")).status_code == 200
+    [processed] = await worker.drain()
+    assert processed.action == "stale"
+    assert InvoiceStates(rt.store).get(txn_id) == "completed"
+    assert flows.successes == [(txn_id, "completed")]
+
+
+async def test_replayed_old_callback_is_acknowledged_and_does_nothing(
+    rt: Runtime, server: LoopbackServer, worker: Worker, flows: FakeFlows, sandbox: Sandbox
+) -> None:
+    txn_id = await new_invoice(rt, f"{server.base_url}/webhooks/plisio?json=true")
+    await sandbox.expire(txn_id)
+    await worker.drain()
+    assert flows.failures == [(txn_id, "expired", "webhook")]
+    [delivered] = rows(rt)
+    original = encode_json_callback(callback_fields(txn_id, "expired"), KEY)
+    for _ in range(2):
+        response = await post(server, original, JSON_CONTENT_TYPE, "?json=true")
+        assert (response.status_code, response.json()["duplicate"], response.json()["state"]) == (
+            200,
+            True,
+            "done",
+        )
+    assert await worker.drain() == []
+    assert flows.failures == [(txn_id, "expired", "webhook")]
+    assert [r.id for r in rows(rt)] == [delivered.id]
+
+
+# -- the store is down ----------------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_store_unavailable_is_503_so_plisio_retries(
+    store: Store, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    if store.dialect == "sqlite":  # the database's directory vanishes under a running server
+        broken = Store.open(f"sqlite:///{tmp_path / 'gone' / 'db.sqlite3'}")
+        broken.create_all()
+        broken.engine.dispose()
+        shutil.rmtree(tmp_path / "gone")
+    else:  # PostgreSQL on a port where nothing listens
+        url = f"postgresql+psycopg://persona@127.0.0.1:{_closed_port()}/persona"
+        engine = create_engine(url, connect_args={"connect_timeout": 2})
+        broken = Store(engine, dialect="postgresql", masked_url=url, password=None)
+    rt = build_runtime(store, sandbox)
+    body = encode_form_callback(callback_fields("6a1b2c3d4e5f60718293a4b5", "expired"), KEY)
+    async with LoopbackServer(create_app(dataclasses.replace(rt, store=broken), start_worker=False)) as srv:
+        response = await post(srv, body)
+        assert response.status_code == 503
+        assert response.json()["error"]["type"] == "store_unavailable"
+        assert "sqlite" not in response.text and "postgresql" not in response.text
+        async with httpx.AsyncClient(base_url=srv.base_url) as http:
+            assert (await http.get("/healthz")).status_code == 503
+    async with LoopbackServer(create_app(rt, start_worker=False)) as srv:
+        assert (await post(srv, body)).status_code == 200  # Plisio's retry lands once the store is back
+    rt.audit.close()
+    broken.close()
