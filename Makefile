@@ -26,6 +26,9 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+demo: $(STAMP)
+	$(BIN)/persona demo
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
 

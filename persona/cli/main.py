@@ -57,7 +57,7 @@ def _global(
 
 
 def _register() -> None:
-    from persona.cli import approvals, audit, chat, drafts, flows, replay, sandbox, serve, tools
+    from persona.cli import approvals, audit, chat, demo, drafts, flows, replay, sandbox, serve, tools
 
     app.add_typer(tools.app, name="tools")
     app.add_typer(approvals.app, name="approvals")
@@ -68,6 +68,7 @@ def _register() -> None:
     app.command("chat")(chat.chat)
     app.command("record")(chat.record)
     app.command("replay")(replay.replay)
+    app.command("demo")(demo.demo)
     app.command("sandbox")(sandbox.sandbox)
     app.command("serve")(serve.serve)
     app.command("worker")(serve.worker)

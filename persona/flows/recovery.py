@@ -76,7 +76,7 @@ def parse_draft(text: str, fallback_subject: str) -> tuple[str, str]:
     match = _JSON_OBJECT.search(text or "")
     if match:
         try:
-            data = json.loads(match.group(0))
+            data = json.loads(match.group(0), strict=False)  # models put raw newlines in strings
         except ValueError:
             data = None
         if isinstance(data, dict) and isinstance(data.get("body"), str) and data["body"].strip():

@@ -60,9 +60,17 @@ class LoopbackServer:
     """uvicorn in a daemon thread; ``with LoopbackServer(app) as srv: srv.base_url`` ..."""
 
     def __init__(
-        self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+        self,
+        app: ASGIApp,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        lifespan: str = "off",
     ) -> None:
         self.app = app
+        self.lifespan = lifespan
+        """``"on"`` runs the app's startup/shutdown (e.g. the in-process worker of ``persona serve``)."""
         self.host = host
         self.port = port
         self.log_level = log_level
@@ -83,7 +91,7 @@ class LoopbackServer:
             host=self.host,
             port=self.port,
             log_level=self.log_level,
-            lifespan="off",
+            lifespan=self.lifespan,  # type: ignore[arg-type]
             access_log=False,
         )
         server = uvicorn.Server(config)

@@ -1,0 +1,30 @@
+"""``persona demo``: the failed-payment story in one screen (what ``make demo`` runs)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+
+def demo() -> None:
+    """Run the failed-payment story on loopback: sandbox Plisio, persona serve, scripted model."""
+    from rich.console import Console
+
+    from persona.cli.main import STATE
+    from persona.demo import SCENARIO, run_story
+    from persona.errors import PersonaError
+
+    console = Console(highlight=False)
+    settings = STATE.settings()
+    root = Path(settings.base_dir)
+    console.print(
+        "[bold]plisio-persona demo[/]: no keys, no network. Plisio is the local sandbox; the model is the "
+        f"scripted scenario {SCENARIO}."
+    )
+    story = asyncio.run(run_story(settings, root=root, workdir=root / "var", say=console.print))
+    if story.report is None or not story.report.ok:
+        raise PersonaError("the audit chain did not verify")
+    console.print(
+        f"[green]Done in {story.seconds:.1f}s.[/] Same flow with a real model: set llm.base_url and llm.model "
+        "in config.yaml, then `persona serve` (README: \"Chat with a real model\")."
+    )

@@ -1,0 +1,47 @@
+"""End to end on loopback: a sandbox invoice expires, its signed callback reaches `persona serve`,
+the worker drafts a recovery message with real tool calls, and the audit log shows the whole chain."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from persona.demo import run_story
+from tests.harness import REPO, repo_settings
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_failed_payment_story_over_loopback(tmp_path: Path) -> None:
+    lines: list[str] = []
+    story = await run_story(repo_settings(), root=REPO, workdir=tmp_path, say=lines.append)
+    assert story.callback_status == 200 and story.callback_encoding == "form"
+    assert story.draft is not None and story.draft.status == "pending_review"
+    assert story.draft.txn_id == story.txn_id and story.draft.customer_email == "maria.garcia@example.com"
+    assert story.draft.payment_link and story.draft.new_txn_id != story.txn_id
+    assert sorted(story.tool_calls) == [  # the two reads run concurrently: any order
+        ("plisio_create_invoice", "succeeded"),
+        ("plisio_get_invoice", "succeeded"),
+        ("plisio_list_transactions", "succeeded"),
+    ]
+    assert story.report is not None and story.report.ok
+    chain = [r.event for r in story.chain]
+    assert chain == ["webhook_received", "inbox_processed", "draft_created"]
+    received, processed, created = story.chain
+    assert received.payload["txn_id"] == processed.payload["txn_id"] == created.payload["txn_id"] == story.txn_id
+    assert received.seq < processed.seq < created.seq
+    assert any("6. persona audit verify: chain intact" in line for line in lines)
+
+
+def test_make_demo_command_prints_the_story(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "persona", "--config", str(REPO / "config.yaml"), "demo"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "COLUMNS": "120"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for needle in ["answered 200", "plisio_get_invoice", "waits for review", "chain intact", "Done in"]:
+        assert needle in proc.stdout
+    assert "Traceback" not in proc.stderr
