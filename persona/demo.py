@@ -156,8 +156,8 @@ async def _tell(story: Story, rt: Runtime, sandbox: Sandbox, say: Callable[[str]
     story.chain = [r for r in records if r.event in {"webhook_received", "inbox_processed", "draft_created"}]
     story.report = rt.audit.verify()
     say(f"6. persona audit verify: {'chain intact' if story.report.ok else 'BROKEN'}, "
-        f"{story.report.records} records (webhook_received -> inbox_processed -> "
-        f"{len(story.tool_calls)} tool calls -> draft_created), head {str(story.report.head_hash)[:16]}…")  # fmt: skip
+        f"{story.report.records} records (webhook_received -> {len(story.tool_calls)} tool calls -> "
+        f"draft_created -> inbox_processed), head {str(story.report.head_hash)[:16]}…")  # fmt: skip
 
 
 def _filter() -> Any:

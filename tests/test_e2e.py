@@ -29,10 +29,10 @@ async def test_failed_payment_story_over_loopback(tmp_path: Path) -> None:
     ]
     assert story.report is not None and story.report.ok
     chain = [r.event for r in story.chain]
-    assert chain == ["webhook_received", "inbox_processed", "draft_created"]
-    received, processed, created = story.chain
+    assert chain == ["webhook_received", "draft_created", "inbox_processed"]
+    received, created, processed = story.chain
     assert received.payload["txn_id"] == processed.payload["txn_id"] == created.payload["txn_id"] == story.txn_id
-    assert received.seq < processed.seq < created.seq
+    assert processed.payload["plisio_status"] == "expired" and processed.payload["action"] == "recovery"
     assert any("6. persona audit verify: chain intact" in line for line in lines)
 
 
