@@ -81,7 +81,9 @@ def connect_plisio(
     if cfg.sandbox.url and sandbox is None and transport is None:
         client = PlisioClient(SANDBOX_API_KEY, base_url=cfg.sandbox.url, timeouts=timeouts, retry=retry)
         return PlisioConnection(client, None, cfg.mode)
-    sandbox = sandbox or Sandbox(seed=cfg.sandbox.seed)
+    # Seeded history ends at today's midnight (UTC), so every CLI process sees the same seeded ids all day.
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    sandbox = sandbox or Sandbox(seed=cfg.sandbox.seed, seed_at=today)
     client = PlisioClient(
         key or SANDBOX_API_KEY,
         base_url=IN_PROCESS_SANDBOX_URL,

@@ -37,7 +37,7 @@ def schema(name: Annotated[str, typer.Argument(help="Tool name, e.g. plisio_get_
     from rich.json import JSON
 
     tool = _tool(name)
-    Console().print(JSON(json.dumps(tool.openai_tool())))
+    _print_json(Console(), json.dumps(tool.openai_tool(), ensure_ascii=False), JSON)
 
 
 @app.command("call")
@@ -64,7 +64,7 @@ def call(
         raise typer.Exit(2)
     result = asyncio.run(_run(settings, tool, parsed, run))
     if result.ok:
-        console.print(JSON(dumps(result.data)))
+        _print_json(console, dumps(result.data), JSON)
         return
     assert result.error is not None
     console.print(
@@ -85,6 +85,14 @@ async def _run(settings: Any, tool: Any, parsed: Any, run: Any) -> Any:
         return await run(tool, parsed, ctx, timeout=settings.plisio.retry.deadline + 5)
     finally:
         await conn.aclose()
+
+
+def _print_json(console: Any, text: str, json_renderable: Any) -> None:
+    """Pretty on a terminal; exact, unwrapped JSON when piped (scripts parse it)."""
+    if console.is_terminal:
+        console.print(json_renderable(text))
+    else:
+        print(json.dumps(json.loads(text), indent=2, ensure_ascii=False))
 
 
 def _tool(name: str) -> Any:

@@ -47,6 +47,7 @@ class Sandbox:
         callback_transport: httpx.AsyncBaseTransport | None = None,
         send_creation_callbacks: bool = False,
         status_url: str | None = None,
+        seed_at: datetime | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("the sandbox needs a non-empty api_key (it also signs callbacks)")
@@ -56,6 +57,9 @@ class Sandbox:
         self.status_url = status_url
         self.send_creation_callbacks = send_creation_callbacks
         self._now = now
+        self._seed_at = seed_at
+        """When the seeded history ends (default: ``now``). Pinning it keeps seeded ids stable across
+        processes, e.g. CLI commands run a minute apart against their own in-process sandbox."""
         self.faults = FaultInjector()
         self.requests: list[RequestRecord] = []
         self.notifier = Notifier(callback_transport)
@@ -68,9 +72,9 @@ class Sandbox:
         self.app: ASGIApp = FaultMiddleware(starlette, self.faults, self.requests)
 
     def _fresh_state(self) -> ShopState:
-        return build_state(
-            make_shop(white_label=self.white_label, status_url=self.status_url), self.seed, self.now_ts
-        )
+        seed_at = self._seed_at
+        seed_now = self.now_ts if seed_at is None else (lambda: int(seed_at.timestamp()))
+        return build_state(make_shop(white_label=self.white_label, status_url=self.status_url), self.seed, seed_now)
 
     # ------------------------------------------------------------------ access
 
