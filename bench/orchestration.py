@@ -53,6 +53,8 @@ class Outcome:
     ok: bool = False
     problem: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    log_tail: str = ""
+    """The end of the adapter's stderr when it failed (the scratch directory is removed afterwards)."""
 
     def figure(self, key: str) -> float | None:
         value = self.metrics.get(key)
@@ -250,6 +252,9 @@ def run_adapter(
         return out
     finally:
         child.close()
+        if not out.ok:
+            lines = (workdir / f"{adapter}-{mode}.log").read_text(errors="replace").strip().splitlines()
+            out.log_tail = "\n".join(lines[-8:])
 
 
 def _first_line(text: Any) -> str | None:
@@ -357,6 +362,9 @@ def table(outcomes: list[Outcome], plan: Plan, tools: list[dict[str, Any]]) -> T
             )
     t.notes += _targets(outcomes)
     t.notes += [
+        "Scenario (bench/scenario.py): 4 model steps that call tools (1, a parallel pair, 1, 1: shop info, "
+        "balance + fee plans, last 3 completed invoices, create a 20 USD invoice) and the final text: 5 "
+        "chat-completion requests, 5 tool calls, each a real HTTP request to the sandbox.",
         f"Ratios in brackets are to the hand loop on the `openai` client, same mode, same run. "
         f"Sequential phase: {plan.sequential} conversations one at a time after {plan.warmup} warm-up; "
         f"concurrent phase: {plan.concurrent} conversations, {plan.in_flight} in flight.",
@@ -370,6 +378,11 @@ def table(outcomes: list[Outcome], plan: Plan, tools: list[dict[str, Any]]) -> T
         "model request, served tool call, tool result and sandbox request of every conversation.",
     ]
     for o in outcomes:
+        if not o.ok and o.log_tail:
+            tail = o.log_tail.replace("`", "'").replace("\n", " ⏎ ")
+            t.notes.append(
+                f"{o.label} ({'stream' if o.stream else 'plain'}) stderr, last lines: `{tail[-600:]}`"
+            )
         extra = o.metrics.get("extra") if o.ok else None
         if extra:
             t.notes.append(
@@ -379,7 +392,14 @@ def table(outcomes: list[Outcome], plan: Plan, tools: list[dict[str, Any]]) -> T
     t.data = {
         "plan": plan.__dict__,
         "outcomes": [
-            {"adapter": o.adapter, "stream": o.stream, "ok": o.ok, "problem": o.problem, "metrics": o.metrics}
+            {
+                "adapter": o.adapter,
+                "stream": o.stream,
+                "ok": o.ok,
+                "problem": o.problem,
+                "metrics": o.metrics,
+                "log_tail": o.log_tail,
+            }
             for o in outcomes
         ],
     }

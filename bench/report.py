@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -110,6 +111,25 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def tree() -> str:
+    """The commit measured, and which product files differed from it (read-only git)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "persona", "tools"],
+            cwd=root, capture_output=True, text=True, check=True,
+        ).stdout.splitlines()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    if not dirty:
+        return f"commit {head}, clean"
+    files = ", ".join(line[3:] for line in dirty[:12]) + (" …" if len(dirty) > 12 else "")
+    return f"commit {head} + uncommitted changes in {len(dirty)} product file(s): {files}"
+
+
 def header(started: datetime, command: str) -> str:
     m = machine()
     pkgs = versions()
@@ -122,6 +142,7 @@ def header(started: datetime, command: str) -> str:
             "",
             f"- Run: {started.strftime('%Y-%m-%d %H:%M UTC')}",
             f"- Command: `{command}`",
+            f"- Tree: {tree()}",
             f"- Machine: {m['cores']} cores ({m['usable_cores']} usable), {m['cpu_model']}, "
             f"{m['memory_gib']} GiB, {m['os']}",
             f"- Python: {m['python']}",
@@ -141,14 +162,20 @@ def render(tables: list[Table], started: datetime, command: str) -> str:
     return header(started, command) + "\n" + "\n".join(t.markdown() for t in tables)
 
 
-def write(tables: list[Table], started: datetime, command: str) -> Path:
-    """Write latest.md/latest.json and a timestamped copy; return the timestamped Markdown path."""
+def write(tables: list[Table], started: datetime, command: str, *, latest: bool = True) -> Path:
+    """Write a timestamped copy and, for a complete run, latest.md/latest.json; return the copy's path.
+
+    A partial run (one section, some adapters) never replaces ``latest``: the README links it as the
+    full picture.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = render(tables, started, command)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    stamped = RESULTS / f"{stamp}.md"
-    for path in (RESULTS / "latest.md", stamped):
-        path.write_text(text)
+    stamped = RESULTS / f"{stamp}{'' if latest else '-partial'}.md"
+    stamped.write_text(text)
+    if not latest:
+        return stamped
+    (RESULTS / "latest.md").write_text(text)
     raw = {
         "started": started.isoformat(),
         "command": command,

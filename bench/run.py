@@ -2,7 +2,8 @@
 
 Sections: orchestration, cli, webhooks, audit, schemas. ``--quick`` runs every section at a fraction
 of its size (for development; the figures are noisier). Tables go to ``bench/results/latest.md``
-(+ a timestamped copy and ``latest.json``). Scratch files live in ``bench/.work/`` and are removed.
+(+ a timestamped copy and ``latest.json``). Scratch files (SQLite stores, the 1M-record audit log,
+child logs) go to a temporary directory outside the tree, removed at the end.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -18,7 +20,6 @@ from pathlib import Path
 from bench import report
 from bench.report import Table
 
-WORK = Path(__file__).resolve().parent / ".work"
 SECTIONS = ("orchestration", "cli", "webhooks", "audit", "schemas")
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     started = report.now()
     command = report.command_line()
     chosen = args.only or list(SECTIONS)
-    WORK.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="persona-bench-"))
     from persona import log
 
     log.configure("warning")  # the bench opens stores and runtimes too: no debug lines from them
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
             try:
-                kwargs = {"quick": args.quick, "workdir": WORK}
+                kwargs = {"quick": args.quick, "workdir": work}
                 if name == "orchestration":
                     kwargs["only"] = args.adapter
                 table = _section(name)(**kwargs)
@@ -91,9 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             print(table.markdown(), flush=True)
             tables.append(table)
     finally:
-        shutil.rmtree(WORK, ignore_errors=True)
-    path = report.write(tables, started, command)
-    print(f"written: {report.RESULTS / 'latest.md'} and {path}")
+        shutil.rmtree(work, ignore_errors=True)
+    complete = not args.only and not args.adapter
+    path = report.write(tables, started, command, latest=complete)
+    print(
+        f"written: {path}"
+        + (f" and {report.RESULTS / 'latest.md'}" if complete else " (partial run: latest.md kept)")
+    )
     return 1 if failed else 0
 
 

@@ -174,7 +174,7 @@ def run(*, quick: bool, workdir: Path) -> Table:
         t.rows.append(
             [
                 r["label"], str(r["connections"]), f"{r['rate']:,.0f}", f"{ok:,}",
-                ", ".join(f"{k}: {v}" for k, v in sorted(other.items())) or "0",
+                ", ".join(f"{k or 'out of bodies'}: {v}" for k, v in sorted(other.items())) or "0",
                 ms(r["p50_s"]), ms(r["p99_s"]), ms(r["p999_s"]), ms(r["max_s"]),
             ]
         )  # fmt: skip

@@ -17,13 +17,17 @@ import httpx
 from persona.approvals import ApprovalStore
 from persona.audit import AuditLog
 from persona.config import PlisioMode, Settings, resolve_tools
+from persona.credentials import PersonaAccess, service_key_source
 from persona.dispatcher import CallContext, Dispatcher
 from persona.errors import NotConfigured
 from persona.events import Source
+from persona.grants import GrantGate, Grants
 from persona.llm import ChatModel
+from persona.masterkey import MasterKeySource
 from persona.policy import PlisioPrices, Policy, SpendLedger
 from persona.prompts import PromptLibrary
 from persona.store.engine import Store
+from persona.vault import Vault
 from tools.plisio.client import KeySource, PlisioClient, RetryPolicy, Timeouts
 from tools.plisio.tools import PlisioContext, plisio_registry
 from tools.registry import Registry
@@ -45,6 +49,8 @@ class PlisioConnection:
     client: PlisioClient
     sandbox: Sandbox | None
     mode: PlisioMode
+    client_for: Callable[[KeySource], PlisioClient] | None = None
+    """Another client on the same Plisio (or sandbox) with another key source: per persona, or to verify a key."""
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -70,28 +76,38 @@ def connect_plisio(
             if settings.plisio_api_key is None:
                 raise NotConfigured(
                     "plisio.mode is 'live' but no Plisio key is available: export PLISIO_API_KEY=<your secret key>"
-                    " (Plisio dashboard, API settings), or set plisio.mode: sandbox in config.yaml"
+                    " (Plisio dashboard, API settings) or store one with `persona connect plisio --name NAME`,"
+                    " or set plisio.mode: sandbox in config.yaml"
                 )
             key = settings.plisio_api_key.get_secret_value()
-        client = PlisioClient(key, base_url=cfg.base_url, timeouts=timeouts, retry=retry, transport=transport)
-        return PlisioConnection(client, None, cfg.mode)
+
+        def live(source: str | KeySource) -> PlisioClient:
+            return PlisioClient(
+                source, base_url=cfg.base_url, timeouts=timeouts, retry=retry, transport=transport
+            )
+
+        return PlisioConnection(live(key), None, cfg.mode, live)
 
     from tools.plisio.sandbox import SANDBOX_API_KEY, Sandbox
 
     if cfg.sandbox.url and sandbox is None and transport is None:
-        client = PlisioClient(SANDBOX_API_KEY, base_url=cfg.sandbox.url, timeouts=timeouts, retry=retry)
-        return PlisioConnection(client, None, cfg.mode)
+        url = cfg.sandbox.url
+
+        def remote(source: str | KeySource) -> PlisioClient:
+            return PlisioClient(source, base_url=url, timeouts=timeouts, retry=retry)
+
+        return PlisioConnection(remote(key or SANDBOX_API_KEY), None, cfg.mode, remote)
     # Seeded history ends at today's midnight (UTC), so every CLI process sees the same seeded ids all day.
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     sandbox = sandbox or Sandbox(seed=cfg.sandbox.seed, seed_at=today)
-    client = PlisioClient(
-        key or SANDBOX_API_KEY,
-        base_url=IN_PROCESS_SANDBOX_URL,
-        timeouts=timeouts,
-        retry=retry,
-        transport=transport or sandbox.transport(),
-    )
-    return PlisioConnection(client, sandbox, cfg.mode)
+    via = transport or sandbox.transport()
+
+    def local(source: str | KeySource) -> PlisioClient:
+        return PlisioClient(
+            source, base_url=IN_PROCESS_SANDBOX_URL, timeouts=timeouts, retry=retry, transport=via
+        )
+
+    return PlisioConnection(local(key or SANDBOX_API_KEY), sandbox, cfg.mode, local)
 
 
 NO_LLM_HELP = (
@@ -120,6 +136,9 @@ class Runtime:
     dispatcher: Dispatcher
     prompts: PromptLibrary
     now: Callable[[], datetime]
+    vault: Vault
+    grants: Grants
+    access: PersonaAccess
     model_factory: ModelFactory | None = None
     """Injected model for flows (tests, replay); None means the configured LLM."""
     outbound_transport: httpx.AsyncBaseTransport | None = None
@@ -140,25 +159,30 @@ class Runtime:
         store: Store | None = None,
         plisio: PlisioConnection | None = None,
         now: Callable[[], datetime] = _utcnow,
+        master_keys: MasterKeySource | None = None,
     ) -> Runtime:
         store = store or Store.open(settings.store_url())
         store.create_all()
         audit = AuditLog(store, now=now)
-        plisio = plisio or connect_plisio(settings)
+        vault = Vault(store, master_keys or MasterKeySource.from_settings(settings), audit, now)
+        if plisio is None:
+            # Live mode with stored connections: the service's own reads use the vault, not PLISIO_API_KEY.
+            vaulted = settings.plisio.mode == PlisioMode.LIVE and not vault.is_empty()
+            plisio = connect_plisio(settings, key=service_key_source(vault) if vaulted else None)
+        grants = Grants(vault, settings)
+        gate = GrantGate(grants)
         registry = plisio_registry()
-        policy = Policy(SpendLedger(store), PlisioPrices(plisio.client), now=now)
+        policy = Policy(SpendLedger(store), PlisioPrices(plisio.client), now=now, caps=gate.caps)
         approvals = ApprovalStore(store)
-        client = plisio.client
-
-        async def access(persona: str) -> PlisioClient:
-            return client
-
+        access = PersonaAccess(vault, plisio.client, plisio.client_for)
         dispatcher = Dispatcher(
             settings=settings, registry=registry, policy=policy, audit=audit, approvals=approvals, store=store,
-            plisio=access, now=now,
+            plisio=access, now=now, grants=gate,
         )  # fmt: skip
         prompts = PromptLibrary(settings.prompts_path())
-        return cls(settings, store, audit, plisio, registry, policy, approvals, dispatcher, prompts, now)
+        return cls(
+            settings, store, audit, plisio, registry, policy, approvals, dispatcher, prompts, now, vault, grants, access
+        )  # fmt: skip
 
     def context(
         self,
@@ -215,5 +239,6 @@ class Runtime:
 
     async def aclose(self) -> None:
         await self.audit.aclose()
+        await self.access.aclose()
         await self.plisio.aclose()
         self.store.close()

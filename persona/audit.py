@@ -189,12 +189,38 @@ class AuditLog:
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._closed = False
+        self._outstanding: set[Future[AuditRecord]] = set()
 
     # -- appending -----------------------------------------------------------------------------
 
     async def append(self, event: AuditEvent) -> AuditRecord:
         """Append ``event``; the record is committed (durable) when this returns."""
         return await asyncio.wrap_future(self._submit(event))
+
+    def record(self, event: AuditEvent) -> Future[AuditRecord]:
+        """Queue ``event`` without waiting for its commit; :meth:`flush` waits for everything queued.
+
+        For events that precede no side effect (a model request, a read-only call): the loop flushes
+        before any call with a side effect runs and before a turn returns, so nothing is acted on and
+        no answer is given whose audit trail is not durable, while the writer commits many records at
+        once instead of one fsync each.
+        """
+        future = self._submit(event)
+        with self._lock:
+            self._outstanding.add(future)
+        future.add_done_callback(self._settled)
+        return future
+
+    def _settled(self, future: Future[AuditRecord]) -> None:
+        with self._lock:
+            self._outstanding.discard(future)
+
+    async def flush(self) -> None:
+        """Wait until every record queued so far is committed; raise the first failure."""
+        with self._lock:
+            waiting = list(self._outstanding)
+        if waiting:
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in waiting))
 
     def append_sync(self, event: AuditEvent) -> AuditRecord:
         """Append from synchronous code (the CLI); shares the writer and its batches."""

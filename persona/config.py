@@ -24,6 +24,7 @@ DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "PERSONA_CONFIG"
 ENV_PLISIO_KEY = "PLISIO_API_KEY"
 ENV_PLISIO_PREVIOUS_KEY = "PLISIO_PREVIOUS_API_KEY"
+ENV_MASTER_KEY = "PERSONA_MASTER_KEY"
 
 
 class Frozen(BaseModel):
@@ -139,6 +140,14 @@ class WebhookSettings(Frozen):
     """After a key rotation, callbacks signed with the previous key are accepted this long."""
 
 
+class VaultSettings(Frozen):
+    """Where the master key that encrypts stored Plisio keys lives (unless ``PERSONA_MASTER_KEY`` is set)."""
+
+    master_key_file: str | None = None
+    """Key file (relative to this config file); null: ``master.key`` next to the SQLite store
+    (``var/master.key`` with the default store, and for PostgreSQL). Created with mode 0600 on first use."""
+
+
 class WorkerSettings(Frozen):
     poll_interval_s: float = Field(1.0, gt=0, le=60)
     lease_s: float = Field(120.0, ge=5, le=3600)
@@ -216,6 +225,7 @@ class Settings(Frozen):
     approvals: ApprovalSettings = ApprovalSettings()
     server: ServerSettings = ServerSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    vault: VaultSettings = VaultSettings()
     worker: WorkerSettings = WorkerSettings()
     outbound: OutboundSettings = OutboundSettings()
     flows: FlowSettings = FlowSettings()
@@ -228,6 +238,8 @@ class Settings(Frozen):
     """From ``PLISIO_PREVIOUS_API_KEY``: still accepted on callbacks during a key rotation."""
     outbound_secret: SecretStr | None = Field(None, exclude=True)
     """From the variable ``outbound.secret_env`` names: signs approved messages sent out."""
+    master_key: SecretStr | None = Field(None, exclude=True)
+    """From ``PERSONA_MASTER_KEY``: one base64url 32-byte key, or a JSON keyring; else the key file."""
 
     def callback_url(self) -> str | None:
         """Where Plisio should post invoice callbacks: explicit, or derived from ``server.public_url``."""
@@ -247,6 +259,16 @@ class Settings(Frozen):
         if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite:///:memory:":
             return prefix + str((Path(self.base_dir) / url[len(prefix) :]).resolve())
         return url
+
+    def master_key_path(self) -> Path:
+        """The master key file: ``vault.master_key_file``, else ``master.key`` next to the SQLite store."""
+        if self.vault.master_key_file:
+            return (Path(self.base_dir) / self.vault.master_key_file).resolve()
+        url = self.store_url()
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:" and "mode=memory" not in url:
+            return Path(url[len(prefix) :].split("?", 1)[0]).parent / "master.key"
+        return (Path(self.base_dir) / "var" / "master.key").resolve()
 
     def persona(self, name: str) -> PersonaSettings:
         if name not in self.personas:
@@ -310,6 +332,7 @@ def load_settings(
         "llm_api_key": env.get(settings.llm.api_key_env),
         "plisio_previous_api_key": env.get(ENV_PLISIO_PREVIOUS_KEY),
         "outbound_secret": env.get(settings.outbound.secret_env),
+        "master_key": env.get(ENV_MASTER_KEY),
     }
     found = {k: SecretStr(v.strip()) for k, v in secrets.items() if v and v.strip()}
     if found:

@@ -78,9 +78,7 @@ async def run_story(base: Settings, *, root: Path, workdir: Path, say: Callable[
 
     started = time.perf_counter()
     story = Story()
-    workdir.mkdir(parents=True, exist_ok=True)
-    for old in workdir.glob("demo.sqlite3*"):
-        old.unlink()
+    await asyncio.to_thread(_fresh, workdir)
     sandbox = Sandbox(seed=base.plisio.sandbox.seed)
     with LoopbackServer(sandbox.app) as plisio_server:
         story.sandbox_url = plisio_server.base_url
@@ -109,8 +107,8 @@ async def _tell(story: Story, rt: Runtime, sandbox: Sandbox, say: Callable[[str]
         shop = await checkout.get_shop()
         story.shop = shop.name or "?"
         story.operations = (await checkout.list_operations(limit=1)).meta.total_count
-        say(f"1. Plisio sandbox: shop [bold]{story.shop}[/] on {story.sandbox_url}/api/v1 "
-            f"({story.operations} operations over 90 days)")  # fmt: skip
+        say(f"1. Plisio sandbox: shop [bold]{story.shop}[/], {story.operations} operations over 90 days,")
+        say(f"   serving Plisio's API on {story.sandbox_url}/api/v1")
         created = await checkout.create_invoice(
             order_number=f"DEMO-{int(time.time())}", order_name="Northwind Studio — annual", currency="BTC",
             source_currency="USD", source_amount=Decimal("240"), email=CUSTOMER,
@@ -119,45 +117,56 @@ async def _tell(story: Story, rt: Runtime, sandbox: Sandbox, say: Callable[[str]
     finally:
         await checkout.aclose()
     story.txn_id, story.amount = created.txn_id, "240 USD"
-    say(f"2. The shop's checkout creates invoice {story.txn_id}: 240 USD for Northwind Studio (annual), "
-        f"{CUSTOMER}; callbacks go to persona serve on {story.server_url}")  # fmt: skip
+    say(f"2. The checkout creates invoice {story.txn_id}: 240 USD, Northwind Studio (annual),")
+    say(f"   for {CUSTOMER}; its callbacks go to persona serve on {story.server_url}")
     async with httpx.AsyncClient(base_url=story.sandbox_url, timeout=10) as control:
         moved = (await control.post(f"/_sandbox/invoices/{story.txn_id}/expire")).json()
     delivery = moved.get("callback") or {}
     story.callback_status = delivery.get("status_code")
     story.callback_encoding = sandbox.callbacks[-1].encoding if sandbox.callbacks else "?"
-    say(f"3. Nobody pays; the invoice expires. Plisio posts a signed callback ({story.callback_encoding}, "
-        f"HMAC-SHA1): persona serve verified it, stored it in the inbox, answered {story.callback_status}")  # fmt: skip
+    say(
+        f"3. Nobody pays; the invoice expires. Plisio posts a signed callback ({story.callback_encoding}, HMAC-SHA1);"
+    )
+    say(f"   persona serve verifies it, stores it in the inbox, then answers {story.callback_status}")
     drafts = DraftStore(rt.store)
-    for _ in range(200):
+    records: list[AuditRecord] = []
+    for _ in range(200):  # until the worker has drafted and finished the inbox row
         found = [d for d in drafts.find(None) if d.txn_id == story.txn_id]
-        if found:
+        records = rt.audit.query(_filter())
+        if found and any(r.event == "inbox_processed" for r in records):
             story.draft = found[0]
             break
         await asyncio.sleep(0.05)
     if story.draft is None:
         raise PersonaError("the demo's recovery draft did not appear within 10 s; see `persona inbox list`")
-    records = rt.audit.query(_filter())
     story.tool_calls = [(r.tool or "", r.event.removeprefix("tool_call_")) for r in records
                         if r.conversation_id == story.draft.conversation_id and r.event in
                         {"tool_call_succeeded", "tool_call_failed", "tool_call_denied"}]  # fmt: skip
     processed = next((r for r in records if r.event == "inbox_processed"), None)
     re_read = processed.payload.get("plisio_status") if processed else "?"
-    say(f"4. The worker claims it, re-reads the invoice from Plisio (status {re_read}) and starts the "
-        "recovery flow; the recovery persona pulls the customer's context with its own tools:")
+    say(f"4. The worker claims it, re-reads the invoice from Plisio ({re_read}), starts the recovery flow;")
+    say("   the recovery persona pulls the customer's context with its own tool calls:")
     for tool, outcome in story.tool_calls:
         say(f"     {tool:<28} {outcome}")
     d = story.draft
     say(f"5. Draft {d.id} waits for review; nothing reaches the customer until a person approves it:")
-    say(f"     To: {d.customer_email}   Subject: {d.subject}")
-    for line in _wrap(d.body, 96):
+    say(f"     To: {d.customer_email}")
+    say(f"     Subject: {d.subject}")
+    for line in _wrap(d.body, 88):
         say(f"     | {line}")
     say(f"     Fresh payment link: {d.payment_link}")
     story.chain = [r for r in records if r.event in {"webhook_received", "inbox_processed", "draft_created"}]
     story.report = rt.audit.verify()
-    say(f"6. persona audit verify: {'chain intact' if story.report.ok else 'BROKEN'}, "
-        f"{story.report.records} records (webhook_received -> {len(story.tool_calls)} tool calls -> "
-        f"draft_created -> inbox_processed), head {str(story.report.head_hash)[:16]}…")  # fmt: skip
+    say(f"6. persona audit verify: {'chain intact' if story.report.ok else 'BROKEN'}, {story.report.records} records, "
+        f"head {str(story.report.head_hash)[:16]}…")  # fmt: skip
+    say(f"   webhook_received -> {len(story.tool_calls)} tool calls -> draft_created -> inbox_processed")
+
+
+def _fresh(workdir: Path) -> None:
+    """Each demo starts from an empty store (its own file; the configured store is not touched)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old in workdir.glob("demo.sqlite3*"):
+        old.unlink()
 
 
 def _filter() -> Any:

@@ -13,17 +13,18 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 
 from persona.approvals import Approval, ApprovalStore
 from persona.audit import AuditEvent, AuditLog
 from persona.config import PersonaSettings, Settings, resolve_tools
-from persona.errors import Conflict, Forbidden
+from persona.errors import Conflict, Forbidden, VaultError
 from persona.events import Event, Source
 from persona.llm import ToolCall
 from persona.policy import Policy, PolicyDecision, Verdict
@@ -35,6 +36,19 @@ from tools.registry import Registry, Tool, ToolFailure, ToolResult, bounded_json
 
 PlisioAccess = Callable[[str], Awaitable[PlisioClient]]
 """Gives the Plisio client a persona may use right now (a revoked grant raises Forbidden)."""
+
+
+@dataclass(frozen=True)
+class GrantDenial:
+    kind: str
+    clause: str
+    reason: str
+
+
+class GrantChecker(Protocol):
+    """The credentials vault's say on a call: None, or why this persona may not make it (grant scope)."""
+
+    async def check(self, persona: str, tool: str) -> GrantDenial | None: ...
 
 
 class Outcome(StrEnum):
@@ -71,6 +85,10 @@ class Dispatched:
     notices: tuple[str, ...] = field(default_factory=tuple)
 
 
+current_call: ContextVar[CallContext | None] = ContextVar("current_call", default=None)
+"""The call being executed, so a credential read deep in the Plisio client is audited with its context."""
+
+
 def canonical(value: Any) -> str:
     return json.dumps(
         to_jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
@@ -97,9 +115,11 @@ class Dispatcher:
         store: Store,
         plisio: PlisioAccess,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        grants: GrantChecker | None = None,
     ) -> None:
         self.settings, self.registry, self.policy, self.audit = settings, registry, policy, audit
         self.approvals, self._store, self._plisio, self._now = approvals, store, plisio, now
+        self._grants = grants
 
     def tools_for(self, persona: PersonaSettings) -> list[dict[str, Any]]:
         """The OpenAI tool definitions offered to a persona: its scope, nothing more."""
@@ -152,6 +172,12 @@ class Dispatcher:
                 )
             content = _error("duplicate_call_id", f"tool_call_id {call_id} was already used for another call")
             return await self._deny(ctx, call_id, name, content, "duplicate_call_id")
+
+        denial = None if self._grants is None else await self._grants.check(ctx.persona_name, name)
+        if denial is not None:
+            held = PolicyDecision(Verdict.DENY, denial.clause, denial.reason)
+            content = _error(denial.kind, denial.reason, clause=denial.clause)
+            return await self._deny(ctx, call_id, name, content, "grant", held)
 
         decision = await self.policy.evaluate(
             persona_name=ctx.persona_name, persona=ctx.persona, tool=name, args=parsed,
@@ -223,21 +249,26 @@ class Dispatcher:
         decision: PolicyDecision,
         notices: Sequence[str] = (),
     ) -> Dispatched:
+        token = current_call.set(ctx)
         try:
             client = await self._plisio(ctx.persona_name)
-        except Forbidden as exc:
-            content = _error("no_plisio_access", str(exc))
+            call_key = f"{ctx.conversation_id}:{call_id}"
+            if ctx.scope is not None:
+                call_key = f"{ctx.scope}:{tool.name}:{digest(args)[:24]}"
+            pctx = PlisioContext(client=client, call_key=call_key, callback_url=self.settings.callback_url())
+            started = asyncio.get_running_loop().time()
+            # The key is decrypted per request inside the client: a revoke lands here, mid-call too.
+            result = await run(tool, args, pctx, timeout=ctx.persona.limits.tool_timeout_s)
+        except (Forbidden, VaultError) as exc:
+            grant = isinstance(exc, Forbidden)
+            content = _error("no_plisio_access" if grant else "credential_unavailable", str(exc))
             if not tool.read_only:
                 await self.policy.settle(
                     conversation_id=ctx.conversation_id, tool_call_id=call_id, committed=False
                 )
-            return await self._deny(ctx, call_id, tool.name, content, "grant")
-        call_key = f"{ctx.conversation_id}:{call_id}"
-        if ctx.scope is not None:
-            call_key = f"{ctx.scope}:{tool.name}:{digest(args)[:24]}"
-        pctx = PlisioContext(client=client, call_key=call_key, callback_url=self.settings.callback_url())
-        started = asyncio.get_running_loop().time()
-        result = await run(tool, args, pctx, timeout=ctx.persona.limits.tool_timeout_s)
+            return await self._deny(ctx, call_id, tool.name, content, "grant" if grant else "vault")
+        finally:
+            current_call.reset(token)
         latency = round((asyncio.get_running_loop().time() - started) * 1000, 2)
         if not tool.read_only:
             unknown = result.error is not None and result.error.type == "plisio_outcome_unknown"
@@ -263,7 +294,7 @@ class Dispatcher:
     # ------------------------------------------------------------------ approvals
 
     async def approve(
-        self, approval_id: str, *, by: str, note: str | None = None
+        self, approval_id: str, *, by: str, note: str | None = None, source: str = Source.CLI
     ) -> tuple[Approval, Dispatched]:
         """Approve a held call and execute it once, with exactly the arguments that were approved."""
         pending = await asyncio.to_thread(self.approvals.get, approval_id)
@@ -280,7 +311,7 @@ class Dispatcher:
             self.approvals.decide, approval_id, approve=True, by=by, note=note, now=self._now()
         )
         persona = self.settings.persona(approval.persona)
-        ctx = CallContext(approval.persona, persona, approval.user_id, approval.conversation_id, Source.CLI)
+        ctx = CallContext(approval.persona, persona, approval.user_id, approval.conversation_id, source)
         await self._audit(
             ctx, Event.APPROVAL_GRANTED, approval.tool, decision="approved", reason=note or "approved",
             payload={"approval_id": approval.id, "approved_by": by, "tool_call_id": approval.tool_call_id},
@@ -293,12 +324,18 @@ class Dispatcher:
             raise Conflict(
                 f"approval {approval_id}: stored arguments no longer validate; nothing was executed"
             )
-        decision = await self.policy.evaluate(
-            persona_name=approval.persona, persona=persona, tool=tool.name, args=parsed,
-            conversation_id=approval.conversation_id, tool_call_id=approval.tool_call_id, approved=True,
+        denial = None if self._grants is None else await self._grants.check(approval.persona, tool.name)
+        decision = (
+            PolicyDecision(Verdict.DENY, denial.clause, denial.reason)
+            if denial is not None
+            else await self.policy.evaluate(
+                persona_name=approval.persona, persona=persona, tool=tool.name, args=parsed,
+                conversation_id=approval.conversation_id, tool_call_id=approval.tool_call_id, approved=True,
+            )
         )  # fmt: skip
         if decision.verdict is not Verdict.ALLOW:
-            content = _error("policy_denied", decision.reason, clause=decision.clause)
+            kind = "policy_denied" if denial is None else denial.kind
+            content = _error(kind, decision.reason, clause=decision.clause)
             await asyncio.to_thread(self.approvals.finish, approval_id, ok=False, result=content)
             return approval, await self._deny(
                 ctx, approval.tool_call_id, tool.name, content, "policy", decision
@@ -309,13 +346,15 @@ class Dispatcher:
         )
         return await asyncio.to_thread(self.approvals.get, approval_id), done
 
-    async def reject(self, approval_id: str, *, by: str, note: str | None = None) -> Approval:
+    async def reject(
+        self, approval_id: str, *, by: str, note: str | None = None, source: str = Source.CLI
+    ) -> Approval:
         approval = await asyncio.to_thread(
             self.approvals.decide, approval_id, approve=False, by=by, note=note, now=self._now()
         )
         ctx = CallContext(
             approval.persona, self.settings.persona(approval.persona), approval.user_id, approval.conversation_id,
-            Source.CLI,
+            source,
         )  # fmt: skip
         await self._audit(
             ctx, Event.APPROVAL_REJECTED, approval.tool, decision="rejected", reason=note or "rejected",

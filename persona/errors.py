@@ -8,6 +8,7 @@ stack trace. Bugs are not in this tree: they raise whatever they raise.
     ├── ConfigError              config.yaml / environment is unusable (file, key, fix)
     ├── NotConfigured            a feature needs settings that are absent (e.g. no LLM endpoint)
     ├── NotFound                 a named thing does not exist (persona, approval, draft, record)
+    ├── Unauthorized             no valid API token (HTTP 401; says nothing that helps guessing)
     ├── Forbidden                the caller is not allowed to do this (role, scope, grant)
     ├── Conflict                 the thing is not in a state that allows this (already approved)
     ├── StoreError               the database failed
@@ -51,6 +52,10 @@ class NotConfigured(PersonaError):
 
 class NotFound(PersonaError):
     pass
+
+
+class Unauthorized(PersonaError):
+    exit_code = 3
 
 
 class Forbidden(PersonaError):

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx2
@@ -161,9 +161,9 @@ class OpenAIChatModel:
         on_text: Callable[[str], None] | None = None,
     ) -> ModelReply:
         """One Chat Completions call; ``on_text`` gets each streamed delta (or the whole text once)."""
-        request: dict[str, Any] = {"model": self._model, "messages": [dict(m) for m in messages]}
+        request: dict[str, Any] = {"model": self._model, "messages": list(messages)}
         if tools:  # some servers reject parallel_tool_calls (or an empty tools list) without tools
-            request.update(tools=[dict(t) for t in tools], parallel_tool_calls=parallel_tool_calls)
+            request.update(tools=list(tools), parallel_tool_calls=parallel_tool_calls)
         if self._temperature is not None:
             request["temperature"] = self._temperature
         if self._max_tokens is not None:
@@ -196,8 +196,14 @@ class OpenAIChatModel:
         )
         return reply
 
+    # Requests go through the client's generic ``post`` with a plain dict body and ``cast_to=object``:
+    # the client still does the URL, auth, timeouts, retries (Retry-After included) and error mapping,
+    # but skips re-walking every request's whole message history and tool schemas against its type
+    # annotations and building pydantic models of every reply. On a tool-calling conversation that
+    # walk is most of the client's CPU, and it grows with the conversation (see bench/).
+
     async def _single(self, request: dict[str, Any], on_text: Callable[[str], None] | None) -> _Parts:
-        completion = await cast(Any, self._client.chat.completions.create)(**request)
+        completion = await self._client.post("/chat/completions", body=request, cast_to=object)
         choices = _get(completion, "choices") or []
         if not choices:
             raise openai.OpenAIError("the endpoint returned no choices")
@@ -209,8 +215,10 @@ class OpenAIChatModel:
         return text, calls, _usage(_get(completion, "usage")), _get(completion, "model"), finish
 
     async def _streamed(self, request: dict[str, Any], on_text: Callable[[str], None] | None) -> _Parts:
-        create = cast(Any, self._client.chat.completions.create)
-        stream = await create(**request, stream=True, stream_options={"include_usage": True})
+        body = {**request, "stream": True, "stream_options": {"include_usage": True}}
+        stream = await self._client.post(
+            "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
+        )
         parts: list[str] = []
         slots: dict[int, dict[str, Any]] = {}
         usage, model, finish = Usage(), None, None

@@ -100,8 +100,9 @@ class _Turn:
             self.on_event(LoopEvent(**kw))
 
     async def audit(self, event: Event, **fields: Any) -> None:
+        """Queue the loop's own records; they are committed with the next flush (at the latest, the turn's end)."""
         c = self.ctx
-        await self.dispatcher.audit.append(
+        self.dispatcher.audit.record(
             AuditEvent(event=event, source=c.source, user=c.user, persona=c.persona_name,
                        conversation_id=c.conversation_id, **fields)
         )  # fmt: skip
@@ -388,4 +389,5 @@ async def run_turn(
                "total_tokens": result.usage.total_tokens},
         payload={"text": result.text, "steps": result.steps, "tool_calls": len(result.calls), "flags": result.flags},
     )  # fmt: skip
+    await dispatcher.audit.flush()  # no answer leaves the turn before its audit trail is durable
     return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -48,6 +48,20 @@ class PolicyDecision:
     @property
     def allowed(self) -> bool:
         return self.verdict is Verdict.ALLOW
+
+
+@dataclass(frozen=True)
+class ExtraCaps:
+    """Caps a grant adds on top of the persona's (same currency); the stricter of the two applies."""
+
+    clause: str
+    """Config-like key naming the grant, e.g. ``grants.shop-main``."""
+    max_amount: Decimal | None = None
+    daily_total: Decimal | None = None
+
+
+CapsSource = Callable[[str], Awaitable[ExtraCaps | None]]
+"""persona name -> the extra caps of its grant, if any."""
 
 
 def in_scope(persona: PersonaSettings, tool: str) -> bool:
@@ -189,9 +203,14 @@ class Policy:
     """Decides allow / deny / approval for a validated call. Pure rules plus the ledger."""
 
     def __init__(
-        self, ledger: SpendLedger, prices: Prices, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        ledger: SpendLedger,
+        prices: Prices,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        caps: CapsSource | None = None,
     ) -> None:
-        self._ledger, self._prices, self._now = ledger, prices, now
+        self._ledger, self._prices, self._now, self._caps = ledger, prices, now, caps
 
     async def evaluate(
         self,
@@ -232,16 +251,23 @@ class Policy:
     ) -> PolicyDecision:
         clause = f"{base}.invoice_policy"
         cur = rules.currency
+        extra = None if self._caps is None else await self._caps(persona_name)
+        max_clause, max_amount = f"{clause}.max_amount", rules.max_amount
+        day_clause, daily_total = f"{clause}.daily_total", rules.daily_total
+        if extra is not None and extra.max_amount is not None and extra.max_amount < max_amount:
+            max_clause, max_amount = f"{extra.clause}.max_amount", extra.max_amount
+        if extra is not None and extra.daily_total is not None and extra.daily_total < daily_total:
+            day_clause, daily_total = f"{extra.clause}.daily_total", extra.daily_total
         try:
             amount = (await value_invoice(args, cur, self._prices)).quantize(CENT)
         except (PlisioError, LookupError) as exc:
             return PolicyDecision(
                 Verdict.DENY, clause, f"cannot value the invoice in {cur} to check the caps: {exc}"
             )
-        if amount > rules.max_amount:
+        if amount > max_amount:
             return PolicyDecision(
-                Verdict.DENY, f"{clause}.max_amount",
-                f"{amount} {cur} is above the per-invoice cap of {rules.max_amount} {cur}", amount, cur,
+                Verdict.DENY, max_clause,
+                f"{amount} {cur} is above the per-invoice cap of {max_amount} {cur}", amount, cur,
             )  # fmt: skip
         if not approved and rules.approval_above is not None and amount > rules.approval_above:
             return PolicyDecision(
@@ -251,15 +277,15 @@ class Policy:
         day = self._now().astimezone(UTC).date().isoformat()
         total = await asyncio.to_thread(
             self._ledger.reserve,
-            persona=persona_name, day=day, amount=amount, cap=rules.daily_total,
+            persona=persona_name, day=day, amount=amount, cap=daily_total,
             conversation_id=conversation_id, tool_call_id=tool_call_id, now=self._now(),
         )  # fmt: skip
         if total is None:
             spent = (await asyncio.to_thread(self._ledger.spent, persona_name, day)).quantize(CENT)
             return PolicyDecision(
-                Verdict.DENY, f"{clause}.daily_total",
+                Verdict.DENY, day_clause,
                 f"{amount} {cur} would bring today's invoices to {spent + amount} {cur}, above the daily cap of "
-                f"{rules.daily_total} {cur}", amount, cur,
+                f"{daily_total} {cur}", amount, cur,
             )  # fmt: skip
         total = total.quantize(CENT)
         note = " (approved by a person)" if approved else ""

@@ -6,8 +6,9 @@ assemble it around a test runtime (an injected ``model_factory``, the in-process
 "message"}}`` with a fitting status; an unexpected exception becomes a plain 500 whose details
 stay in the server log, never in the response.
 
-The ``/v1`` endpoints have no authentication of their own: the server binds to loopback by
-default; expose only ``/webhooks/plisio`` through the TLS proxy in front of it.
+Every ``/v1`` endpoint needs ``Authorization: Bearer <API token>`` (see :mod:`persona.http_auth`
+for the roles); ``/healthz`` and ``/webhooks/plisio`` (signed by Plisio) do not, nor do the OpenAPI
+pages (the schema, no data). Who did something is the token's user, never a field of the body.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,10 +44,13 @@ from persona.errors import (
     PersonaError,
     StoreError,
     StoreUnavailable,
+    Unauthorized,
 )
 from persona.events import Source
+from persona.http_auth import ADMIN, READERS, STAFF, Auth
 from persona.inbox import STATES, Inbox
 from persona.llm import ChatModel
+from persona.users import User, Users
 from persona.webhooks import Receiver, SecretsSource
 from tools.errors import PlisioError, ToolsError
 from tools.redaction import scrub
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _ERRORS: Sequence[tuple[type[Exception], int, str]] = (
+    (Unauthorized, 401, "unauthorized"),
     (NotFound, 404, "not_found"),
     (Forbidden, 403, "forbidden"),
     (Conflict, 409, "conflict"),
@@ -102,7 +107,6 @@ class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     persona: str = Field(min_length=1, max_length=64)
-    user: str = Field(min_length=1, max_length=254, description="Who is talking (recorded in the audit log).")
     message: str = Field(min_length=1, max_length=20_000)
     conversation_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -112,7 +116,12 @@ class RefundRequest(BaseModel):
 
     invoice_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The Plisio txn_id.")
     reason: str = Field(min_length=1, max_length=2000)
-    requested_by: str = Field(min_length=1, max_length=254)
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(None, max_length=2000, description="Why (recorded in the audit log).")
 
 
 # -- chat conversations ----------------------------------------------------------------------------
@@ -184,6 +193,11 @@ def create_app(
     )
     receiver = Receiver(rt, secrets=secrets)
     conversations = Conversations()
+    auth = Auth(Users(rt.store, rt.audit, rt.now))
+    chatter = Depends(auth.require(STAFF, "chat with personas"))
+    operator = Depends(auth.require(STAFF, "work the review queue, refunds and inbox"))
+    reader = Depends(auth.require(READERS, "read the audit log"))
+    approver = Depends(auth.require(ADMIN, "decide approvals"))
     _install_errors(app)
 
     @app.post(
@@ -208,13 +222,13 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     @app.post("/v1/chat", tags=["chat"], summary="One turn of a persona conversation")
-    async def chat(body: ChatRequest) -> dict[str, Any]:
+    async def chat(body: ChatRequest, user: User = chatter) -> dict[str, Any]:
         from persona.loop import run_turn
 
         conversation_id = body.conversation_id or _new_conversation_id()
-        ctx = rt.context(body.persona, body.user, conversation_id=conversation_id, source=Source.HTTP)
-        convo = conversations.get(conversation_id, body.persona, body.user)
-        model, owned = _chat_model(rt, body.persona, body.user)
+        ctx = rt.context(body.persona, user.email, conversation_id=conversation_id, source=Source.HTTP)
+        convo = conversations.get(conversation_id, body.persona, user.email)
+        model, owned = _chat_model(rt, body.persona, user.email)
         try:
             async with convo.lock:
                 result = await run_turn(
@@ -248,6 +262,7 @@ def create_app(
         until: datetime | None = None,
         after_seq: Annotated[int | None, Query(ge=0)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        _: User = reader,
     ) -> dict[str, Any]:
         flt = AuditFilter(
             user=user, persona=persona, conversation_id=conversation, event=event, tool=tool, source=source,
@@ -257,18 +272,18 @@ def create_app(
         return {"count": len(records), "records": [r.model_dump(mode="json") for r in records]}
 
     @app.get("/v1/drafts", tags=["flows"], summary="Drafted customer messages (the review queue)")
-    async def drafts(status: str | None = None) -> dict[str, Any]:
+    async def drafts(status: str | None = None, _: User = operator) -> dict[str, Any]:
         from persona.drafts import DraftStore
 
         found = await asyncio.to_thread(DraftStore(rt.store).find, status)
         return {"count": len(found), "drafts": [jsonable(d) for d in found]}
 
     @app.post("/v1/refund-requests", tags=["flows"], summary="Triage a refund request by the written policy")
-    async def refund_request(body: RefundRequest) -> dict[str, Any]:
+    async def refund_request(body: RefundRequest, user: User = operator) -> dict[str, Any]:
         from persona.flows.refunds import triage
 
         outcome = await triage(
-            rt, txn_id=body.invoice_id, reason=body.reason, requested_by=body.requested_by, trigger="http"
+            rt, txn_id=body.invoice_id, reason=body.reason, requested_by=user.email, trigger="http"
         )
         result: dict[str, Any] = jsonable(outcome)
         return result
@@ -277,9 +292,54 @@ def create_app(
     async def inbox(
         state: Annotated[str, Query(pattern="^(" + "|".join((*STATES, "all")) + ")$")] = "all",
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        _: User = operator,
     ) -> dict[str, Any]:
         rows = await asyncio.to_thread(Inbox(rt.store).list, state, limit=limit)
         return {"count": len(rows), "rows": [jsonable(r) for r in rows]}
+
+    @app.post("/v1/drafts/{draft_id}/approve", tags=["flows"], summary="Approve a draft; it goes out")
+    async def approve_draft(
+        draft_id: str, body: Decision | None = None, user: User = operator
+    ) -> dict[str, Any]:
+        draft = await rt.reviews().approve(
+            draft_id, by=user.email, note=body.note if body else None, source=Source.HTTP
+        )
+        return {"draft": jsonable(draft)}
+
+    @app.post("/v1/drafts/{draft_id}/reject", tags=["flows"], summary="Reject a draft; it is never sent")
+    async def reject_draft(
+        draft_id: str, body: Decision | None = None, user: User = operator
+    ) -> dict[str, Any]:
+        draft = await rt.reviews().reject(
+            draft_id, by=user.email, note=body.note if body else None, source=Source.HTTP
+        )
+        return {"draft": jsonable(draft)}
+
+    @app.get("/v1/approvals", tags=["approvals"], summary="Calls held for a person's approval")
+    async def approvals(
+        status: Annotated[
+            str, Query(pattern="^(pending|approved|rejected|executed|failed|all)$")
+        ] = "pending",
+        _: User = approver,
+    ) -> dict[str, Any]:
+        found = await asyncio.to_thread(rt.approvals.find, None if status == "all" else status)
+        return {"count": len(found), "approvals": [jsonable(a) for a in found]}
+
+    @app.post("/v1/approvals/{approval_id}/approve", tags=["approvals"], summary="Approve; it executes once")
+    async def approve(
+        approval_id: str, body: Decision | None = None, user: User = approver
+    ) -> dict[str, Any]:
+        approval, done = await rt.dispatcher.approve(
+            approval_id, by=user.email, note=body.note if body else None, source=Source.HTTP
+        )
+        return {"approval": jsonable(approval), "call": _call(done)}
+
+    @app.post("/v1/approvals/{approval_id}/reject", tags=["approvals"], summary="Reject; it never executes")
+    async def reject(approval_id: str, body: Decision | None = None, user: User = approver) -> dict[str, Any]:
+        approval = await rt.dispatcher.reject(
+            approval_id, by=user.email, note=body.note if body else None, source=Source.HTTP
+        )
+        return {"approval": jsonable(approval)}
 
     return app
 
@@ -327,7 +387,10 @@ def _install_errors(app: FastAPI) -> None:
             if isinstance(exc, kind):
                 if status >= 500:
                     log.warning("http_error", path=request.url.path, type=name, error=str(exc))
-                return _error(status, name, str(exc))
+                response = _error(status, name, str(exc))
+                if status == 401:
+                    response.headers["WWW-Authenticate"] = "Bearer"
+                return response
         return _error(400, "error", str(exc))
 
     async def tools_error(request: Request, exc: Exception) -> Response:

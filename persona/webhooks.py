@@ -21,8 +21,9 @@ signed and new                             200   row ``pending`` + audit ``webho
 store unavailable                          503   nothing stored; Plisio retries
 =========================================  ====  ==========================================
 
-The accepted keys come from a callable (``secrets() -> list[str]``, current first): the config
-today, the credentials vault later, which also decides how long a rotated-out key stays valid.
+The accepted keys come from a callable (``secrets() -> list[str]``, current first, run in a worker
+thread): the credentials vault once it holds a connection (current keys of active connections, and
+a rotated-out key until ``webhooks.previous_key_grace_hours`` have passed), else the settings.
 """
 
 from __future__ import annotations
@@ -78,6 +79,18 @@ def settings_secrets(settings: Settings) -> SecretsSource:
     return secrets
 
 
+def runtime_secrets(rt: Runtime) -> SecretsSource:
+    """The vault's keys once it holds a connection; until then the settings' (the single-user path)."""
+    fallback = settings_secrets(rt.settings)
+
+    def secrets() -> list[str]:
+        from persona.credentials import callback_secrets
+
+        return fallback() if rt.vault.is_empty() else callback_secrets(rt.vault)
+
+    return secrets
+
+
 class _TooLarge(Exception):
     pass
 
@@ -103,7 +116,7 @@ class Receiver:
 
     def __init__(self, rt: Runtime, *, secrets: SecretsSource | None = None) -> None:
         self.rt = rt
-        self.secrets = secrets or settings_secrets(rt.settings)
+        self.secrets = secrets or runtime_secrets(rt)
         self.max_body = rt.settings.server.max_body_bytes
         self.inbox = Inbox(rt.store)
 
@@ -124,7 +137,11 @@ class Receiver:
             return _error(413, "payload_too_large", f"callback bodies are limited to {self.max_body} bytes")
         except ClientDisconnect:
             return _error(400, "bad_request", "the client went away")
-        secrets = self.secrets()
+        try:
+            secrets = await asyncio.to_thread(self.secrets)
+        except StoreError as exc:
+            log.error("webhook_secrets_unavailable", error=str(exc))
+            return _error(503, "store_unavailable", "callbacks cannot be verified right now; retry later")
         if not secrets:
             log.error("webhook_no_secret", reason="no Plisio key configured to verify callbacks")
             return _error(503, "not_configured", "callbacks cannot be verified right now")

@@ -89,3 +89,18 @@ class ConcurrencyProbe(httpx.AsyncBaseTransport):
             return await self.inner.handle_async_request(request)
         finally:
             self.inflight -= 1
+
+
+def bearer(rt: Runtime, email: str = "alice@example.com", role: str = "operator") -> dict[str, str]:
+    """``Authorization`` headers for a user of ``role`` (added on first use) with a fresh API token."""
+    import contextlib
+
+    from persona.errors import Conflict
+    from persona.users import Users
+    from persona.vault_types import Actor
+
+    users = Users(rt.store, rt.audit, rt.now)
+    actor = Actor("cli", "test-setup")
+    with contextlib.suppress(Conflict):
+        users.add(email, role, actor)
+    return {"Authorization": f"Bearer {users.issue_token(email, actor)}"}

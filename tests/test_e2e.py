@@ -31,7 +31,9 @@ async def test_failed_payment_story_over_loopback(tmp_path: Path) -> None:
     chain = [r.event for r in story.chain]
     assert chain == ["webhook_received", "draft_created", "inbox_processed"]
     received, created, processed = story.chain
-    assert received.payload["txn_id"] == processed.payload["txn_id"] == created.payload["txn_id"] == story.txn_id
+    assert (
+        received.payload["txn_id"] == processed.payload["txn_id"] == created.payload["txn_id"] == story.txn_id
+    )
     assert processed.payload["plisio_status"] == "expired" and processed.payload["action"] == "recovery"
     assert any("6. persona audit verify: chain intact" in line for line in lines)
 
@@ -42,6 +44,6 @@ def test_make_demo_command_prints_the_story(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "COLUMNS": "120"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for needle in ["answered 200", "plisio_get_invoice", "waits for review", "chain intact", "Done in"]:
+    for needle in ["then answers 200", "plisio_get_invoice", "waits for review", "chain intact", "Done in"]:
         assert needle in proc.stdout
     assert "Traceback" not in proc.stderr

@@ -31,7 +31,7 @@ from persona.llm import ChatModel, ScriptedChatModel
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.worker import Worker
-from tests.harness import REPO, build_runtime, call, say, step
+from tests.harness import REPO, bearer, build_runtime, call, say, step
 from tests.test_webhooks import FakeFlows, callback_fields
 from tests.test_worker_kill import cli
 from tools.errors import PlisioTransportError
@@ -61,13 +61,15 @@ def rt(store: Store, sandbox: Sandbox) -> Iterator[Runtime]:
     runtime.audit.close()
 
 
-def client(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://persona.test")
+def client(app: FastAPI, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://persona.test", headers=headers
+    )
 
 
 @pytest.fixture
 async def http(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    async with client(create_app(rt, start_worker=False)) as c:
+    async with client(create_app(rt, start_worker=False), bearer(rt)) as c:
         yield c
 
 
@@ -85,9 +87,8 @@ async def test_chat_turns_keep_their_conversation_and_report_tool_calls(rt: Runt
         [say("Still the same balance.")],
     )
     app = create_app(dataclasses.replace(rt, model_factory=models), start_worker=False)
-    async with client(app) as http:
-        first = await http.post("/v1/chat", json={"persona": "finance", "user": "alice@example.com",
-                                                  "message": "What is my BTC balance?"})  # fmt: skip
+    async with client(app, bearer(rt)) as http:
+        first = await http.post("/v1/chat", json={"persona": "finance", "message": "What is my BTC balance?"})
         assert first.status_code == 200, first.text
         body = first.json()
         assert body["text"] == "You hold some BTC."
@@ -96,45 +97,48 @@ async def test_chat_turns_keep_their_conversation_and_report_tool_calls(rt: Runt
         assert (tool["tool"], tool["outcome"]) == ("plisio_get_balance", "succeeded")
         assert set(body["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
         conversation = body["conversation_id"]
-        second = await http.post("/v1/chat", json={"persona": "finance", "user": "alice@example.com",
-                                                   "message": "And now?", "conversation_id": conversation})  # fmt: skip
+        second = await http.post("/v1/chat", json={"persona": "finance", "message": "And now?",
+                                                   "conversation_id": conversation})  # fmt: skip
         assert second.json()["conversation_id"] == conversation
         seen = [m.get("content") for m in models.made[1].calls[0].messages]
         assert "What is my BTC balance?" in seen and "You hold some BTC." in seen
-        stolen = await http.post("/v1/chat", json={"persona": "finance", "user": "mallory@example.com",
-                                                   "message": "hi", "conversation_id": conversation})  # fmt: skip
+        stolen = await http.post("/v1/chat", json={"persona": "finance", "message": "hi",
+                                                   "conversation_id": conversation},
+                                 headers=bearer(rt, "mallory@example.com"))  # fmt: skip
         assert stolen.status_code == 403 and stolen.json()["error"]["type"] == "forbidden"
         audit = await http.get("/v1/audit", params={"conversation_id": conversation, "event": "turn_ended"})
         records = audit.json()["records"]
         assert [r["source"] for r in records] == ["http", "http"]
         assert all(r["conversation_id"] == conversation for r in records)
+        assert {r["user"] for r in records} == {"alice@example.com"}  # from the token, never the body
 
 
 async def test_chat_without_an_llm_is_503_with_the_fix(http: httpx.AsyncClient) -> None:
-    response = await http.post(
-        "/v1/chat", json={"persona": "finance", "user": "a@example.com", "message": "hi"}
-    )
+    response = await http.post("/v1/chat", json={"persona": "finance", "message": "hi"})
     assert response.status_code == 503
     error = response.json()["error"]
     assert error["type"] == "not_configured" and "llm.base_url" in error["message"]
 
 
 async def test_chat_unknown_persona_and_bad_body(http: httpx.AsyncClient) -> None:
-    unknown = await http.post(
-        "/v1/chat", json={"persona": "nobody", "user": "a@example.com", "message": "hi"}
-    )
+    unknown = await http.post("/v1/chat", json={"persona": "nobody", "message": "hi"})
     assert unknown.status_code == 404 and "no persona named 'nobody'" in unknown.json()["error"]["message"]
-    invalid = await http.post("/v1/chat", json={"persona": "finance", "message": "hi", "extra": 1})
+    invalid = await http.post("/v1/chat", json={"message": "hi", "user": "mallory@example.com"})
     assert invalid.status_code == 422
     error = invalid.json()["error"]
     assert error["type"] == "validation_error"
-    assert {f["field"] for f in error["fields"]} == {"body.user", "body.extra"}
+    assert {f["field"] for f in error["fields"]} == {"body.persona", "body.user"}  # the token says who
 
 
 async def test_audit_filters_are_validated(http: httpx.AsyncClient) -> None:
     assert (await http.get("/v1/audit", params={"since": "yesterday"})).status_code == 422
     assert (await http.get("/v1/audit", params={"limit": 0})).status_code == 422
-    assert (await http.get("/v1/audit", params={"limit": 5})).json() == {"count": 0, "records": []}
+    listed = (await http.get("/v1/audit", params={"limit": 5})).json()
+    assert [r["event"] for r in listed["records"]] == [
+        "user_added",
+        "user_token_issued",
+    ]  # the test's own token
+    assert (await http.get("/v1/audit", params={"event": "turn_ended"})).json() == {"count": 0, "records": []}
 
 
 async def test_refund_request_returns_the_decision(
@@ -145,7 +149,7 @@ async def test_refund_request_returns_the_decision(
     )
     await sandbox.pay(created.txn_id)
     response = await http.post("/v1/refund-requests", json={
-        "invoice_id": created.txn_id, "reason": "bought the wrong plan", "requested_by": "ops@example.com"})  # fmt: skip
+        "invoice_id": created.txn_id, "reason": "bought the wrong plan"})  # fmt: skip
     assert response.status_code == 200, response.text
     result = response.json()
     assert result["txn_id"] == created.txn_id
@@ -154,7 +158,7 @@ async def test_refund_request_returns_the_decision(
         result["refund_amount"], str
     )  # money is never a float
     missing = await http.post("/v1/refund-requests", json={
-        "invoice_id": "ffffffffffffffffffffffff", "reason": "x", "requested_by": "ops@example.com"})  # fmt: skip
+        "invoice_id": "ffffffffffffffffffffffff", "reason": "x"})  # fmt: skip
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
 
 
@@ -166,7 +170,7 @@ async def test_in_process_worker_turns_a_callback_into_a_listed_draft(rt: Runtim
     await sandbox.expire(created.txn_id)
     app = create_app(rt, start_worker=True, worker=lambda r: Worker(r, churn=None, schedules=False))
     body = encode_form_callback(callback_fields(created.txn_id, "expired"), SANDBOX_API_KEY)
-    async with app.router.lifespan_context(app), client(app) as http:
+    async with app.router.lifespan_context(app), client(app, bearer(rt)) as http:
         posted = await http.post("/webhooks/plisio", content=body,
                                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
         assert posted.status_code == 200
@@ -243,6 +247,15 @@ def test_persona_serve_command(tmp_path: Path) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
+    for args in (
+        ("users", "add", "ops@example.com", "--role", "operator"),
+        ("users", "token", "ops@example.com"),
+    ):
+        done = subprocess.run(
+            cli(cfg, *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    token = done.stdout.strip()
     proc = subprocess.Popen(cli(cfg, "serve", "--port", str(port), "--no-worker"), cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -260,7 +273,8 @@ def test_persona_serve_command(tmp_path: Path) -> None:
         posted = httpx.post(f"{base}/webhooks/plisio", content=body,
                             headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
         assert posted.status_code == 200 and not posted.json()["duplicate"]
-        [row] = httpx.get(f"{base}/v1/inbox").json()["rows"]
+        assert httpx.get(f"{base}/v1/inbox").status_code == 401
+        [row] = httpx.get(f"{base}/v1/inbox", headers={"Authorization": f"Bearer {token}"}).json()["rows"]
         assert (row["txn_id"], row["state"]) == ("6a1b2c3d4e5f60718293a4b5", "pending")  # no worker: waits
     finally:
         proc.send_signal(signal.SIGTERM)

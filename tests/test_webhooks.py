@@ -29,7 +29,7 @@ from persona.invoices import InvoiceStates
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.worker import Worker
-from tests.harness import build_runtime, repo_settings
+from tests.harness import bearer, build_runtime, repo_settings
 from tools.plisio.callbacks import (
     FORM_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
@@ -267,7 +267,7 @@ async def test_signed_but_unusable_is_poison_and_acknowledged(
     assert error in (row.error or "")
     assert await worker.drain() == []  # never claimed
     assert flows.failures == []
-    async with httpx.AsyncClient(base_url=server.base_url) as http:
+    async with httpx.AsyncClient(base_url=server.base_url, headers=bearer(rt)) as http:
         listed = (await http.get("/v1/inbox", params={"state": "poison"})).json()
     assert [r["id"] for r in listed["rows"]] == [row.id]
     assert events(rt, "webhook_poison")[0].reason == row.error

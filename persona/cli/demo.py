@@ -17,14 +17,11 @@ def demo() -> None:
     console = Console(highlight=False)
     settings = STATE.settings()
     root = Path(settings.base_dir)
-    console.print(
-        "[bold]plisio-persona demo[/]: no keys, no network. Plisio is the local sandbox; the model is the "
-        f"scripted scenario {SCENARIO}."
-    )
+    console.print("[bold]plisio-persona demo[/]: no keys, no network. Plisio is the local sandbox;")
+    console.print(f"the model is the scripted scenario {SCENARIO}.")
     story = asyncio.run(run_story(settings, root=root, workdir=root / "var", say=console.print))
     if story.report is None or not story.report.ok:
         raise PersonaError("the audit chain did not verify")
     console.print(
-        f"[green]Done in {story.seconds:.1f}s.[/] Same flow with a real model: set llm.base_url and llm.model "
-        "in config.yaml, then `persona serve` (README: \"Chat with a real model\")."
+        f'[green]Done in {story.seconds:.1f}s.[/] The same flow with a real model: README, "Chat with a real model".'
     )

@@ -57,7 +57,20 @@ def _global(
 
 
 def _register() -> None:
-    from persona.cli import approvals, audit, chat, demo, drafts, flows, replay, sandbox, serve, tools
+    from persona.cli import (
+        approvals,
+        audit,
+        chat,
+        demo,
+        drafts,
+        flows,
+        replay,
+        sandbox,
+        serve,
+        tools,
+        users,
+        vault,
+    )
 
     app.add_typer(tools.app, name="tools")
     app.add_typer(approvals.app, name="approvals")
@@ -73,6 +86,10 @@ def _register() -> None:
     app.command("serve")(serve.serve)
     app.command("worker")(serve.worker)
     app.add_typer(serve.inbox_app, name="inbox")
+    app.add_typer(vault.connect_app, name="connect")
+    app.add_typer(vault.connections_app, name="connections")
+    app.add_typer(vault.grants_app, name="grants")
+    app.add_typer(users.app, name="users")
 
 
 _register()

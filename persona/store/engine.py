@@ -90,7 +90,13 @@ class Store:
 
     def create_all(self) -> None:
         """Create every table and install the audit triggers; safe to call on every start."""
-        from persona.store import audit_tables, flow_tables, inbox_tables, tables  # noqa: F401  (registers the tables)
+        from persona.store import (  # noqa: F401  (registers the tables)
+            audit_tables,
+            flow_tables,
+            inbox_tables,
+            tables,
+            vault_tables,
+        )
         from persona.store.metadata import metadata
 
         with self.begin() as conn:

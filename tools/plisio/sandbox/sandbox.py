@@ -74,7 +74,9 @@ class Sandbox:
     def _fresh_state(self) -> ShopState:
         seed_at = self._seed_at
         seed_now = self.now_ts if seed_at is None else (lambda: int(seed_at.timestamp()))
-        return build_state(make_shop(white_label=self.white_label, status_url=self.status_url), self.seed, seed_now)
+        return build_state(
+            make_shop(white_label=self.white_label, status_url=self.status_url), self.seed, seed_now
+        )
 
     # ------------------------------------------------------------------ access
 
