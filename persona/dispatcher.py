@@ -128,19 +128,25 @@ class Dispatcher:
     def tools_for_names(self, persona: PersonaSettings) -> tuple[str, ...]:
         return resolve_tools(persona)
 
-    async def _audit(self, ctx: CallContext, event: Event, tool: str | None, **fields: Any) -> None:
-        await self.audit.append(
-            AuditEvent(
-                event=event, source=ctx.source, user=ctx.user, persona=ctx.persona_name,
-                conversation_id=ctx.conversation_id, tool=tool, **fields,
-            )
+    async def _audit(
+        self, ctx: CallContext, event: Event, tool: str | None, *, durable: bool = True, **fields: Any
+    ) -> None:
+        """Append a record. ``durable=False`` queues it for the next group commit instead of waiting:
+        for records that precede no side effect (the loop flushes before a side effect and at turn end)."""
+        record = AuditEvent(
+            event=event, source=ctx.source, user=ctx.user, persona=ctx.persona_name,
+            conversation_id=ctx.conversation_id, tool=tool, **fields,
         )  # fmt: skip
+        if durable:
+            await self.audit.append(record)
+        else:
+            self.audit.record(record)
 
     async def dispatch(self, call: ToolCall, ctx: CallContext, notices: Sequence[str] = ()) -> Dispatched:
         assert call.id, "the loop assigns an id to every call before dispatch"
         call_id, name, raw = call.id, call.name, call.arguments
         await self._audit(
-            ctx, Event.TOOL_CALL_ATTEMPTED, name or None,
+            ctx, Event.TOOL_CALL_ATTEMPTED, name or None, durable=False,
             payload={"tool_call_id": call_id, "arguments": raw, "notices": list(notices)},
         )  # fmt: skip
         scope = resolve_tools(ctx.persona)
@@ -155,18 +161,23 @@ class Dispatcher:
         if isinstance(parsed, ToolFailure):
             result = ToolResult.failure(name, parsed)
             await self._audit(
-                ctx, Event.TOOL_CALL_FAILED, name, decision="invalid_arguments", reason=parsed.message,
-                payload={"tool_call_id": call_id, "arguments": raw, "error": parsed.as_dict()},
+                ctx, Event.TOOL_CALL_FAILED, name, durable=False, decision="invalid_arguments",
+                reason=parsed.message, payload={"tool_call_id": call_id, "arguments": raw, "error": parsed.as_dict()},
             )  # fmt: skip
             return Dispatched(
                 call_id, name, Outcome.FAILED, result.to_content(), result, read_only=tool.read_only
             )
 
-        # A call that already ran (e.g. the model repeats a call id after a retry) is answered, not re-run.
-        stored = await asyncio.to_thread(self._stored, ctx.conversation_id, call_id)
+        # A side effect that already ran (the model repeats a call id after a retry, an approval was
+        # executed) is answered from its stored result, never run again. Reads are simply re-run.
+        stored = (
+            None if tool.read_only else await asyncio.to_thread(self._stored, ctx.conversation_id, call_id)
+        )
         if stored is not None:
             if stored["arguments_hash"] == digest(parsed) and stored["tool"] == name:
-                await self._audit(ctx, Event.TOOL_CALL_REPLAYED, name, payload={"tool_call_id": call_id})
+                await self._audit(
+                    ctx, Event.TOOL_CALL_REPLAYED, name, durable=False, payload={"tool_call_id": call_id}
+                )
                 return Dispatched(
                     call_id, name, Outcome.REPLAYED, stored["content"], read_only=tool.read_only
                 )
@@ -201,7 +212,7 @@ class Dispatcher:
     ) -> Dispatched:
         reason = decision.reason if decision else json.loads(content)["error"]["message"]
         await self._audit(
-            ctx, Event.TOOL_CALL_DENIED, name or None, decision=Verdict.DENY.value, reason=reason,
+            ctx, Event.TOOL_CALL_DENIED, name or None, durable=False, decision=Verdict.DENY.value, reason=reason,
             payload={"tool_call_id": call_id, "kind": kind, "clause": decision.clause if decision else None},
         )  # fmt: skip
         return Dispatched(call_id, name, Outcome.DENIED, content, decision=decision)
@@ -249,6 +260,8 @@ class Dispatcher:
         decision: PolicyDecision,
         notices: Sequence[str] = (),
     ) -> Dispatched:
+        if not tool.read_only:
+            await self.audit.flush()  # write-ahead: the attempt is durable before anything changes
         token = current_call.set(ctx)
         try:
             client = await self._plisio(ctx.persona_name)
@@ -279,11 +292,13 @@ class Dispatcher:
         if notices:
             payload["notices"] = list(notices)
         content = bounded_json(payload)
-        await asyncio.to_thread(
-            self._remember, ctx.conversation_id, call_id, tool.name, digest(args), result, content
-        )
+        if not tool.read_only:
+            await asyncio.to_thread(
+                self._remember, ctx.conversation_id, call_id, tool.name, digest(args), result, content
+            )
         await self._audit(
             ctx, Event.TOOL_CALL_SUCCEEDED if result.ok else Event.TOOL_CALL_FAILED, tool.name,
+            durable=not tool.read_only,
             decision=decision.verdict.value, reason=decision.reason, latency_ms=latency,
             payload={"tool_call_id": call_id, "arguments": to_jsonable(args.model_dump(mode="python")),
                      "result": to_jsonable(payload)},

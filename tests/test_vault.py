@@ -109,7 +109,9 @@ def grant(kit: Kit, persona: str, connection: str = "shop-main", **kw: Any) -> A
 
 async def dispatch(kit: Kit, persona: str, tool: str, args: dict[str, Any]) -> Dispatched:
     ctx = kit.rt.context(persona, "alice@example.com")
-    return await kit.rt.dispatcher.dispatch(call(tool, args), ctx)
+    done = await kit.rt.dispatcher.dispatch(call(tool, args), ctx)
+    await kit.rt.audit.flush()  # outside a turn, nothing flushes the queued records for us
+    return done
 
 
 def error_of(done: Dispatched) -> dict[str, Any]:
