@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Calls held for a person's approval.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="Calls held for a person's approval.", no_args_is_help=True)
 
 By = Annotated[str, typer.Option("--by", help="Who decides (recorded in the audit log).")]
 Note = Annotated[str | None, typer.Option("--note", help="Why.")]

@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="The append-only, hash-chained audit log.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="The append-only, hash-chained audit log.", no_args_is_help=True
+)
 
 Opt = typer.Option
 

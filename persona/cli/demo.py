@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 
@@ -19,6 +18,8 @@ def demo() -> None:
     root = Path(settings.base_dir)
     console.print("[bold]plisio-persona demo[/]: no keys, no network. Plisio is the local sandbox;")
     console.print(f"the model is the scripted scenario {SCENARIO}.")
+    import asyncio
+
     story = asyncio.run(run_story(settings, root=root, workdir=root / "var", say=console.print))
     if story.report is None or not story.report.ok:
         raise PersonaError("the audit chain did not verify")

@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Drafted customer messages waiting for review.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Drafted customer messages waiting for review.", no_args_is_help=True
+)
 
 By = Annotated[str, typer.Option("--by", help="Who decides (recorded in the audit log).")]
 Note = Annotated[str | None, typer.Option("--note", help="Why.")]

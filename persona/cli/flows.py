@@ -20,9 +20,13 @@ if TYPE_CHECKING:
     from persona.flows.churn import ChurnReport
     from persona.flows.refunds import RefundOutcome
 
-refunds_app = typer.Typer(help="Refund requests decided by the written refund policy.", no_args_is_help=True)
+refunds_app = typer.Typer(
+    rich_markup_mode=None, help="Refund requests decided by the written refund policy.", no_args_is_help=True
+)
 churn_app = typer.Typer(
-    help="Churn signals from payment history, summarised for growth.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Churn signals from payment history, summarised for growth.",
+    no_args_is_help=True,
 )
 
 Opt = typer.Option

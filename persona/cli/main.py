@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from persona.config import Settings
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="persona",
     help="LLM personas that operate a Plisio crypto-payment account through typed, audited tools.",
     no_args_is_help=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +31,8 @@ def replay(
 
     async def run_all() -> list[Result]:
         return [await run_scenario(s, settings) for s in scenarios]
+
+    import asyncio
 
     results = asyncio.run(run_all())
     console = Console(highlight=False)

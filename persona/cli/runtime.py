@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,5 +20,7 @@ def with_runtime(work: Callable[[Runtime], Awaitable[T]], *, plisio: Any = None)
             return await work(runtime)
         finally:
             await runtime.aclose()
+
+    import asyncio
 
     return asyncio.run(main())

@@ -21,7 +21,11 @@ from typing import Annotated
 
 import typer
 
-inbox_app = typer.Typer(help="The Plisio callback inbox: list rows, retry failed ones.", no_args_is_help=True)
+inbox_app = typer.Typer(
+    rich_markup_mode=None,
+    help="The Plisio callback inbox: list rows, retry failed ones.",
+    no_args_is_help=True,
+)
 
 Opt = typer.Option
 _STATES = ("pending", "processing", "done", "failed", "poison", "all")

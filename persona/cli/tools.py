@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="The Plisio tools: list, schema, call.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="The Plisio tools: list, schema, call.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -62,6 +61,8 @@ def call(
         for item in (parsed.details or {}).get("errors", [])[1:]:
             console.print(f"  {item['field'] or '(arguments)'}: {item['message']}", highlight=False)
         raise typer.Exit(2)
+    import asyncio
+
     result = asyncio.run(_run(settings, tool, parsed, run))
     if result.ok:
         _print_json(console, dumps(result.data), JSON)
@@ -74,17 +75,18 @@ def call(
 
 
 async def _run(settings: Any, tool: Any, parsed: Any, run: Any) -> Any:
-    from persona.app import connect_plisio
+    """Through the runtime, so a key in the vault is used exactly as the service uses it."""
+    from persona.app import Runtime
     from tools.plisio.tools import PlisioContext
 
-    conn = connect_plisio(settings)
+    rt = Runtime.build(settings)
     try:
         ctx = PlisioContext(
-            client=conn.client, call_key=f"cli:{uuid.uuid4()}", callback_url=settings.plisio.callback_url
+            client=rt.plisio.client, call_key=f"cli:{uuid.uuid4()}", callback_url=settings.callback_url()
         )
         return await run(tool, parsed, ctx, timeout=settings.plisio.retry.deadline + 5)
     finally:
-        await conn.aclose()
+        await rt.aclose()
 
 
 def _print_json(console: Any, text: str, json_renderable: Any) -> None:

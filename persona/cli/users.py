@@ -12,7 +12,11 @@ import typer
 
 from persona.cli.vault import By, VaultContext, with_vault
 
-app = typer.Typer(help="HTTP API users, roles (admin, operator, viewer) and tokens.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="HTTP API users, roles (admin, operator, viewer) and tokens.",
+    no_args_is_help=True,
+)
 
 
 @app.command("add")

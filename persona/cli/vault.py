@@ -7,7 +7,6 @@ listings show a 12-hex fingerprint.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -30,11 +29,17 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 connect_app = typer.Typer(
-    help="Store a provider key, encrypted, after checking it works.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Store a provider key, encrypted, after checking it works.",
+    no_args_is_help=True,
 )
-connections_app = typer.Typer(help="Stored Plisio keys: list, rotate, revoke, rekey.", no_args_is_help=True)
+connections_app = typer.Typer(
+    rich_markup_mode=None, help="Stored Plisio keys: list, rotate, revoke, rekey.", no_args_is_help=True
+)
 grants_app = typer.Typer(
-    help="Which persona may use which connection, for which tools and caps.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Which persona may use which connection, for which tools and caps.",
+    no_args_is_help=True,
 )
 
 By = Annotated[
@@ -99,6 +104,8 @@ def vault_context() -> Iterator[VaultContext]:
 
 def with_vault(work: Callable[[VaultContext], Coroutine[Any, Any, T]]) -> T:
     with vault_context() as ctx:
+        import asyncio
+
         return asyncio.run(work(ctx))
 
 
