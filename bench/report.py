@@ -130,7 +130,7 @@ def tree() -> str:
     return f"commit {head} + uncommitted changes in {len(dirty)} product file(s): {files}"
 
 
-def header(started: datetime, command: str) -> str:
+def header(started: datetime, command: str, tree_at_start: str | None = None) -> str:
     m = machine()
     pkgs = versions()
     lowered = {k.lower(): (k, v) for k, v in pkgs.items()}
@@ -142,7 +142,7 @@ def header(started: datetime, command: str) -> str:
             "",
             f"- Run: {started.strftime('%Y-%m-%d %H:%M UTC')}",
             f"- Command: `{command}`",
-            f"- Tree: {tree()}",
+            _tree_line(tree_at_start),
             f"- Machine: {m['cores']} cores ({m['usable_cores']} usable), {m['cpu_model']}, "
             f"{m['memory_gib']} GiB, {m['os']}",
             f"- Python: {m['python']}",
@@ -158,18 +158,32 @@ def header(started: datetime, command: str) -> str:
     )
 
 
-def render(tables: list[Table], started: datetime, command: str) -> str:
-    return header(started, command) + "\n" + "\n".join(t.markdown() for t in tables)
+def _tree_line(at_start: str | None) -> str:
+    at_end = tree()
+    if at_start is None or at_start == at_end:
+        return f"- Tree: {at_end}"
+    return f"- Tree: **changed during the run**: at the start {at_start}; at the end {at_end}"
 
 
-def write(tables: list[Table], started: datetime, command: str, *, latest: bool = True) -> Path:
+def render(tables: list[Table], started: datetime, command: str, tree_at_start: str | None = None) -> str:
+    return header(started, command, tree_at_start) + "\n" + "\n".join(t.markdown() for t in tables)
+
+
+def write(
+    tables: list[Table],
+    started: datetime,
+    command: str,
+    *,
+    latest: bool = True,
+    tree_at_start: str | None = None,
+) -> Path:
     """Write a timestamped copy and, for a complete run, latest.md/latest.json; return the copy's path.
 
     A partial run (one section, some adapters) never replaces ``latest``: the README links it as the
     full picture.
     """
     RESULTS.mkdir(parents=True, exist_ok=True)
-    text = render(tables, started, command)
+    text = render(tables, started, command, tree_at_start)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     stamped = RESULTS / f"{stamp}{'' if latest else '-partial'}.md"
     stamped.write_text(text)
@@ -179,6 +193,8 @@ def write(tables: list[Table], started: datetime, command: str, *, latest: bool 
     raw = {
         "started": started.isoformat(),
         "command": command,
+        "tree_at_start": tree_at_start,
+        "tree_at_end": tree(),
         "machine": machine(),
         "versions": versions(),
         "sections": {t.section: {"title": t.title, "data": t.data, "notes": t.notes} for t in tables},

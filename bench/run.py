@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = report.now()
     command = report.command_line()
+    tree_at_start = report.tree()
     chosen = args.only or list(SECTIONS)
     work = Path(tempfile.mkdtemp(prefix="persona-bench-"))
     from persona import log
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     complete = not args.only and not args.adapter
-    path = report.write(tables, started, command, latest=complete)
+    path = report.write(tables, started, command, latest=complete, tree_at_start=tree_at_start)
     print(
         f"written: {path}"
         + (f" and {report.RESULTS / 'latest.md'}" if complete else " (partial run: latest.md kept)")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -104,3 +107,39 @@ def bearer(rt: Runtime, email: str = "alice@example.com", role: str = "operator"
     with contextlib.suppress(Conflict):
         users.add(email, role, actor)
     return {"Authorization": f"Bearer {users.issue_token(email, actor)}"}
+
+
+def run_cli(
+    cfg: Path, *args: str, check: int | None = 0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m persona --config CFG ARGS`` as a user runs it: a real process, no traceback allowed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "persona", "--config", str(cfg), *args],
+        capture_output=True, text=True, timeout=120, cwd=cfg.parent,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", **(env or {})},
+    )  # fmt: skip
+    if check is not None:
+        assert proc.returncode == check, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def write_config(
+    tmp_path: Path, *, llm_url: str | None = None, sandbox_url: str | None = None, store: bool = True
+) -> Path:
+    """The shipped config.yaml, with prompts from the repo, the store in ``tmp_path`` and optional endpoints."""
+    text = (REPO / "config.yaml").read_text(encoding="utf-8")
+    text = text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
+    if store:
+        text = text.replace(
+            "url: sqlite:///var/persona.sqlite3", f"url: sqlite:///{tmp_path / 'persona.sqlite3'}"
+        )
+    if llm_url:
+        text = text.replace(
+            "  base_url: null\n  model: null", f"  base_url: {llm_url}/v1\n  model: fake-model"
+        )
+    if sandbox_url:
+        text = re.sub(r"(\n    url: )null", rf"\g<1>{sandbox_url}", text, count=1)
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path

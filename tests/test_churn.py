@@ -22,8 +22,8 @@ from persona.flows.signals import compute
 from persona.llm import ScriptedChatModel
 from persona.store.engine import Store
 from tests.conftest import NOW
-from tests.harness import build_runtime, call, say, step
-from tests.test_refunds import persona, write_config
+from tests.harness import build_runtime, call, say, step, write_config
+from tests.test_refunds import persona
 from tools.plisio.client import PlisioClient
 from tools.plisio.models import Operation, OperationType
 from tools.plisio.sandbox import SANDBOX_API_KEY, Sandbox

@@ -5,26 +5,18 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAI, FakeStep
-from tests.harness import REPO
+from tests.harness import REPO, run_cli, write_config
 from tools.plisio.sandbox import SANDBOX_API_KEY, LoopbackServer
 
 
 def persona(cfg: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "persona", "--config", str(cfg), *args],
-        capture_output=True, text=True, timeout=120, cwd=cfg.parent, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
-    )  # fmt: skip
-    if check is not None:
-        assert proc.returncode == check, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+    return run_cli(cfg, *args, check=check)
 
 
 @pytest.fixture
@@ -42,14 +34,7 @@ def llm() -> Iterator[LoopbackServer]:
 
 @pytest.fixture
 def cfg(tmp_path: Path, llm: LoopbackServer) -> Path:
-    text = (REPO / "config.yaml").read_text(encoding="utf-8")
-    text = text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
-    text = text.replace(
-        "  base_url: null\n  model: null", f"  base_url: {llm.base_url}/v1\n  model: fake-model"
-    )
-    path = tmp_path / "config.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_config(tmp_path, llm_url=llm.base_url, store=False)
 
 
 def test_chat_approve_and_audit_from_the_command_line(cfg: Path, tmp_path: Path) -> None:

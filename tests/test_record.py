@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 import yaml
 
 from tests.fakes.openai_server import FakeOpenAI, FakeStep
-from tests.harness import REPO
+from tests.harness import run_cli, write_config
 from tools.plisio.sandbox import SANDBOX_API_KEY, LoopbackServer
 
 
@@ -39,24 +38,11 @@ def conversation(body: dict[str, Any]) -> FakeStep:
 def cfg(tmp_path: Path) -> Iterator[Path]:
     fake = FakeOpenAI(conversation)
     with LoopbackServer(fake.app) as server:
-        text = (REPO / "config.yaml").read_text(encoding="utf-8")
-        text = text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
-        text = text.replace(
-            "  base_url: null\n  model: null", f"  base_url: {server.base_url}/v1\n  model: fake-model"
-        )
-        path = tmp_path / "config.yaml"
-        path.write_text(text, encoding="utf-8")
-        yield path
+        yield write_config(tmp_path, llm_url=server.base_url, store=False)
 
 
 def persona(cfg: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "persona", "--config", str(cfg), *args],
-        capture_output=True, text=True, timeout=120, cwd=cfg.parent,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "OPENAI_API_KEY": "sk-test-never-written-0123456789"},
-    )  # fmt: skip
-    assert proc.returncode == code, proc.stdout + proc.stderr
-    return proc
+    return run_cli(cfg, *args, check=code, env={"OPENAI_API_KEY": "sk-test-never-written-0123456789"})
 
 
 def assert_clean(path: Path) -> dict[str, Any]:

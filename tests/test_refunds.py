@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +22,7 @@ from persona.flows.refund_policy import Clause
 from persona.flows.runs import FlowRuns
 from persona.llm import ScriptedChatModel
 from persona.store.engine import Store
-from tests.harness import REPO, build_runtime, call, repo_settings, say, step
+from tests.harness import build_runtime, call, repo_settings, run_cli, say, step, write_config
 from tools.errors import PlisioTransportError
 from tools.plisio.models import Operation
 from tools.plisio.sandbox import LoopbackServer, Sandbox
@@ -229,38 +228,9 @@ async def test_plisio_unreachable_is_a_clear_error_and_stores_nothing(store: Sto
 
 # -- the command line ------------------------------------------------------------------------------
 
-LAUNCH = (
-    "import importlib, sys; m = importlib.import_module('persona.cli.main'); "
-    "from persona.cli.flows import refunds_app, churn_app; "
-    "names = {g.name for g in m.app.registered_groups}; "
-    "'refunds' in names or m.app.add_typer(refunds_app, name='refunds'); "
-    "'churn' in names or m.app.add_typer(churn_app, name='churn'); m.main()"
-)
-
 
 def persona(cfg: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    """``python -m persona`` (with the flow commands added if main.py does not register them yet)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", LAUNCH, "--config", str(cfg), *args],
-        capture_output=True, text=True, timeout=120, cwd=cfg.parent, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
-    )  # fmt: skip
-    if check is not None:
-        assert proc.returncode == check, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
-
-
-def write_config(tmp_path: Path, sandbox_url: str | None = None) -> Path:
-    text = (REPO / "config.yaml").read_text(encoding="utf-8")
-    text = text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
-    text = text.replace(
-        "url: sqlite:///var/persona.sqlite3", f"url: sqlite:///{tmp_path / 'persona.sqlite3'}"
-    )
-    if sandbox_url:
-        text = re.sub(r"(\n    url: )null", rf"\g<1>{sandbox_url}", text, count=1)
-    path = tmp_path / "config.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return run_cli(cfg, *args, check=check)
 
 
 @pytest.fixture
@@ -272,7 +242,7 @@ def served() -> Iterator[tuple[Sandbox, str]]:
 
 def test_refunds_cli_triage_list_show(tmp_path: Path, served: tuple[Sandbox, str]) -> None:
     box, url = served
-    cfg = write_config(tmp_path, url)
+    cfg = write_config(tmp_path, sandbox_url=url)
     old = box.state.by_order_number(TOO_OLD_TO_REFUND_ORDER_NUMBERS[0])
     recent = box.state.by_order_number(RECENT_REFUNDABLE_ORDER_NUMBERS[1])
     assert old is not None and recent is not None

@@ -322,8 +322,8 @@ def _prune(node: Any) -> Any:
 # ----------------------------------------------------------------------------- errors as data
 
 
-def _schema_failure(errors: list[SchemaError]) -> ToolFailure:
-    items = [{"field": _field_of(e), "message": _message_of(e)} for e in errors[:5]]
+def _invalid(items: list[dict[str, str]]) -> ToolFailure:
+    """Field-level errors: the first one leads the message, all (up to 5) are in the details."""
     first = items[0]
     where = f"{first['field']}: " if first["field"] else ""
     return ToolFailure(
@@ -332,6 +332,10 @@ def _schema_failure(errors: list[SchemaError]) -> ToolFailure:
         field=first["field"] or None,
         details={"errors": items},
     )
+
+
+def _schema_failure(errors: list[SchemaError]) -> ToolFailure:
+    return _invalid([{"field": _field_of(e), "message": _message_of(e)} for e in errors[:5]])
 
 
 def _field_of(error: SchemaError) -> str:
@@ -361,18 +365,14 @@ def _message_of(error: SchemaError) -> str:
 
 
 def _pydantic_failure(exc: ValidationError) -> ToolFailure:
-    items = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        msg = str(err.get("msg", "invalid value"))
-        items.append({"field": where, "message": msg.removeprefix("Value error, ")})
-    first = items[0]
-    where = f"{first['field']}: " if first["field"] else ""
-    return ToolFailure(
-        "invalid_arguments",
-        f"{where}{first['message']}",
-        field=first["field"] or None,
-        details={"errors": items},
+    return _invalid(
+        [
+            {
+                "field": ".".join(str(p) for p in err.get("loc", ())),
+                "message": str(err.get("msg", "invalid value")).removeprefix("Value error, "),
+            }
+            for err in exc.errors()[:5]
+        ]
     )
 
 
