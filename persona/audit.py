@@ -189,38 +189,70 @@ class AuditLog:
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._closed = False
-        self._outstanding: set[Future[AuditRecord]] = set()
+        self._buffer: list[_Item] = []
+        """``record()``ed events not yet handed to the writer: they go with the next flush/append."""
+        self._in_flight: set[Future[AuditRecord]] = set()
+        """``record()``ed events handed to the writer and not yet committed (a flush waits for them too)."""
 
     # -- appending -----------------------------------------------------------------------------
 
     async def append(self, event: AuditEvent) -> AuditRecord:
-        """Append ``event``; the record is committed (durable) when this returns."""
+        """Append ``event``; the record (and every one recorded before it) is committed when this returns."""
         return await asyncio.wrap_future(self._submit(event))
 
     def record(self, event: AuditEvent) -> Future[AuditRecord]:
-        """Queue ``event`` without waiting for its commit; :meth:`flush` waits for everything queued.
+        """Keep ``event`` for the next commit without waiting; :meth:`flush` commits what is kept.
 
         For events that precede no side effect (a model request, a read-only call): the loop flushes
         before any call with a side effect runs and before a turn returns, so nothing is acted on and
-        no answer is given whose audit trail is not durable, while the writer commits many records at
-        once instead of one fsync each.
+        no answer is given whose audit trail is not durable, while a whole turn's records go out in a
+        few transactions instead of one fsync each. Order is kept: :meth:`append` sends what is kept
+        first, and the buffer is bounded (it is handed to the writer past ``max_batch`` records).
         """
-        future = self._submit(event)
+        if not isinstance(event, AuditEvent):
+            raise TypeError("record() takes an AuditEvent")
+        future: Future[AuditRecord] = Future()
         with self._lock:
-            self._outstanding.add(future)
-        future.add_done_callback(self._settled)
+            if self._closed:
+                raise StoreError("the audit log is closed; no more records can be appended")
+            self._buffer.append((event, future))
+            full = len(self._buffer) >= self._max_batch
+        if full:
+            self._hand_over()
         return future
 
-    def _settled(self, future: Future[AuditRecord]) -> None:
+    def _hand_over(self) -> list[Future[AuditRecord]]:
+        """Move the kept records to the writer (in order); returns every recorded one not yet committed."""
         with self._lock:
-            self._outstanding.discard(future)
+            kept, self._buffer = self._buffer, []
+            if kept:
+                self._start_writer()
+                for item in kept:
+                    self._queue.put(item)
+                    self._in_flight.add(item[1])
+            waiting = list(self._in_flight)
+        for _, future in kept:
+            future.add_done_callback(self._landed)
+        return waiting
+
+    def _landed(self, future: Future[AuditRecord]) -> None:
+        with self._lock:
+            self._in_flight.discard(future)
 
     async def flush(self) -> None:
-        """Wait until every record queued so far is committed; raise the first failure."""
-        with self._lock:
-            waiting = list(self._outstanding)
+        """Commit every record kept so far; raise the first failure."""
+        waiting = self._hand_over()
         if waiting:
             await asyncio.gather(*(asyncio.wrap_future(f) for f in waiting))
+
+    def send(self) -> None:
+        """Hand kept records to the writer without waiting for their commit."""
+        self._hand_over()
+
+    def flush_sync(self) -> None:
+        """:meth:`flush` for synchronous callers (the CLI, readers that must see what was just recorded)."""
+        for future in self._hand_over():
+            future.result()
 
     def append_sync(self, event: AuditEvent) -> AuditRecord:
         """Append from synchronous code (the CLI); shares the writer and its batches."""
@@ -233,11 +265,21 @@ class AuditLog:
         with self._lock:
             if self._closed:
                 raise StoreError("the audit log is closed; no more records can be appended")
-            if self._writer is None:
-                self._writer = threading.Thread(target=self._run_writer, name="audit-writer", daemon=True)
-                self._writer.start()
+            kept, self._buffer = self._buffer, []
+            self._start_writer()
+            for item in kept:  # what was recorded before this event is committed with it, in order
+                self._queue.put(item)
+                self._in_flight.add(item[1])
             self._queue.put((event, future))
+        for _, kept_future in kept:
+            kept_future.add_done_callback(self._landed)
         return future
+
+    def _start_writer(self) -> None:
+        """Start the writer thread on first use (the caller holds ``_lock``)."""
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._run_writer, name="audit-writer", daemon=True)
+            self._writer.start()
 
     def _run_writer(self) -> None:
         """The single writer: one transaction per batch of whatever is queued."""
@@ -335,6 +377,7 @@ class AuditLog:
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
+        self._hand_over()  # kept records are written before the writer stops
         with self._lock:
             self._closed = True
             writer, self._writer = self._writer, None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +46,8 @@ from tools.redaction import register_secret
 
 log = structlog.get_logger(__name__)
 
+EMPTY_RECHECK_S = 2.0
+NOT_EMPTY = -1.0
 CONNECTION_ROW = "*"
 """The ``persona`` of a connection's own blobs (new grants are wrapped from it; callbacks verify with it)."""
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -65,13 +68,26 @@ class Vault:
         self, store: Store, keys: MasterKeySource, audit: AuditLog, now: Callable[[], datetime]
     ) -> None:
         self.store, self.keys, self.audit, self.now = store, keys, audit, now
+        self._empty_checked_at: float | None = None
 
     # -- reading -----------------------------------------------------------------------------
 
     def is_empty(self) -> bool:
-        """True while no connection was ever stored: then the PLISIO_API_KEY path applies unchanged."""
+        """True while no connection was ever stored: then the PLISIO_API_KEY path applies unchanged.
+
+        Asked on every tool call and callback. A stored connection is never deleted (revoked ones stay),
+        so "not empty" is final; "empty" is trusted for ``EMPTY_RECHECK_S``, the most a first
+        ``persona connect`` in another process takes to be seen here.
+        """
+        checked = self._empty_checked_at
+        if checked == NOT_EMPTY:
+            return False
+        if checked is not None and time.monotonic() - checked < EMPTY_RECHECK_S:
+            return True
         with self.store.read("read the vault") as conn:
-            return conn.execute(select(connections.c.id).limit(1)).first() is None
+            empty = conn.execute(select(connections.c.id).limit(1)).first() is None
+        self._empty_checked_at = time.monotonic() if empty else NOT_EMPTY
+        return empty
 
     def connections(self) -> list[ConnectionInfo]:
         with self.store.read("read the vault") as conn:
@@ -220,6 +236,7 @@ class Vault:
                     **self._seal(keyring, connection_id, CONNECTION_ROW, "current", key),
                 )
             )  # fmt: skip
+        self._empty_checked_at = NOT_EMPTY
         info = self.connection(name)
         self.record(VaultEvent.CONNECTION_CREATED, actor, f"Plisio key stored as connection {name}",
                     connection=name, connection_id=connection_id, fingerprint=info.fingerprint)  # fmt: skip

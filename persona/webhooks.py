@@ -42,7 +42,7 @@ from persona.audit import AuditEvent
 from persona.config import PlisioMode, Settings
 from persona.errors import StoreError, StoreUnavailable
 from persona.events import Source
-from persona.inbox import Inbox, UnusableCallback, parse_callback
+from persona.inbox import Inbox, InboxWriter, UnusableCallback, parse_callback
 from tools.errors import CallbackFormatError, CallbackSignatureError
 from tools.plisio.callbacks import FORM_CONTENT_TYPE, JSON_CONTENT_TYPE, VerifiedCallback, verify
 
@@ -91,6 +91,9 @@ def runtime_secrets(rt: Runtime) -> SecretsSource:
     return secrets
 
 
+SECRETS_TTL_S = 1.0
+
+
 class _TooLarge(Exception):
     pass
 
@@ -119,6 +122,8 @@ class Receiver:
         self.secrets = secrets or runtime_secrets(rt)
         self.max_body = rt.settings.server.max_body_bytes
         self.inbox = Inbox(rt.store)
+        self.writer = InboxWriter(self.inbox, rt.store)
+        self._secrets: tuple[float, list[str]] | None = None
 
     async def __call__(self, request: Request) -> Response:
         return _answer(await self.receive(request))
@@ -138,7 +143,7 @@ class Receiver:
         except ClientDisconnect:
             return _error(400, "bad_request", "the client went away")
         try:
-            secrets = await asyncio.to_thread(self.secrets)
+            secrets = await self._current_secrets()
         except StoreError as exc:
             log.error("webhook_secrets_unavailable", error=str(exc))
             return _error(503, "store_unavailable", "callbacks cannot be verified right now; retry later")
@@ -154,6 +159,17 @@ class Receiver:
             await self._reject(f"signature: {exc}", peer, bytes=len(body))
             return _error(401, "bad_signature", "verify_hash does not match")
         return await self._store(body, verified, peer)
+
+    async def _current_secrets(self) -> list[str]:
+        """The verification keys, re-read at most every ``SECRETS_TTL_S`` (a revoked or rotated key stops
+        verifying within that time; reading the vault for every callback would cap the ingest rate)."""
+        now = self.rt.now().timestamp()  # the runtime's clock: a grace window's end is seen at once
+        cached = self._secrets
+        if cached is not None and now - cached[0] < SECRETS_TTL_S:
+            return cached[1]
+        keys = await asyncio.to_thread(self.secrets)
+        self._secrets = (now, keys)
+        return keys
 
     async def _read(self, request: Request) -> bytes:
         """The raw body, refused as soon as it passes the limit (Content-Length is only a hint)."""
@@ -177,9 +193,9 @@ class Receiver:
         except UnusableCallback as exc:
             callback, error = None, str(exc)
         try:
-            recorded = await asyncio.to_thread(
-                self.inbox.record, source="callback", body=body, encoding=verified.encoding, fields=fields,
-                callback=callback, error=error, now=self.rt.now(),
+            recorded = await self.writer.record(
+                source="callback", body=body, encoding=verified.encoding, fields=fields, callback=callback,
+                error=error, now=self.rt.now(),
             )  # fmt: skip
         except StoreError as exc:
             log.error("webhook_store_failed", error=str(exc), unavailable=isinstance(exc, StoreUnavailable))
@@ -202,9 +218,20 @@ class Receiver:
         else:
             event, reason = WebhookEvent.RECEIVED, None
         log.info(event, peer=peer, reason=reason, **payload)
-        await self._audit(event, reason, payload)
+        self._audit_soon(event, reason, payload)
         return Verdict(200, {"ok": True, "inbox_id": recorded.id, "duplicate": recorded.duplicate,
                              "state": recorded.state})  # fmt: skip
+
+    def _audit_soon(self, event: str, reason: str | None, payload: dict[str, Any]) -> None:
+        """The callback is durable in the inbox already; its audit record goes to the audit writer now
+        and is committed with its next batch, so the 2xx does not wait for a second commit."""
+        try:
+            self.rt.audit.record(
+                AuditEvent(event=event, source=Source.WEBHOOK, reason=reason, payload=payload)
+            )
+            self.rt.audit.send()
+        except Exception as exc:  # the store may be down: the log line still records it
+            log.error("webhook_audit_failed", audit_event=event, error=f"{type(exc).__name__}: {exc}")
 
     async def _reject(self, reason: str, peer: str | None, **payload: Any) -> None:
         log.warning(WebhookEvent.REJECTED, reason=reason, peer=peer, **payload)

@@ -73,6 +73,7 @@ class Kit:
             return list(conn.execute(select(credential_blobs).order_by(credential_blobs.c.id)))
 
     def events(self, name: str) -> list[Any]:
+        self.rt.audit.flush_sync()  # records queued by the receiver or the loop are committed first
         return self.rt.audit.query(AuditFilter(event=name))
 
 

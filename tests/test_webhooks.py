@@ -112,6 +112,7 @@ def rows(rt: Runtime, state: str = "all") -> list[InboxRow]:
 
 
 def events(rt: Runtime, name: str) -> list[Any]:
+    rt.audit.flush_sync()  # the receiver commits its audit record just after the 200
     return rt.audit.query(AuditFilter(event=name))
 
 

@@ -16,6 +16,7 @@ password masked) and how to fix it; the password never appears in a message or a
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +62,9 @@ class Store:
         self.url = masked_url
         """The URL with its password masked: safe to print."""
         self._password = password
+        self._write_lock = threading.Lock() if dialect == "sqlite" else None
+        """SQLite has one writer at a time and its busy handler waits by sleeping (up to 100 ms a try):
+        threads of this process queue on a lock instead, so each starts the moment the previous commits."""
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -117,7 +121,8 @@ class Store:
     @contextlib.contextmanager
     def begin(self, action: str = "write to the database") -> Iterator[Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
-        with self.guard(action), self.engine.begin() as conn:
+        lock = self._write_lock or contextlib.nullcontext()
+        with lock, self.guard(action), self.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
