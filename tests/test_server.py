@@ -174,9 +174,10 @@ async def test_in_process_worker_turns_a_callback_into_a_listed_draft(rt: Runtim
         posted = await http.post("/webhooks/plisio", content=body,
                                  headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
         assert posted.status_code == 200
-        for _ in range(100):
+        for _ in range(100):  # the worker drafts first, then marks the inbox row done
             drafts = (await http.get("/v1/drafts", params={"status": "pending_review"})).json()["drafts"]
-            if drafts:
+            settled = (await http.get("/v1/inbox", params={"state": "done"})).json()["rows"]
+            if drafts and settled:
                 break
             await asyncio.sleep(0.1)
         [draft] = drafts

@@ -20,11 +20,14 @@ from enum import Enum
 from functools import cached_property
 from typing import Any, Generic, TypeVar
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tools.errors import PlisioError, ToolDefinitionError
+
+FORMATS = FormatChecker(["email"])
+"""The string formats tools may use (strict mode accepts them); checked locally like the model is told."""
 
 A = TypeVar("A", bound=BaseModel)
 C = TypeVar("C")
@@ -141,7 +144,7 @@ class Tool(Generic[A, C]):
 
     @cached_property
     def _validator(self) -> Draft202012Validator:
-        return Draft202012Validator(self.validation_schema)
+        return Draft202012Validator(self.validation_schema, format_checker=FORMATS)
 
     @cached_property
     def _nullable(self) -> frozenset[str]:
@@ -274,7 +277,7 @@ def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
             out.setdefault("properties", {})
             out["required"] = list(out["properties"])
             out["additionalProperties"] = False
-        return _collapse_null_union(out)
+        return _enum_only(_collapse_null_union(out))
 
     schema = walk(raw)
     if schema.get("type") != "object":
@@ -288,19 +291,29 @@ def _collapse_null_union(node: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(branches, list) or len(branches) != 2 or {"type": "null"} not in branches:
         return node
     other = next(b for b in branches if b != {"type": "null"})
+    if "enum" in other and "anyOf" not in other:
+        merged = {k: v for k, v in node.items() if k != "anyOf"}
+        merged.update({k: v for k, v in other.items() if k != "type"})
+        merged["enum"] = [*other["enum"], None]
+        return merged
     if not isinstance(other.get("type"), str) or "anyOf" in other or other.get("type") == "object":
         return node
     merged = {k: v for k, v in node.items() if k != "anyOf"}
     merged.update(other)
     merged["type"] = [other["type"], "null"]
-    if "enum" in merged:
-        merged["enum"] = [*merged["enum"], None]
     return merged
+
+
+def _enum_only(node: dict[str, Any]) -> dict[str, Any]:
+    """An enum lists every allowed value, its type included: ``type`` beside it only costs tokens."""
+    if "enum" in node and "type" in node:
+        return {k: v for k, v in node.items() if k != "type"}
+    return node
 
 
 def _admits_null(spec: Mapping[str, Any]) -> bool:
     t = spec.get("type")
-    if t == "null" or (isinstance(t, list) and "null" in t):
+    if t == "null" or (isinstance(t, list) and "null" in t) or None in spec.get("enum", ()):
         return True
     return any(_admits_null(b) for b in spec.get("anyOf", ()))
 

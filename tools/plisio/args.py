@@ -8,29 +8,41 @@ the order number and the callback URL of a new invoice.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Annotated, Self
 
-from pydantic import Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from tools.plisio.models import FeePlanName, OperationStatus, OperationType, WithdrawalType
 from tools.registry import ToolArgs
 
-AMOUNT_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,18})?$"
+AMOUNT_PATTERN = r"^\d+(\.\d+)?$"
 
+# Every constraint is a JSON-schema keyword OpenAI's strict mode accepts (pattern, enum, minimum, ...),
+# so the model is told exactly what is enforced; lengths are patterns because strict mode has no maxLength.
 Amount = Annotated[
     Decimal,
     Field(gt=0),
     WithJsonSchema({"type": "string", "pattern": AMOUNT_PATTERN}),
 ]
-PsysCid = Annotated[
-    str,
-    Field(pattern=r"^[A-Z0-9_]{2,20}$", description="Plisio coin id (psys_cid), e.g. BTC, ETH, USDT_TRX"),
-]
-Fiat = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 fiat code, e.g. USD")]
-PlisioId = Annotated[str, Field(pattern=r"^[A-Za-z0-9]{6,40}$")]
-Email = Annotated[str, Field(pattern=r"^[^@\s,]{1,64}@[^@\s,]{1,190}\.[^@\s,]{2,24}$", max_length=254)]
-Address = Annotated[str, Field(pattern=r"^[A-Za-z0-9:_\-]{20,128}$")]
+PsysCid = Annotated[str, Field(pattern=r"^\w{2,20}$")]
+"""A coin's Plisio id (BTC, ETH, USDT_TRX, ...); the tool descriptions say "coin" where it matters."""
+Fiat = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="e.g. USD")]
+PlisioId = Annotated[str, Field(pattern=r"^\w{6,40}$")]
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{3,190}$")
+
+
+def _email(value: str) -> str:
+    if not EMAIL.fullmatch(value):
+        raise ValueError("not an email address (name@domain, at most 254 characters)")
+    return value
+
+
+# ``format: email`` is what strict mode offers; the local check (jsonschema's format checker, then this
+# validator) accepts exactly name@domain without spaces.
+Email = Annotated[str, AfterValidator(_email), WithJsonSchema({"type": "string", "format": "email"})]
+Address = Annotated[str, Field(pattern=r"^[\w:-]{20,128}$")]
 
 
 def _same_length(addresses: list[str] | None, amounts: list[Decimal] | None) -> None:
@@ -39,23 +51,16 @@ def _same_length(addresses: list[str] | None, amounts: list[Decimal] | None) -> 
 
 
 class CreateInvoiceArgs(ToolArgs):
-    order_name: str = Field(
-        min_length=1, max_length=120, description="What is being paid for; shown to the payer"
-    )
-    source_amount: Amount | None = Field(
-        None, description="Fiat price; needs source_currency. Else give amount+currency"
-    )
+    order_name: str = Field(pattern=r"^[^\n]{1,120}$")
+    """What is paid for, as the payer sees it (the tool description says so)."""
+    source_amount: Amount | None = Field(None, description="Fiat price")
     source_currency: Fiat | None = None
-    amount: Amount | None = Field(None, description="Crypto price in `currency`, when there is no fiat price")
-    currency: PsysCid | None = Field(
-        None, description="Coin to pay in; null lets the payer pick from allowed coins"
-    )
-    allowed_psys_cids: list[Annotated[str, Field(pattern=r"^[A-Z0-9_]{2,20}$")]] | None = Field(
-        None, max_length=20, description="Coins the payer may choose from"
-    )
-    description: str | None = Field(None, max_length=500)
-    email: Email | None = Field(None, description="Payer email; pre-fills the payment page")
-    expire_min: int | None = Field(None, ge=10, le=4320, description="Minutes until the invoice expires")
+    amount: Amount | None = Field(None, description="Or crypto price")
+    currency: PsysCid | None = Field(None, description="Coin, e.g. BTC; null: payer picks")
+    allowed_psys_cids: list[Annotated[str, Field(pattern=r"^\w{2,20}$")]] | None = Field(None, max_length=20)
+    description: str | None = Field(None, pattern=r"^[\s\S]{0,500}$")
+    email: Email | None = None
+    expire_min: int | None = Field(None, ge=10, le=4320)
 
     @model_validator(mode="after")
     def _one_price(self) -> Self:
@@ -74,10 +79,8 @@ class CreateInvoiceArgs(ToolArgs):
 
 class EstimateFeeArgs(ToolArgs):
     psys_cid: PsysCid
-    addresses: list[Address] = Field(min_length=1, max_length=50, description="Destination addresses")
-    amounts: list[Amount] = Field(
-        min_length=1, max_length=50, description="One amount per address, same order"
-    )
+    addresses: list[Address] = Field(min_length=1, max_length=50)
+    amounts: list[Amount] = Field(min_length=1, max_length=50, description="Per address, in order")
     fee_plan: FeePlanName | None = None
 
     @model_validator(mode="after")
@@ -87,9 +90,7 @@ class EstimateFeeArgs(ToolArgs):
 
 
 class EstimateCommissionArgs(EstimateFeeArgs):
-    type: WithdrawalType | None = Field(
-        None, description="cash_out for one address, mass_cash_out for several"
-    )
+    type: WithdrawalType | None = None
 
 
 class CoinArgs(ToolArgs):
@@ -101,11 +102,11 @@ class FiatArgs(ToolArgs):
 
 
 class InvoiceArgs(ToolArgs):
-    invoice_id: PlisioId = Field(description="Plisio invoice id (txn_id)")
+    invoice_id: PlisioId
 
 
 class InvoiceByEmailArgs(InvoiceArgs):
-    email: Email = Field(description="The payer's email")
+    email: Email
 
 
 class NoArgs(ToolArgs):
@@ -113,19 +114,17 @@ class NoArgs(ToolArgs):
 
 
 class SupportedCurrenciesArgs(ToolArgs):
-    include_hidden: bool | None = Field(None, description="Also list coins the shop has disabled")
+    include_hidden: bool | None = Field(None, description="Include disabled coins")
 
 
 class ListTransactionsArgs(ToolArgs):
     type: OperationType | None = None
     status: OperationStatus | None = None
     currency: PsysCid | None = None
-    search: str | None = Field(
-        None, max_length=100, description="Text search: blockchain txid, order number or customer email"
-    )
-    page: int | None = Field(None, ge=1, le=10000, description="1-based page")
-    limit: int | None = Field(None, ge=1, le=50, description="Items per page (default 20)")
+    search: str | None = Field(None, pattern=r"^[^\n]{1,100}$", description="txid, order number or email")
+    page: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, le=50)
 
 
 class TransactionArgs(ToolArgs):
-    operation_id: PlisioId = Field(description="Plisio operation id")
+    operation_id: PlisioId

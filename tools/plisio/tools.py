@@ -169,11 +169,7 @@ async def get_transaction(args: TransactionArgs, ctx: PlisioContext) -> dict[str
 PLISIO_TOOLS: tuple[Tool[Any, PlisioContext], ...] = (
     Tool(
         name="plisio_create_invoice",
-        description=(
-            "Create a Plisio payment invoice and get its payment link. Price it in fiat "
-            "(source_amount+source_currency) or in crypto (amount+currency). The order number is assigned "
-            "by the service. Subject to the persona's amount caps and approvals."
-        ),
+        description="Create a payment invoice for order_name; get its link. Capped.",
         args_model=CreateInvoiceArgs,
         handler=create_invoice,
         read_only=False,
@@ -182,78 +178,73 @@ PLISIO_TOOLS: tuple[Tool[Any, PlisioContext], ...] = (
     ),
     Tool(
         name="plisio_estimate_fee",
-        description="Estimate the blockchain network fee of sending amounts to one or more addresses.",
+        description="Network fee to send amounts of a coin.",
         args_model=EstimateFeeArgs,
         handler=estimate_fee,
     ),
     Tool(
         name="plisio_get_balance",
-        description="Get the shop's balance in one cryptocurrency.",
+        description="Shop balance in one coin.",
         args_model=CoinArgs,
         handler=get_balance,
     ),
     Tool(
         name="plisio_estimate_commission",
-        description=(
-            "Estimate the total cost of sending crypto to addresses: Plisio commission plus network fee."
-        ),
+        description="Commission + network fee to send amounts of a coin.",
         args_model=EstimateCommissionArgs,
         handler=estimate_commission,
     ),
     Tool(
         name="plisio_get_currencies_by_fiat",
-        description="List the enabled cryptocurrencies with their rates in a given fiat currency.",
+        description="Enabled coins, rates in a fiat.",
         args_model=FiatArgs,
         handler=get_currencies_by_fiat,
     ),
     Tool(
         name="plisio_get_fee_plans",
-        description="Fee plans (economy/normal/priority) of a coin as a comparable fee value and unit per plan.",
+        description="Fee and unit per plan of a coin.",
         args_model=CoinArgs,
         handler=get_fee_plans,
     ),
     Tool(
         name="plisio_get_fee_plan_details",
-        description="Chain-specific fee configuration of a coin per plan: gas limit/price, fee rate, conf target.",
+        description="Chain-specific fee settings per plan.",
         args_model=CoinArgs,
         handler=get_fee_plan_details,
     ),
     Tool(
         name="plisio_get_invoice",
-        description="Get one invoice by its Plisio id: status, amounts paid and due, order, payer, expiry.",
+        description="An invoice by txn_id: status, paid, due, payer, expiry.",
         args_model=InvoiceArgs,
         handler=get_invoice,
     ),
     Tool(
         name="plisio_get_invoice_by_email",
-        description="Get one invoice by its Plisio id together with the payer's email.",
+        description="An invoice by id and payer email.",
         args_model=InvoiceByEmailArgs,
         handler=get_invoice_by_email,
     ),
     Tool(
         name="plisio_get_shop_info",
-        description="Get the shop's profile: name, link, white-label and commission settings.",
+        description="Shop profile and commission setup.",
         args_model=NoArgs,
         handler=get_shop_info,
     ),
     Tool(
         name="plisio_list_transactions",
-        description=(
-            "List operations (invoices, deposits, withdrawals), newest first, with filters and pagination. "
-            "Use search for a customer email, order number or txid."
-        ),
+        description="Invoices, deposits, withdrawals, newest first.",
         args_model=ListTransactionsArgs,
         handler=list_transactions,
     ),
     Tool(
         name="plisio_get_supported_currencies",
-        description="List the cryptocurrencies the shop accepts, with USD rates and minimum amounts.",
+        description="Accepted coins, USD rates, minimums.",
         args_model=SupportedCurrenciesArgs,
         handler=get_supported_currencies,
     ),
     Tool(
         name="plisio_get_transaction",
-        description="Get one operation (invoice, deposit or withdrawal) by its Plisio id.",
+        description="One operation by id.",
         args_model=TransactionArgs,
         handler=get_transaction,
     ),
