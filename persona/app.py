@@ -161,6 +161,9 @@ class Runtime:
         now: Callable[[], datetime] = _utcnow,
         master_keys: MasterKeySource | None = None,
     ) -> Runtime:
+        from persona import log
+
+        log.ensure_configured(settings.log.level, settings.log.format)
         store = store or Store.open(settings.store_url())
         store.create_all()
         audit = AuditLog(store, now=now)

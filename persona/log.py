@@ -52,3 +52,10 @@ def configure(level: str = "warning", fmt: str = "console", stream: TextIO | Non
         cache_logger_on_first_use=False,
     )
     _configured = True
+
+
+def ensure_configured(level: str = "warning", fmt: str = "console") -> None:
+    """Configure logging unless the application already did (a library use of the runtime, a benchmark):
+    unconfigured structlog prints every debug event to stdout."""
+    if not _configured:
+        configure(level, fmt)
