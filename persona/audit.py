@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import queue
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,6 +42,7 @@ from persona.store.audit_tables import (
     record_hash,
     ts_text,
 )
+from persona.store.batching import BatchWriter
 from persona.store.engine import Store
 from tools.redaction import scrub, scrub_data
 
@@ -185,9 +185,8 @@ class AuditLog:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._store, self._now, self._redact, self._max_batch = store, now, redact, max_batch
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._writer = BatchWriter(self._write_batch, name="audit-writer", max_batch=max_batch)
         self._lock = threading.Lock()
-        self._writer: threading.Thread | None = None
         self._closed = False
         self._buffer: list[_Item] = []
         """``record()``ed events not yet handed to the writer: they go with the next flush/append."""
@@ -225,11 +224,9 @@ class AuditLog:
         """Move the kept records to the writer (in order); returns every recorded one not yet committed."""
         with self._lock:
             kept, self._buffer = self._buffer, []
-            if kept:
-                self._start_writer()
-                for item in kept:
-                    self._queue.put(item)
-                    self._in_flight.add(item[1])
+            for event, future in kept:
+                self._writer.put(event, future)
+                self._in_flight.add(future)
             waiting = list(self._in_flight)
         for _, future in kept:
             future.add_done_callback(self._landed)
@@ -261,65 +258,37 @@ class AuditLog:
     def _submit(self, event: AuditEvent) -> Future[AuditRecord]:
         if not isinstance(event, AuditEvent):
             raise TypeError("append() takes an AuditEvent")
-        future: Future[AuditRecord] = Future()
         with self._lock:
             if self._closed:
                 raise StoreError("the audit log is closed; no more records can be appended")
             kept, self._buffer = self._buffer, []
-            self._start_writer()
-            for item in kept:  # what was recorded before this event is committed with it, in order
-                self._queue.put(item)
-                self._in_flight.add(item[1])
-            self._queue.put((event, future))
+            for kept_event, kept_future in kept:  # what was recorded before goes first, in order
+                self._writer.put(kept_event, kept_future)
+                self._in_flight.add(kept_future)
+            future = self._writer.put(event)
         for _, kept_future in kept:
             kept_future.add_done_callback(self._landed)
         return future
 
-    def _start_writer(self) -> None:
-        """Start the writer thread on first use (the caller holds ``_lock``)."""
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._run_writer, name="audit-writer", daemon=True)
-            self._writer.start()
-
-    def _run_writer(self) -> None:
-        """The single writer: one transaction per batch of whatever is queued."""
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._write_batch(batch)
-
-    def _write_batch(self, batch: list[_Item]) -> None:
-        ready: list[tuple[_Prepared, Future[AuditRecord]]] = []
-        for event, future in batch:
-            if not future.set_running_or_notify_cancel():
-                continue  # the caller gave up before its record was written
+    def _write_batch(self, events: list[AuditEvent]) -> list[AuditRecord | BaseException]:
+        """One transaction for the batch; an event that cannot even be prepared fails alone."""
+        outcomes: list[AuditRecord | BaseException] = []
+        ready: list[tuple[int, _Prepared]] = []
+        for event in events:
             try:
-                ready.append((self._prepare(event), future))
+                ready.append((len(outcomes), self._prepare(event)))
+                outcomes.append(StoreError("not written"))  # replaced below
             except Exception as err:
-                future.set_exception(err)
-        if not ready:
-            return
-        try:
-            records = self._commit([prepared for prepared, _ in ready])
-        except BaseException as err:  # every caller hears of it; the writer lives on
-            log.error("audit_append_failed", records=len(ready), error=type(err).__name__)
-            for _, future in ready:
-                future.set_exception(err)
-            return
-        for (_, future), record in zip(ready, records, strict=True):
-            future.set_result(record)
+                outcomes.append(err)
+        if ready:
+            try:
+                records = self._commit([prepared for _, prepared in ready])
+            except BaseException as err:
+                log.error("audit_append_failed", records=len(ready), error=type(err).__name__)
+                raise
+            for (index, _), record in zip(ready, records, strict=True):
+                outcomes[index] = record
+        return outcomes
 
     def _prepare(self, event: AuditEvent) -> _Prepared:
         """Redact (before hashing, so the stored record verifies) and serialise, outside the lock."""
@@ -380,11 +349,7 @@ class AuditLog:
         self._hand_over()  # kept records are written before the writer stops
         with self._lock:
             self._closed = True
-            writer, self._writer = self._writer, None
-            if writer is not None:
-                self._queue.put(None)
-        if writer is not None:
-            writer.join()
+        self._writer.close()
 
     # -- verifying -----------------------------------------------------------------------------
 

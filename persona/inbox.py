@@ -17,11 +17,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import queue
 import re
-import threading
 from collections.abc import Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -32,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from persona.errors import Conflict, NotFound
 from persona.invoices import rank
+from persona.store.batching import BatchWriter
 from persona.store.engine import Store
 from persona.store.inbox_tables import inbox
 
@@ -334,54 +332,23 @@ class InboxWriter:
     """Group commit for callbacks: concurrent requests share one transaction (one fsync) per batch.
 
     Each caller still waits until ITS row is committed before Plisio gets the 2xx; what changes is that
-    fifty simultaneous callbacks cost one durable commit instead of fifty. One writer thread, so SQLite's
-    single write lock is taken once per batch instead of contended per request.
+    fifty simultaneous callbacks cost one durable commit instead of fifty, and SQLite's single write
+    lock is taken once per batch instead of contended per request.
     """
 
     def __init__(self, inbox: Inbox, store: Store, *, max_batch: int = 256) -> None:
-        self._inbox, self._store, self._max_batch = inbox, store, max_batch
-        self._queue: queue.SimpleQueue[tuple[dict[str, Any], Future[Recorded]] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._inbox, self._store = inbox, store
+        self._writer: BatchWriter[dict[str, Any], Recorded] = BatchWriter(
+            self._write, name="inbox-writer", max_batch=max_batch
+        )
 
     async def record(self, **item: Any) -> Recorded:
-        future: Future[Recorded] = Future()
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
-                self._thread.start()
-            self._queue.put((item, future))
-        return await asyncio.wrap_future(future)
+        """:meth:`Inbox.record`, committed together with whatever other callbacks arrived meanwhile."""
+        return await asyncio.wrap_future(self._writer.put(item))
 
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                batch.append(more)
-            live = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
-            try:
-                with self._store.begin("record Plisio callbacks in the inbox") as conn:
-                    results = [self._inbox.record_in(conn, **item) for item, _ in live]
-            except BaseException as exc:  # every caller of the batch hears of it (they answer 503)
-                for _, future in live:
-                    future.set_exception(exc)
-                continue
-            for (_, future), result in zip(live, results, strict=True):
-                future.set_result(result)
+    def _write(self, items: list[dict[str, Any]]) -> list[Recorded | BaseException]:
+        with self._store.begin("record Plisio callbacks in the inbox") as conn:
+            return [self._inbox.record_in(conn, **item) for item in items]
 
     def close(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(None)
-            thread.join()
+        self._writer.close()
