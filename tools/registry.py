@@ -18,15 +18,17 @@ from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tools.errors import PlisioError, ToolDefinitionError
 
-FORMATS = FormatChecker(["email"])
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError as SchemaError
+
+FORMATS = ("email",)
 """The string formats tools may use (strict mode accepts them); checked locally like the model is told."""
 
 A = TypeVar("A", bound=BaseModel)
@@ -59,7 +61,9 @@ _MODEL_KEYWORDS = frozenset(
 class ToolArgs(BaseModel):
     """Base of every args model: unknown fields are an error, parsed args are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, defer_build=True
+    )  # built on first use: fast CLI start
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,9 @@ class Tool(Generic[A, C]):
 
     @cached_property
     def _validator(self) -> Draft202012Validator:
-        return Draft202012Validator(self.validation_schema, format_checker=FORMATS)
+        from jsonschema import Draft202012Validator, FormatChecker  # on first validation: fast CLI start
+
+        return Draft202012Validator(self.validation_schema, format_checker=FormatChecker(list(FORMATS)))
 
     @cached_property
     def _nullable(self) -> frozenset[str]:

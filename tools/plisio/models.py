@@ -62,7 +62,7 @@ TERMINAL_STATUSES = frozenset(
 class PlisioModel(BaseModel):
     """Base: keep unknown fields, accept numbers-as-strings, stay immutable."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True, defer_build=True)
 
     def extra_fields(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

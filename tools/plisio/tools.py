@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.errors import PlisioError, PlisioOutcomeUnknown
 from tools.plisio import views
@@ -26,9 +26,11 @@ from tools.plisio.args import (
     SupportedCurrenciesArgs,
     TransactionArgs,
 )
-from tools.plisio.client import PlisioClient
 from tools.plisio.models import WithdrawalType
 from tools.registry import Registry, Tool
+
+if TYPE_CHECKING:  # the handlers only call methods on it; listing the tools needs no HTTP client
+    from tools.plisio.client import PlisioClient
 
 
 @dataclass(frozen=True)
