@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         child.wait()
         recorder.wait()
         raw = out.read_text()
+        if os.environ.get("BENCH_PROFILE_RAW"):
+            shutil.copy(out, os.environ["BENCH_PROFILE_RAW"])
     finally:
         openai.stop()
         sandbox.stop()

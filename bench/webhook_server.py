@@ -1,7 +1,7 @@
 """``python -m bench.webhook_server CONFIG``: ``persona serve``'s app, plus a bare endpoint for the ceiling.
 
 Built as ``persona serve`` builds it (``Runtime.build`` from the config file, ``create_app`` with the
-worker in process, uvicorn with ``lifespan="on"``, no access log), on 127.0.0.1 and a free port
+worker in process, ``settle_heap()``, uvicorn with ``lifespan="on"``, no access log), on 127.0.0.1 and a free port
 (printed as ``@@bench port N``). The worker's schedules (reconciler, churn scan) are off so every inbox
 row is one of the benchmark's callbacks. The bench adds ``POST /_bench/bare`` to its own copy of the
 app: it reads the body and answers 200, with no verification and no storage: the same server's
@@ -25,7 +25,7 @@ async def serve(config_path: str) -> None:
     from starlette.responses import JSONResponse, Response
 
     from persona import log
-    from persona.app import Runtime
+    from persona.app import Runtime, settle_heap
     from persona.config import load_settings
     from persona.server import create_app
     from persona.worker import Worker
@@ -46,6 +46,7 @@ async def serve(config_path: str) -> None:
             access_log=False, server_header=False,
         )  # fmt: skip
         server = uvicorn.Server(config)
+        settle_heap()  # as `persona serve` does before serving
 
         def stop_on_eof() -> None:
             sys.stdin.read()

@@ -103,7 +103,7 @@ class PersonaAccess:
         self._clients: dict[str, PlisioClient] = {}
 
     async def __call__(self, persona: str) -> PlisioClient:
-        if await asyncio.to_thread(self.vault.is_empty):
+        if self.vault.known_empty() or await asyncio.to_thread(self.vault.is_empty):
             return self.shared
         client = self._clients.get(persona)
         if client is None:

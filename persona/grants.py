@@ -197,6 +197,8 @@ class GrantGate:
         return None
 
     async def check(self, persona: str, tool: str) -> GrantDenial | None:
+        if self.grants.vault.known_empty():
+            return None
         return await asyncio.to_thread(self._check, persona, tool)
 
     def _caps(self, persona: str) -> ExtraCaps | None:
@@ -208,4 +210,6 @@ class GrantGate:
         return ExtraCaps(grant.clause, grant.max_amount, grant.daily_total)
 
     async def caps(self, persona: str) -> ExtraCaps | None:
+        if self.grants.vault.known_empty():
+            return None
         return await asyncio.to_thread(self._caps, persona)

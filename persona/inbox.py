@@ -15,6 +15,7 @@ States: ``pending`` -> ``processing`` -> ``done`` | ``pending`` (retry with back
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import re
@@ -133,6 +134,14 @@ def body_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+@functools.cache
+def _insert(dialect: str) -> Any:
+    """``INSERT .. ON CONFLICT DO NOTHING RETURNING id``, built once: values go as parameters, so
+    SQLAlchemy's compiled-statement cache serves every callback (a ``.values(...)`` per row would not)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(inbox).on_conflict_do_nothing().returning(inbox.c.id)
+
+
 class Inbox:
     """Inbox reads and writes. Synchronous (SQLAlchemy Core); async callers use a thread."""
 
@@ -178,20 +187,14 @@ class Inbox:
         digest = body_hash(body)
         dedupe = callback.dedupe_key if callback is not None else None
         state = "pending" if callback is not None else "poison"
-        insert = postgresql.insert if self._store.dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(inbox)
-            .values(
-                source=source, body_hash=digest, dedupe_key=dedupe, txn_id=_clip(fields.get("txn_id"), 64),
-                status=_clip(fields.get("status"), 64), encoding=encoding, body=body,
-                fields=json.dumps(dict(fields), ensure_ascii=False), state=state, attempts=0,
-                received_at=now, available_at=now, error=error,
-                finished_at=None if callback is not None else now,
-            )
-            .on_conflict_do_nothing()
-            .returning(inbox.c.id)
-        )  # fmt: skip
-        new_id = conn.execute(stmt).scalar_one_or_none()
+        params = {
+            "source": source, "body_hash": digest, "dedupe_key": dedupe, "txn_id": _clip(fields.get("txn_id"), 64),
+            "status": _clip(fields.get("status"), 64), "encoding": encoding, "body": body,
+            "fields": json.dumps(dict(fields), ensure_ascii=False), "state": state, "attempts": 0,
+            "received_at": now, "available_at": now, "error": error,
+            "finished_at": None if callback is not None else now,
+        }  # fmt: skip
+        new_id = conn.execute(_insert(self._store.dialect), params).scalar_one_or_none()
         if new_id is not None:
             return Recorded(int(new_id), False, state)
         match = inbox.c.body_hash == digest

@@ -8,8 +8,10 @@ than the one recorded. Unknown statuses have no rank; the receiver stores them a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -64,6 +66,14 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+@functools.cache
+def _first_sighting(dialect: str) -> Any:
+    """Built once so the compiled-statement cache serves it (values go as parameters). RETURNING,
+    because the rowcount of an INSERT is not reliable on every driver."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(invoice_state).on_conflict_do_nothing().returning(invoice_state.c.txn_id)
+
+
 def advance(
     conn: Connection, dialect: str, txn_id: str, status: str, *, now: datetime, inbox_id: int | None = None
 ) -> Transition:
@@ -80,13 +90,7 @@ def advance(
         select(invoice_state.c.status).where(invoice_state.c.txn_id == txn_id)
     ).scalar_one_or_none()
     values = {"status": status, "rank": new_rank, "updated_at": _aware(now), "inbox_id": inbox_id}
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    inserted = conn.execute(
-        insert(invoice_state)
-        .values(txn_id=txn_id, **values)
-        .on_conflict_do_nothing()
-        .returning(invoice_state.c.txn_id)  # rowcount of an INSERT is not reliable on every driver
-    ).first()
+    inserted = conn.execute(_first_sighting(dialect), {"txn_id": txn_id, **values}).first()
     if inserted is not None:
         return Transition(txn_id, None, status, status, True)
     moved = conn.execute(

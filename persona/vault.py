@@ -72,6 +72,12 @@ class Vault:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def known_empty(self) -> bool:
+        """True when the cached answer of :meth:`is_empty` is a fresh "empty": no database read needed,
+        so async callers can skip the thread hop (hot path: every tool call while the vault is unused)."""
+        checked = self._empty_checked_at
+        return checked is not None and checked != NOT_EMPTY and time.monotonic() - checked < EMPTY_RECHECK_S
+
     def is_empty(self) -> bool:
         """True while no connection was ever stored: then the PLISIO_API_KEY path applies unchanged.
 

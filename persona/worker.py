@@ -221,11 +221,13 @@ class Worker:
             await self._audit(WorkerEvent.POISON, str(exc), {"inbox_id": row.id, "txn_id": row.txn_id})
             return Processed(row.id, row.txn_id, "poison", error=str(exc))
         trigger = "reconciler" if row.source == "reconciler" else "webhook"
-        recorded = await asyncio.to_thread(self.states.get, callback.txn_id)
-        if recorded is not None and (rank(callback.status) or 0) < (rank(recorded) or 0):
-            return await self._done(row, callback, "stale", None, recorded)
         op: Operation | None = None
         if callback.status in self.recovery_statuses:
+            # Before asking Plisio: a failure that arrives after a later state is stale, no call needed.
+            # (Any other status needs no pre-read: the conditional advance below finds it stale.)
+            recorded = await asyncio.to_thread(self.states.get, callback.txn_id)
+            if recorded is not None and (rank(callback.status) or 0) < (rank(recorded) or 0):
+                return await self._done(row, callback, "stale", None, recorded)
             op = await self.rt.plisio.client.get_operation(callback.txn_id)
             if op.status is None or rank(op.status) is None:
                 raise _UnknownStatus(f"Plisio reports status {op.status!r} for {callback.txn_id}")

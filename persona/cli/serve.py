@@ -47,7 +47,7 @@ def serve(
     import uvicorn
     from rich.console import Console
 
-    from persona.app import Runtime
+    from persona.app import Runtime, settle_heap
     from persona.cli.main import STATE
     from persona.server import create_app
 
@@ -69,6 +69,7 @@ def serve(
                 f"worker: {'in process' if in_process else 'separate'}). Ctrl-C stops it.",
                 highlight=False,
             )
+            settle_heap()
             await uvicorn.Server(config).serve()
         finally:
             await rt.aclose()
@@ -90,7 +91,7 @@ def worker(
     import asyncio
     import signal
 
-    from persona.app import Runtime
+    from persona.app import Runtime, settle_heap
     from persona.cli.runtime import with_runtime
     from persona.worker import Worker
 
@@ -101,6 +102,7 @@ def worker(
             done = await runner.drain()
             typer.echo(f"processed {len(done)} inbox row(s)")
             return
+        settle_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
