@@ -240,7 +240,10 @@ class AuditLog:
         """Commit every record kept so far; raise the first failure."""
         waiting = self._hand_over()
         if waiting:
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in waiting))
+            await _all_done(waiting)
+            for future in waiting:
+                if (error := future.exception()) is not None:
+                    raise error
 
     def send(self) -> None:
         """Hand kept records to the writer without waiting for their commit."""
@@ -501,3 +504,27 @@ def _select(flt: AuditFilter) -> Select[Any]:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+async def _all_done(futures: list[Future[AuditRecord]]) -> None:
+    """Wait until every writer future is done with ONE event-loop wake-up: wrapping each future
+    (``asyncio.wrap_future``) would cost a thread-safe call and a wake-up per record."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def release() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def landed(_: Future[AuditRecord]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            loop.call_soon_threadsafe(release)
+
+    for future in futures:
+        future.add_done_callback(landed)
+    await done

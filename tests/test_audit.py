@@ -159,6 +159,29 @@ async def test_closed_log_refuses_appends_after_writing_what_was_queued(store: S
     assert log.verify().records == 50
 
 
+@pytest.mark.anyio
+async def test_flush_waits_for_every_kept_record_and_raises_a_failed_batch(store: Store) -> None:
+    clock = Clock()
+    naive = False
+    log = AuditLog(store, now=lambda: clock().replace(tzinfo=None) if naive else clock())
+    try:
+        kept = [log.record(event(i)) for i in range(5)]
+        await log.flush()
+        assert all(f.done() and f.exception() is None for f in kept)
+        assert log.head()[0] == 5
+        await log.flush()  # nothing kept: returns at once
+        naive = True
+        log.record(event(5))
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await log.flush()
+        naive = False
+        log.record(event(6))
+        await log.flush()
+        assert log.head()[0] == 6 and log.verify().ok
+    finally:
+        await log.aclose()
+
+
 def test_a_naive_clock_fails_the_append_not_the_chain(store: Store) -> None:
     log = AuditLog(store, now=lambda: datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="timezone-aware"):
