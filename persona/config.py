@@ -152,6 +152,8 @@ class WorkerSettings(Frozen):
     poll_interval_s: float = Field(1.0, gt=0, le=60)
     lease_s: float = Field(120.0, ge=5, le=3600)
     """A claimed inbox row is retried by another worker when its lease runs out (a crashed worker)."""
+    claim_batch: int = Field(16, ge=1, le=500)
+    """Inbox rows a worker claims per transaction (processed in order, leases renewed together)."""
     max_attempts: int = Field(5, ge=1, le=100)
     retry_backoff_s: float = Field(30.0, ge=0, le=3600)
     reconcile_every_s: float = Field(300.0, ge=10, le=86_400)

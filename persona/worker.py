@@ -172,42 +172,72 @@ class Worker:
         """Process due rows until none is left (or ``limit``): what a test or one poll does."""
         done: list[Processed] = []
         while len(done) < limit and not (stop is not None and stop.is_set()):
-            result = await self.process_next()
-            if result is None:
+            batch = await self._process_batch(min(self.settings.claim_batch, limit - len(done)), stop)
+            if not batch:
                 break
-            done.append(result)
+            done.extend(batch)
         return done
 
     async def process_next(self) -> Processed | None:
-        row = await asyncio.to_thread(
-            self.inbox.claim, owner=self.owner, now=self.now(), lease_s=self.settings.lease_s,
-            max_attempts=self.settings.max_attempts,
+        """Claim and process one row (None when nothing is due)."""
+        batch = await self._process_batch(1, None)
+        return batch[0] if batch else None
+
+    async def _process_batch(self, size: int, stop: asyncio.Event | None) -> list[Processed]:
+        """Claim up to ``size`` rows in one transaction and process them in order, their leases renewed
+        together while the batch runs. Rows not started when ``stop`` is set are released at once."""
+        rows = await asyncio.to_thread(
+            self.inbox.claim_many, owner=self.owner, now=self.now(), lease_s=self.settings.lease_s,
+            max_attempts=self.settings.max_attempts, limit=size,
         )  # fmt: skip
-        if row is None:
-            return None
-        log.info("inbox_claimed", inbox_id=row.id, txn_id=row.txn_id, status=row.status, attempt=row.attempts)
-        heartbeat = asyncio.create_task(self._keep_lease(row.id))
+        if not rows:
+            return []
+        held = {row.id for row in rows}  # claimed and not finished: their leases are renewed
+        unstarted = [row.id for row in rows]
+        heartbeat = asyncio.create_task(self._keep_leases(held))
+        out: list[Processed] = []
         try:
-            return await self._process(row)
-        except Exception as exc:
-            return await self._after_error(row, exc)
+            for row in rows:
+                if stop is not None and stop.is_set():
+                    break
+                unstarted.remove(row.id)
+                log.info(
+                    "inbox_claimed",
+                    inbox_id=row.id,
+                    txn_id=row.txn_id,
+                    status=row.status,
+                    attempt=row.attempts,
+                )
+                try:
+                    out.append(await self._process(row))
+                except Exception as exc:
+                    out.append(await self._after_error(row, exc))
+                held.discard(row.id)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            await self._flush_audit()
+            if unstarted:  # stopping before these started: give them back. A row cut off mid-flow is
+                # not: its lease lapses and the claim counts as an attempt, as for a crashed worker.
+                with contextlib.suppress(Exception):
+                    released = await asyncio.to_thread(self.inbox.release, unstarted, owner=self.owner)
+                    log.info("inbox_released", owner=self.owner, rows=len(unstarted), released=released)
+        return out
 
-    async def _keep_lease(self, row_id: int) -> None:
-        """Renew the lease while a long flow runs, so only a dead worker's lease lapses."""
+    async def _keep_leases(self, held: set[int]) -> None:
+        """Renew the batch's leases while a long flow runs, so only a dead worker's leases lapse."""
         lease = self.settings.lease_s
         while True:
             await asyncio.sleep(lease / 3)
             until = self.now() + timedelta(seconds=lease)
+            ids = sorted(held)
             try:
-                if not await asyncio.to_thread(self.inbox.renew, row_id, owner=self.owner, until=until):
-                    log.warning("inbox_lease_lost", inbox_id=row_id, owner=self.owner)
-                    return
+                kept = await asyncio.to_thread(self.inbox.renew_many, ids, owner=self.owner, until=until)
+                if kept < len(ids):
+                    log.warning("inbox_lease_lost", owner=self.owner, held=len(ids), renewed=kept)
             except Exception as exc:
-                log.warning("inbox_lease_renew_failed", inbox_id=row_id, error=f"{type(exc).__name__}: {exc}")
+                log.warning("inbox_lease_renew_failed", rows=len(ids), error=f"{type(exc).__name__}: {exc}")
 
     # -- one row ---------------------------------------------------------------------------
 
@@ -275,7 +305,7 @@ class Worker:
             "action": action, "from": previous, "to": moved.recorded if moved else previous, "attempt": row.attempts,
             "trigger": "reconciler" if row.source == "reconciler" else "webhook",
         }  # fmt: skip
-        await self._audit(WorkerEvent.PROCESSED, None, payload, decision=action)
+        await self._audit(WorkerEvent.PROCESSED, None, payload, decision=action, wait=False)
         log.info(WorkerEvent.PROCESSED, **payload)
         return Processed(row.id, callback.txn_id, "done", action, plisio_status)
 
@@ -304,16 +334,27 @@ class Worker:
             return Processed(row.id, row.txn_id, "lease_lost", error=error)
 
     async def _audit(
-        self, event: str, reason: str | None, payload: dict[str, Any], decision: str | None = None
-    ) -> None:
+        self, event: str, reason: str | None, payload: dict[str, Any], decision: str | None = None,
+        *, wait: bool = True,
+    ) -> None:  # fmt: skip
+        """``wait=False``: kept and committed with the batch's flush (the row's state is already
+        durable in the inbox; one commit per batch instead of one per row)."""
+        record = AuditEvent(
+            event=event, source=Source.WORKER, reason=reason, decision=decision, payload=payload
+        )
         try:
-            await self.rt.audit.append(
-                AuditEvent(
-                    event=event, source=Source.WORKER, reason=reason, decision=decision, payload=payload
-                )
-            )
+            if wait:
+                await self.rt.audit.append(record)
+            else:
+                self.rt.audit.record(record)
         except Exception as exc:
             log.error("worker_audit_failed", audit_event=event, error=f"{type(exc).__name__}: {exc}")
+
+    async def _flush_audit(self) -> None:
+        try:
+            await self.rt.audit.flush()
+        except Exception as exc:
+            log.error("worker_audit_failed", audit_event="batch", error=f"{type(exc).__name__}: {exc}")
 
     # -- the reconciler --------------------------------------------------------------------
 

@@ -126,6 +126,48 @@ def test_a_claimed_row_is_taken_over_only_after_its_lease(rt: Runtime, wall: Clo
     assert inbox.get(row_id).state == "done"
 
 
+def test_claim_many_takes_the_oldest_due_rows_in_one_transaction(rt: Runtime, wall: Clock) -> None:
+    inbox = Inbox(rt.store)
+    ids = []
+    for i in range(5):
+        ids.append(enqueue(rt, f"6a1b2c3d4e5f60718293a4b{i}", "completed", wall()).id)
+        wall.advance(1)
+    first = inbox.claim_many(owner="a", now=wall(), lease_s=60, max_attempts=3, limit=3)
+    assert [r.id for r in first] == ids[:3]
+    assert {(r.state, r.attempts, r.lease_owner) for r in first} == {("processing", 1, "a")}
+    rest = inbox.claim_many(owner="b", now=wall(), lease_s=60, max_attempts=3, limit=10)
+    assert [r.id for r in rest] == ids[3:]
+    assert inbox.claim_many(owner="c", now=wall(), lease_s=60, max_attempts=3, limit=10) == []
+    assert inbox.renew_many(ids, owner="a", until=wall() + timedelta(seconds=60)) == 3  # only a's rows
+    assert inbox.release(ids[:3], owner="b") == 0  # not b's to give back
+    assert inbox.release(ids[:3], owner="a") == 3
+    back = [inbox.get(i) for i in ids[:3]]
+    assert {(r.state, r.attempts, r.lease_owner) for r in back} == {("pending", 0, None)}  # not an attempt
+
+
+async def test_a_stopping_worker_gives_back_the_rows_it_did_not_start(rt: Runtime, wall: Clock) -> None:
+    import asyncio
+
+    stop = asyncio.Event()
+
+    class StopAfterFirst(FakeFlows):
+        async def handle_success(self, rt: Runtime, op: Any) -> None:
+            await super().handle_success(rt, op)
+            stop.set()  # SIGTERM arrives while the first row of the batch is processed
+
+    ids = [enqueue(rt, f"6a1b2c3d4e5f60718293a4c{i}", "completed", wall()).id for i in range(4)]
+    flows = StopAfterFirst()
+    worker = Worker(rt, handlers=flows, churn=None, schedules=False)
+    done = await worker.drain(stop=stop)
+    assert [(d.inbox_id, d.outcome) for d in done] == [(ids[0], "done")]
+    inbox = Inbox(rt.store)
+    assert [(inbox.get(i).state, inbox.get(i).attempts, inbox.get(i).lease_owner) for i in ids[1:]] == [
+        ("pending", 0, None)
+    ] * 3  # released at once, not left to a lapsing lease
+    later = await Worker(rt, handlers=flows, churn=None, schedules=False).drain()
+    assert [d.inbox_id for d in later] == ids[1:] and len(flows.successes) == 4
+
+
 def test_a_row_that_keeps_killing_its_worker_ends_failed(rt: Runtime, wall: Clock) -> None:
     inbox = Inbox(rt.store)
     row_id = enqueue(rt, "6a1b2c3d4e5f60718293a4b5", "expired", wall()).id
