@@ -203,7 +203,7 @@ def run_adapter(
         "concurrent": plan.concurrent,
         "in_flight": plan.in_flight,
     }
-    if adapter == "persona_loop":
+    if adapter.startswith("persona_loop"):
         cfg["persona_config"] = str(
             persona_config(
                 workdir,
@@ -424,6 +424,13 @@ def _targets(outcomes: list[Outcome]) -> list[str]:
             fastest = min(peer_cpu)
             line += f"; ≤ 0.6× the fastest peer framework: {cpu / fastest:.2f}× — " + (
                 "met" if cpu <= 0.6 * fastest else "**not met**"
+            )
+        default_gc = rows.get("persona_loop_default_gc")
+        if default_gc is not None:
+            gc_cpu = default_gc.figure("cpu_s") or 0.0
+            line += (
+                f". Without `settle_heap()` (default GC, as the peers run): {gc_cpu / base_cpu:.2f}× the `openai` loop"
+                + (f", {gc_cpu / min(peer_cpu):.2f}× the fastest peer" if peer_cpu else "")
             )
         notes.append(line + ".")
     return notes

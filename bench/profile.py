@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "stream": args.stream,
             "warmup": 5,
         }
-        if args.adapter == "persona_loop":
+        if args.adapter.startswith("persona_loop"):
             cfg["persona_config"] = str(
                 orchestration.persona_config(
                     work,

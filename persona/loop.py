@@ -266,9 +266,15 @@ class _Turn:
         async def sequential() -> list[Dispatched]:
             return [await one(c, n) for c, n in writes]
 
-        read_results, write_results = await asyncio.gather(
-            asyncio.gather(*(one(c, n) for c, n in reads)), sequential()
-        )
+        if len(runnable) == 1:  # the common step: no tasks to schedule
+            only = await one(*runnable[0])
+            read_results, write_results = ([only], []) if reads else ([], [only])
+        elif not writes:
+            read_results, write_results = list(await asyncio.gather(*(one(c, n) for c, n in reads))), []
+        else:
+            read_results, write_results = await asyncio.gather(
+                asyncio.gather(*(one(c, n) for c, n in reads)), sequential()
+            )
         for done in [*read_results, *write_results]:
             answers[done.call_id] = done.content
             r.calls.append(done)

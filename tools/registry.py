@@ -419,13 +419,18 @@ def to_jsonable(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(to_jsonable(value), separators=(",", ":"), ensure_ascii=False)
+    return _compact(to_jsonable(value))
+
+
+def _compact(data: Any) -> str:
+    """Compact JSON of data that is already JSON-able (no second walk through :func:`to_jsonable`)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def bounded_json(value: Any, limit: int = MAX_RESULT_CHARS) -> str:
     """Compact JSON no longer than ``limit``: the longest lists are shortened first, with a note."""
     data = to_jsonable(value)
-    text = dumps(data)
+    text = _compact(data)
     omitted: dict[str, int] = {}
     for _ in range(40):
         if len(text) <= limit:
@@ -438,7 +443,7 @@ def bounded_json(value: Any, limit: int = MAX_RESULT_CHARS) -> str:
         del items[keep:]
         if isinstance(data, dict):
             data["truncated"] = {"omitted_items": omitted, "hint": "narrow the query (filters, page, limit)"}
-        text = dumps(data)
+        text = _compact(data)
     if len(text) <= limit:
         return text
     return dumps({"truncated_text": text[: max(0, limit - 80)], "note": "result cut to fit the size limit"})
@@ -455,6 +460,6 @@ def _longest_list(node: Any, path: str) -> tuple[str, list[Any] | None]:
         return best
     for child_path, child in children:
         cand = _longest_list(child, child_path)
-        if cand[1] is not None and (best[1] is None or len(dumps(cand[1])) > len(dumps(best[1]))):
+        if cand[1] is not None and (best[1] is None or len(_compact(cand[1])) > len(_compact(best[1]))):
             best = cand
     return best

@@ -1,6 +1,8 @@
 """Our loop: ``persona.loop.run_turn`` with the real dispatcher, policy and audit on durable SQLite.
 
-Built exactly as the CLI builds it (``Runtime.build`` from a config file, ``Runtime.chat_model``):
+Built as ``persona serve`` runs it (``Runtime.build`` from a config file, ``Runtime.chat_model``, then
+``settle_heap()``: the start-up heap frozen out of the garbage collector's scans, as ``serve`` and
+``worker`` do before serving; ``persona_loop_default_gc`` is the same loop without it):
 the Plisio client talks to the loopback sandbox, the model client to the fake endpoint, the store is
 a SQLite file (WAL, ``synchronous=FULL``). Every conversation is a fresh ``conversation_id`` on the
 ``finance`` persona, whose invoice policy evaluates and reserves spend for the invoice it creates.
@@ -12,7 +14,7 @@ import asyncio
 from typing import Any
 
 from persona import log
-from persona.app import Runtime
+from persona.app import Runtime, settle_heap
 from persona.config import load_settings
 from persona.dispatcher import Outcome
 from persona.loop import run_turn
@@ -57,5 +59,8 @@ class PersonaLoop:
         await self.rt.aclose()
 
 
-async def build(cfg: dict[str, Any]) -> PersonaLoop:
-    return PersonaLoop(cfg)
+async def build(cfg: dict[str, Any], *, settle: bool = True) -> PersonaLoop:
+    loop = PersonaLoop(cfg)
+    if settle:
+        settle_heap()
+    return loop
