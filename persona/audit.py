@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import Connection, Select, bindparam, select
 
 from persona.errors import AuditIntegrityError, StoreError
 from persona.store.audit_tables import (
@@ -154,6 +154,18 @@ _COLUMNS = (
 _COLUMN_NAMES = tuple(column.name for column in _COLUMNS)
 _FIELD_NAMES = tuple("user" if name == "user_id" else name for name in _COLUMN_NAMES)
 _HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
+# The writer's statements, built once: a reused statement keeps its cache key, so SQLAlchemy goes
+# straight to the compiled form (rebuilding them per batch cost more CPU than SQLite's own commit).
+_HEAD_LOCKED = _HEAD.with_for_update()
+_INSERT = audit_log.insert()
+_ADVANCE_HEAD = (
+    audit_head.update()
+    .where(audit_head.c.id == HEAD_ID)
+    .values(
+        seq=bindparam("new_seq", type_=audit_head.c.seq.type),
+        hash=bindparam("new_hash", type_=audit_head.c.hash.type),
+    )
+)
 
 
 def _utc_now() -> datetime:
@@ -321,7 +333,7 @@ class AuditLog:
         rows: list[dict[str, Any]] = []
         records: list[AuditRecord] = []
         with self._store.begin("append to the audit log") as conn:
-            head = conn.execute(_HEAD.with_for_update()).first()
+            head = conn.execute(_HEAD_LOCKED).first()
             if head is None:
                 raise AuditIntegrityError(
                     "the audit_head row is missing, so the chain cannot be continued safely"
@@ -340,8 +352,8 @@ class AuditLog:
                     )
                 )
                 prev = digest
-            conn.execute(audit_log.insert(), rows)
-            conn.execute(audit_head.update().where(audit_head.c.id == HEAD_ID).values(seq=seq, hash=prev))
+            conn.execute(_INSERT, rows)
+            conn.execute(_ADVANCE_HEAD, {"new_seq": seq, "new_hash": prev})
         return records
 
     async def aclose(self) -> None:
