@@ -285,35 +285,22 @@ class Inbox:
     def release(self, row_ids: list[int], *, owner: str) -> int:
         """Give back claimed rows this worker did not start (it is stopping): pending again at once,
         the claim not counted as an attempt. Returns how many were still ours."""
-        if not row_ids:
-            return 0
-        with self._store.begin("release inbox rows") as conn:
-            return int(
-                conn.execute(
-                    update(inbox)
-                    .where(
-                        inbox.c.id.in_(row_ids), inbox.c.lease_owner == owner, inbox.c.state == "processing"
-                    )
-                    .values(
-                        state="pending", lease_owner=None, lease_until=None, attempts=inbox.c.attempts - 1
-                    )
-                ).rowcount
-            )
+        return self._fenced_many(
+            row_ids, owner, "release inbox rows",
+            state="pending", lease_owner=None, lease_until=None, attempts=inbox.c.attempts - 1,
+        )  # fmt: skip
 
     def renew_many(self, row_ids: list[int], *, owner: str, until: datetime) -> int:
         """Extend the leases we still hold on ``row_ids``; returns how many were still ours."""
+        return self._fenced_many(row_ids, owner, "renew inbox leases", lease_until=until)
+
+    def _fenced_many(self, row_ids: list[int], owner: str, what: str, /, **values: Any) -> int:
+        """Update the rows of ``row_ids`` this owner still holds (processing, its lease); how many."""
         if not row_ids:
             return 0
-        with self._store.begin("renew inbox leases") as conn:
-            return int(
-                conn.execute(
-                    update(inbox)
-                    .where(
-                        inbox.c.id.in_(row_ids), inbox.c.lease_owner == owner, inbox.c.state == "processing"
-                    )
-                    .values(lease_until=until)
-                ).rowcount
-            )
+        held = and_(inbox.c.id.in_(row_ids), inbox.c.lease_owner == owner, inbox.c.state == "processing")
+        with self._store.begin(what) as conn:
+            return int(conn.execute(update(inbox).where(held).values(**values)).rowcount)
 
     def renew(self, row_id: int, *, owner: str, until: datetime) -> bool:
         """Extend a lease we still hold; False when another worker has taken the row."""
@@ -341,13 +328,7 @@ class Inbox:
         )
 
     def _fenced(self, row_id: int, owner: str, **values: Any) -> bool:
-        with self._store.begin("update an inbox row") as conn:
-            changed = conn.execute(
-                update(inbox)
-                .where(inbox.c.id == row_id, inbox.c.lease_owner == owner, inbox.c.state == "processing")
-                .values(**values)
-            ).rowcount
-        return changed == 1
+        return self._fenced_many([row_id], owner, "update an inbox row", **values) == 1
 
     # -- operators ---------------------------------------------------------------------------
 
