@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -29,9 +28,9 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Connection, Select, bindparam, select
 
+from persona.audit_chain import VerifyReport, verify_rows
 from persona.errors import AuditIntegrityError, StoreError
 from persona.store.audit_tables import (
-    GENESIS_HASH,
     HEAD_ID,
     audit_head,
     audit_log,
@@ -42,7 +41,7 @@ from persona.store.audit_tables import (
     record_hash,
     ts_text,
 )
-from persona.store.batching import BatchWriter
+from persona.store.batching import BatchWriter, all_done
 from persona.store.engine import Store
 from tools.redaction import scrub, scrub_data
 
@@ -112,16 +111,6 @@ class AuditRecord(_EventFields):
     ts: datetime
     prev_hash: str
     hash: str
-
-
-@dataclasses.dataclass(frozen=True)
-class VerifyReport:
-    ok: bool
-    records: int
-    """Records that verified (all of them when ``ok``)."""
-    first_bad_seq: int | None
-    problem: str | None
-    head_hash: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +241,7 @@ class AuditLog:
         """Commit every record kept so far; raise the first failure."""
         waiting = self._hand_over()
         if waiting:
-            await _all_done(waiting)
+            await all_done(waiting)
             for future in waiting:
                 if (error := future.exception()) is not None:
                     raise error
@@ -376,7 +365,7 @@ class AuditLog:
         """
         with self._store.read("verify the audit log") as conn:
             head = conn.execute(_HEAD).first()
-            report = _verify_rows(_stream(conn, AuditFilter()), head, expect_head)
+            report = verify_rows(_stream(conn, AuditFilter()), head, expect_head)
         if not report.ok:
             log.warning("audit_verify_failed", first_bad_seq=report.first_bad_seq, problem=report.problem)
         return report
@@ -411,58 +400,6 @@ class AuditLog:
         if row is None or int(row[0]) == 0:
             return 0, None
         return int(row[0]), str(row[1])
-
-
-def _verify_rows(
-    rows: Iterable[Sequence[Any]], head: Sequence[Any] | None, expect_head: str | None
-) -> VerifyReport:
-    """The chain check proper: the first problem wins; ``records`` counts those before it."""
-    head_seq = None if head is None else int(head[0])
-    head_hash = None if head is None else str(head[1])
-    anchored = expect_head is None or expect_head == GENESIS_HASH
-    expected, prev, prev2 = 1, GENESIS_HASH, None
-    sha256 = hashlib.sha256
-
-    def bad(seq: int, problem: str) -> VerifyReport:
-        return VerifyReport(False, seq - 1, seq, problem, head_hash)
-
-    for row in rows:
-        seq, prev_hash, stored = row[0], row[14], row[15]
-        if seq != expected:
-            return bad(expected, f"record {expected} is missing (the next record is {seq})")
-        intact = sha256(canonical_record(*row[:15]).encode("utf-8", "surrogatepass")).hexdigest() == stored
-        if prev_hash != prev:
-            if prev2 is not None and prev_hash == prev2:
-                return bad(seq - 1, f"record {seq - 1} was inserted: record {seq} links to record {seq - 2}")
-            if intact and seq > 1:  # record seq is self-consistent: its predecessor was rewritten
-                return bad(
-                    seq - 1, f"record {seq - 1} was rewritten: record {seq} was chained to another hash"
-                )
-            return bad(seq, f"record {seq}: prev_hash does not match the hash of record {seq - 1}")
-        if not intact:
-            return bad(seq, f"record {seq}: its content does not match its hash (a field was changed)")
-        if head_seq is not None and seq > head_seq:
-            return bad(
-                seq,
-                f"record {seq} lies beyond the audit head (seq {head_seq}): it was not appended by the log",
-            )
-        if stored == expect_head:
-            anchored = True
-        prev2, prev, expected = prev, stored, expected + 1
-    last = expected - 1
-    if head_seq is None:
-        return VerifyReport(False, last, None, "the audit_head row is missing", None)
-    if head_seq > last:
-        return bad(last + 1, f"the tail was truncated: the head is at seq {head_seq}, the log ends at {last}")
-    if head_hash != prev:
-        return bad(last, f"record {last}: the audit head's hash does not match it")
-    if not anchored:
-        return bad(
-            last + 1,
-            f"the expected head {expect_head} is not in the chain (it ends at seq {last}):"
-            " records were removed or the chain was rewritten",
-        )
-    return VerifyReport(True, last, None, None, None if last == 0 else prev)
 
 
 def _record(row: Sequence[Any]) -> AuditRecord:
@@ -516,27 +453,3 @@ def _select(flt: AuditFilter) -> Select[Any]:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-async def _all_done(futures: list[Future[AuditRecord]]) -> None:
-    """Wait until every writer future is done with ONE event-loop wake-up: wrapping each future
-    (``asyncio.wrap_future``) would cost a thread-safe call and a wake-up per record."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    left = [len(futures)]
-    lock = threading.Lock()
-
-    def release() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    def landed(_: Future[AuditRecord]) -> None:
-        with lock:
-            left[0] -= 1
-            last = left[0] == 0
-        if last:
-            loop.call_soon_threadsafe(release)
-
-    for future in futures:
-        future.add_done_callback(landed)
-    await done

@@ -15,10 +15,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from persona.errors import ConfigError
+from persona.yaml_errors import config_error, line_of, parse_yaml
 
 DEFAULT_CONFIG = "config.yaml"
 ENV_CONFIG = "PERSONA_CONFIG"
@@ -304,7 +304,7 @@ def load_settings(
             raise ConfigError(
                 f"cannot read the file: {exc}", path=str(file), fix="check the path and permissions"
             ) from None
-        raw = _parse_yaml(text, file)
+        raw = parse_yaml(text, file)
     elif required or path is not None:
         raise ConfigError(
             "file not found",
@@ -329,7 +329,7 @@ def load_settings(
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise _config_error(exc, file, text) from None
+        raise config_error(exc, file, text) from None
     secrets = {
         "llm_api_key": env.get(settings.llm.api_key_env),
         "plisio_previous_api_key": env.get(ENV_PLISIO_PREVIOUS_KEY),
@@ -432,77 +432,3 @@ def resolve_tools(persona: PersonaSettings) -> tuple[str, ...]:
         expanded = [t.name for t in PLISIO_TOOLS if t.read_only] if entry == "@read" else [entry]
         names += [n for n in expanded if n not in names]
     return tuple(names)
-
-
-def _parse_yaml(text: str, file: Path) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(
-            f"not valid YAML: {exc.problem}",
-            path=str(file),
-            line=line,
-            fix="check indentation and quoting around that line",
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", path=str(file)) from None
-
-
-def _config_error(exc: ValidationError, file: Path, text: str) -> ConfigError:
-    err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ())]
-    key = ".".join(loc)
-    kind = err.get("type", "")
-    msg = str(err.get("msg", "invalid value"))
-    given = err.get("input")
-    if kind == "extra_forbidden":
-        fix = "remove it or check its spelling against config.yaml in the repository"
-        msg = "unknown setting"
-    elif kind in {
-        "float_parsing",
-        "int_parsing",
-        "decimal_parsing",
-        "float_type",
-        "int_type",
-        "decimal_type",
-    }:
-        fix = f"write a number here, not {given!r}"
-    elif kind == "enum" or kind == "literal_error":
-        fix = msg.replace("Input should be", "use")
-    elif kind == "missing":
-        fix = "add this setting"
-    else:
-        fix = "see config.yaml in the repository for the expected form"
-    if (
-        given is not None
-        and kind not in {"extra_forbidden", "missing"}
-        and not isinstance(given, dict | list)
-    ):
-        msg = f"{msg} (got {given!r})"
-    return ConfigError(msg, path=str(file), key=key, line=line_of(text, loc), fix=fix)
-
-
-def line_of(text: str, loc: list[str]) -> int | None:
-    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
-    if not text:
-        return None
-    try:
-        node: Any = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None)
-            if match is None:
-                break
-            line = match[0].start_mark.line + 1
-            node = match[1]
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line

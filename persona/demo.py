@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 
 from persona.app import Runtime, connect_plisio
-from persona.audit import AuditRecord, VerifyReport
+from persona.audit import AuditRecord
+from persona.audit_chain import VerifyReport
 from persona.config import PlisioSettings, SandboxSettings, ServerSettings, Settings, StoreSettings
 from persona.drafts import Draft, DraftStore
 from persona.errors import PersonaError

@@ -8,11 +8,12 @@ go and resolves each future. A failed batch fails each of its callers; the write
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 I = TypeVar("I")  # noqa: E741 - the item type
 R = TypeVar("R")
@@ -82,3 +83,27 @@ class BatchWriter(Generic[I, R]):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+
+async def all_done(futures: Sequence[Future[Any]]) -> None:
+    """Wait until every writer future is done (results not taken) with ONE event-loop wake-up:
+    wrapping each future (``asyncio.wrap_future``) would cost a thread-safe call and a wake-up per item."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def release() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def landed(_: Future[Any]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            loop.call_soon_threadsafe(release)
+
+    for future in futures:
+        future.add_done_callback(landed)
+    await done
