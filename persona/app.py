@@ -17,15 +17,18 @@ import httpx
 
 from persona.approvals import ApprovalStore
 from persona.audit import AuditLog
+from persona.calls import CallContext
 from persona.config import PlisioMode, Settings, resolve_tools
 from persona.credentials import PersonaAccess, service_key_source
-from persona.dispatcher import CallContext, Dispatcher
+from persona.dispatcher import Dispatcher
+from persona.effects.executor import EffectExecutor
+from persona.effects.ledger import EffectLedger
 from persona.errors import NotConfigured
 from persona.events import Source
 from persona.grants import GrantGate, Grants
 from persona.llm import ChatModel
 from persona.masterkey import MasterKeySource
-from persona.policy import PlisioPrices, Policy, SpendLedger
+from persona.policy import PlisioPrices, Policy
 from persona.prompts import PromptLibrary
 from persona.store.engine import Store
 from persona.vault import Vault
@@ -186,16 +189,20 @@ class Runtime:
         grants = Grants(vault, settings)
         gate = GrantGate(grants)
         registry = plisio_registry()
-        policy = Policy(SpendLedger(store), PlisioPrices(plisio.client), now=now, caps=gate.caps)
-        approvals = ApprovalStore(store)
+        policy = Policy(PlisioPrices(plisio.client), caps=gate.caps)
         access = PersonaAccess(vault, plisio.client, plisio.client_for)
+        effects = EffectExecutor(
+            ledger=EffectLedger(store, now), audit=audit, registry=registry, plisio=access,
+            callback_url=settings.callback_url(), now=now, resolve_after_s=settings.effects.resolve_after_s,
+        )  # fmt: skip
         dispatcher = Dispatcher(
-            settings=settings, registry=registry, policy=policy, audit=audit, approvals=approvals, store=store,
-            plisio=access, now=now, grants=gate,
+            settings=settings, registry=registry, policy=policy, audit=audit, effects=effects, plisio=access,
+            now=now, grants=gate,
         )  # fmt: skip
         prompts = PromptLibrary(settings.prompts_path())
         return cls(
-            settings, store, audit, plisio, registry, policy, approvals, dispatcher, prompts, now, vault, grants, access
+            settings, store, audit, plisio, registry, policy, dispatcher.approvals, dispatcher, prompts, now, vault,
+            grants, access,
         )  # fmt: skip
 
     def context(
@@ -205,7 +212,8 @@ class Runtime:
         *,
         conversation_id: str | None = None,
         source: str = Source.CHAT,
-        scope: str | None = None,
+        flow_key: str | None = None,
+        slots: Mapping[str, str] | None = None,
     ) -> CallContext:
         return CallContext(
             persona_name=persona,
@@ -213,7 +221,8 @@ class Runtime:
             user=user,
             conversation_id=conversation_id or f"conv_{uuid.uuid4().hex[:16]}",
             source=source,
-            scope=scope,
+            flow_key=flow_key,
+            slots=dict(slots or {}),
         )
 
     def flow_model(self, flow: str, persona: str, facts: Mapping[str, Any]) -> ChatModel | None:

@@ -1,24 +1,24 @@
-"""Calls held for a person's approval, and their resolution: each approved call executes once.
+"""Calls held for a person's approval: effects that were ``held``, seen the way a person reads them.
 
-A pending row stores the validated arguments; approving moves it pending -> approved in
-one conditional UPDATE (so two approvers racing cannot both win), the dispatcher executes
-exactly those arguments, and the row ends executed or failed with the result.
+An approval is not a table of its own: it is an effect of the ledger (:mod:`persona.effects`) that the
+policy held. Approving moves it ``held -> claimed`` in one conditional UPDATE together with the daily
+reservation (so two approvers racing cannot both win), the dispatcher executes exactly the stored
+arguments, and the effect ends ``applied`` (executed), ``failed`` or ``unknown`` (looked up by the
+sweep, which finishes an approval whose process died between approving and executing).
 """
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, update
+from persona.effects.ledger import Effect, EffectLedger, State, approval_status
+from persona.errors import NotFound
 
-from persona.errors import Conflict, NotFound
-from persona.store.engine import Store
-from persona.store.tables import approvals
+STATUSES = ("pending", "approved", "executed", "failed", "unknown", "rejected")
+_STATES = {approval_status(state): state for state in State}
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Approval:
     persona: str
     user_id: str
     conversation_id: str
-    tool_call_id: str
+    tool_call_id: str | None
     tool: str
     arguments: dict[str, Any]
     arguments_hash: str
@@ -39,95 +39,39 @@ class Approval:
     decided_at: datetime | None
     decision_note: str | None
     result: str | None
-
-
-def _row(r: Any) -> Approval:
-    return Approval(
-        id=r.id, status=r.status, persona=r.persona, user_id=r.user_id, conversation_id=r.conversation_id,
-        tool_call_id=r.tool_call_id, tool=r.tool, arguments=json.loads(r.arguments), arguments_hash=r.arguments_hash,
-        reason=r.reason, amount=r.amount_usd, created_at=r.created_at, decided_by=r.decided_by,
-        decided_at=r.decided_at, decision_note=r.decision_note, result=r.result,
-    )  # fmt: skip
+    order_number: str
 
 
 class ApprovalStore:
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, ledger: EffectLedger) -> None:
+        self._ledger = ledger
 
-    def request(
-        self,
-        *,
-        persona: str,
-        user: str,
-        conversation_id: str,
-        tool_call_id: str,
-        tool: str,
-        arguments_json: str,
-        arguments_hash: str,
-        reason: str,
-        amount: Decimal | None,
-        now: datetime,
-    ) -> Approval:
-        """Store a pending approval; the same call asked twice returns the existing row."""
-        with self._store.begin("store an approval") as conn:
-            found = conn.execute(
-                select(approvals).where(
-                    approvals.c.conversation_id == conversation_id, approvals.c.tool_call_id == tool_call_id
-                )
-            ).first()
-            if found is not None:
-                return _row(found)
-            approval_id = uuid.uuid4().hex[:12]
-            conn.execute(
-                approvals.insert().values(
-                    id=approval_id, status="pending", persona=persona, user_id=user, conversation_id=conversation_id,
-                    tool_call_id=tool_call_id, tool=tool, arguments=arguments_json, arguments_hash=arguments_hash,
-                    reason=reason, amount_usd=amount, created_at=now,
-                )
-            )  # fmt: skip
-        return self.get(approval_id)
+    @staticmethod
+    def status(effect: Effect) -> str:
+        return approval_status(effect.state)
+
+    def view(self, effect: Effect) -> Approval:
+        return Approval(
+            id=effect.id, status=approval_status(effect.state), persona=effect.persona, user_id=effect.user_id,
+            conversation_id=effect.conversation_id, tool_call_id=effect.model_call_id, tool=effect.tool,
+            arguments=effect.arguments, arguments_hash=effect.arguments_hash, reason=effect.reason or "",
+            amount=effect.amount, created_at=effect.created_at, decided_by=effect.decided_by,
+            decided_at=effect.decided_at, decision_note=effect.decision_note, result=effect.result,
+            order_number=effect.order_number,
+        )  # fmt: skip
 
     def get(self, approval_id: str) -> Approval:
-        with self._store.read("read approvals") as conn:
-            row = conn.execute(select(approvals).where(approvals.c.id == approval_id)).first()
-        if row is None:
+        try:
+            effect = self._ledger.get(approval_id)
+        except NotFound:
+            effect = None
+        if effect is None or not effect.needs_approval:
             raise NotFound(f"no approval with id {approval_id!r}; `persona approvals list` shows them")
-        return _row(row)
+        return self.view(effect)
 
     def find(self, status: str | None = "pending", limit: int = 100) -> list[Approval]:
-        query = select(approvals).order_by(approvals.c.created_at.desc()).limit(limit)
-        if status:
-            query = query.where(approvals.c.status == status)
-        with self._store.read("read approvals") as conn:
-            return [_row(r) for r in conn.execute(query)]
-
-    def decide(
-        self, approval_id: str, *, approve: bool, by: str, note: str | None, now: datetime
-    ) -> Approval:
-        """pending -> approved | rejected, exactly once."""
-        current = self.get(approval_id)
-        with self._store.begin("decide an approval") as conn:
-            changed = conn.execute(
-                update(approvals)
-                .where(approvals.c.id == approval_id, approvals.c.status == "pending")
-                .values(
-                    status="approved" if approve else "rejected",
-                    decided_by=by,
-                    decided_at=now,
-                    decision_note=note,
-                )
-            ).rowcount
-        if changed != 1:
-            raise Conflict(
-                f"approval {approval_id} is already {self.get(approval_id).status}"
-                f" (decided by {current.decided_by or 'someone else'}); nothing was done"
-            )
-        return self.get(approval_id)
-
-    def finish(self, approval_id: str, *, ok: bool, result: str) -> None:
-        with self._store.begin("finish an approval") as conn:
-            conn.execute(
-                update(approvals)
-                .where(approvals.c.id == approval_id, approvals.c.status == "approved")
-                .values(status="executed" if ok else "failed", result=result)
-            )
+        """Approvals, newest first; ``status`` is one of :data:`STATUSES` or None for all."""
+        if status is not None and status not in _STATES:
+            raise NotFound(f"no approval status {status!r}; use one of: {', '.join(STATUSES)}, all")
+        states = None if status is None else [_STATES[status]]
+        return [self.view(e) for e in self._ledger.find(states, approvals=True, limit=limit)]

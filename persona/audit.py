@@ -197,8 +197,11 @@ class AuditLog:
     # -- appending -----------------------------------------------------------------------------
 
     async def append(self, event: AuditEvent) -> AuditRecord:
-        """Append ``event``; the record (and every one recorded before it) is committed when this returns."""
-        return await asyncio.wrap_future(self._submit(event))
+        """Append ``event``; the record (and every one recorded before it) is committed when this returns.
+
+        Shielded: a waiter that is cancelled stops waiting, the record is still written (a cancelled
+        worker must not lose the ``tool_call_succeeded`` of an invoice that exists)."""
+        return await asyncio.shield(asyncio.wrap_future(self._submit(event)))
 
     def record(self, event: AuditEvent) -> Future[AuditRecord]:
         """Keep ``event`` for the next commit without waiting; :meth:`flush` commits what is kept.

@@ -163,6 +163,14 @@ class WorkerSettings(Frozen):
     """The reconciler ignores invoices that failed longer ago (a first start must not chase old ones)."""
 
 
+class EffectSettings(Frozen):
+    resolve_after_s: float = Field(300.0, ge=1, le=7 * 86_400)
+    """An effect left ``claimed`` or ``unknown`` this long is looked up by the sweep, and one Plisio has not
+    heard of is then concluded ``failed`` (its reservation released). Keep it above every tool timeout."""
+    resolve_every_s: float = Field(60.0, ge=5, le=86_400)
+    """How often the worker runs the sweep."""
+
+
 class OutboundSettings(Frozen):
     """Where approved customer messages go. Nothing is sent until a person approves a draft."""
 
@@ -229,6 +237,7 @@ class Settings(Frozen):
     webhooks: WebhookSettings = WebhookSettings()
     vault: VaultSettings = VaultSettings()
     worker: WorkerSettings = WorkerSettings()
+    effects: EffectSettings = EffectSettings()
     outbound: OutboundSettings = OutboundSettings()
     flows: FlowSettings = FlowSettings()
     log: LogSettings = LogSettings()
@@ -341,7 +350,23 @@ def load_settings(
         settings = settings.model_copy(update=found)
     _check_personas(settings, file, text)
     _check_flows(settings, file, text)
+    _check_effects(settings, file, text)
     return settings
+
+
+def _check_effects(settings: Settings, file: Path, text: str) -> None:
+    """The sweep must not conclude "failed" while a request may still be in flight."""
+    after = settings.effects.resolve_after_s
+    for name, persona in settings.personas.items():
+        if persona.limits.tool_timeout_s * 2 > after:
+            raise ConfigError(
+                f"{after:g}s is less than twice personas.{name}.limits.tool_timeout_s "
+                f"({persona.limits.tool_timeout_s:g}s): the sweep could call an invoice still in flight failed",
+                path=str(file),
+                key="effects.resolve_after_s",
+                line=line_of(text, ["effects", "resolve_after_s"]),
+                fix=f"set effects.resolve_after_s to at least {persona.limits.tool_timeout_s * 2:g}",
+            )
 
 
 def _check_flows(settings: Settings, file: Path, text: str) -> None:

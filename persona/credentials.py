@@ -15,7 +15,7 @@ from collections.abc import Callable
 import structlog
 from sqlalchemy import select
 
-from persona.dispatcher import current_call
+from persona.calls import current_call
 from persona.errors import VaultError
 from persona.store.vault_tables import connections
 from persona.vault import CONNECTION_ROW, Vault

@@ -1,41 +1,49 @@
 """The gate every tool call passes, whoever asked for it: scope, validation, policy, approval, execution.
 
-Order matters and is fixed: a call is audited as attempted first; a call already answered
-(same conversation and call id) gets its stored answer instead of running again; then
-scope, then jsonschema + pydantic validation, then policy (caps, daily totals, approval
-thresholds), then execution with a timeout. Every outcome is audited and comes back as a
-tool message the model can read; nothing here trusts the model.
+Order matters and is fixed: a call is audited as attempted first; then scope, then jsonschema +
+pydantic validation, then the grant, then policy (caps, approval thresholds). A read then runs with a
+timeout. A side effect goes through the effects ledger (:mod:`persona.effects`): its key is chosen
+here (never from model text), the same intent already on the ledger is answered from it instead of
+running again, a claim reserves the amount against the daily total in one transaction, and the call
+runs shielded, its outcome (``unknown`` included) recorded and resolved. Every outcome is audited and
+comes back as a tool message the model can read; nothing here trusts the model.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, Protocol
-
-from sqlalchemy import select
 
 from persona.approvals import Approval, ApprovalStore
 from persona.audit import AuditEvent, AuditLog
+from persona.calls import (
+    CallContext,
+    Dispatched,
+    Outcome,
+    PlisioAccess,
+    current_call,
+    error_content,
+)
 from persona.config import PersonaSettings, Settings, resolve_tools
-from persona.errors import Conflict, Forbidden, VaultError
+from persona.effects.executor import EffectExecutor, pending_content
+from persona.effects.keys import EffectKey, arguments_hash
+from persona.effects.ledger import Effect, Intent, State
+from persona.errors import Conflict, Forbidden, NotFound, VaultError
 from persona.events import Event, Source
 from persona.llm import ToolCall
-from persona.policy import Policy, PolicyDecision, Verdict
-from persona.store.engine import Store
-from persona.store.tables import tool_results
-from tools.plisio.client import PlisioClient
+from persona.policy import CENT, Policy, PolicyDecision, Verdict, over_daily_total
 from tools.plisio.tools import PlisioContext
 from tools.registry import Registry, Tool, ToolFailure, ToolResult, bounded_json, run, to_jsonable
 
-PlisioAccess = Callable[[str], Awaitable[PlisioClient]]
-"""Gives the Plisio client a persona may use right now (a revoked grant raises Forbidden)."""
+__all__ = ["CallContext", "Dispatched", "Dispatcher", "GrantChecker", "GrantDenial", "Outcome", "canonical"]
+
+MAX_CALL_ID = 64
+"""The model's call id is kept for the wire only; longer ones are stored cut (the loop replaces them)."""
 
 
 @dataclass(frozen=True)
@@ -51,56 +59,10 @@ class GrantChecker(Protocol):
     async def check(self, persona: str, tool: str) -> GrantDenial | None: ...
 
 
-class Outcome(StrEnum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    DENIED = "denied"
-    PENDING_APPROVAL = "pending_approval"
-    REPLAYED = "replayed"
-
-
-@dataclass(frozen=True)
-class CallContext:
-    persona_name: str
-    persona: PersonaSettings
-    user: str
-    conversation_id: str
-    source: str = Source.CHAT
-    scope: str | None = None
-    """Idempotency scope of a flow: when set, a side effect's key is (scope, tool, arguments), so re-running
-    the flow (after a crash, a duplicate callback) gets the same Plisio order number, hence the same invoice."""
-
-
-@dataclass(frozen=True)
-class Dispatched:
-    call_id: str
-    tool: str
-    outcome: Outcome
-    content: str
-    """The tool message handed back to the model (compact, bounded JSON)."""
-    result: ToolResult | None = None
-    decision: PolicyDecision | None = None
-    approval_id: str | None = None
-    read_only: bool = True
-    notices: tuple[str, ...] = field(default_factory=tuple)
-
-
-current_call: ContextVar[CallContext | None] = ContextVar("current_call", default=None)
-"""The call being executed, so a credential read deep in the Plisio client is audited with its context."""
-
-
 def canonical(value: Any) -> str:
     return json.dumps(
         to_jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     )
-
-
-def digest(value: Any) -> str:
-    return hashlib.sha256(canonical(value).encode()).hexdigest()
-
-
-def _error(kind: str, message: str, **extra: Any) -> str:
-    return bounded_json({"ok": False, "error": {"type": kind, "message": message, **extra}})
 
 
 class Dispatcher:
@@ -111,15 +73,14 @@ class Dispatcher:
         registry: Registry[PlisioContext],
         policy: Policy,
         audit: AuditLog,
-        approvals: ApprovalStore,
-        store: Store,
+        effects: EffectExecutor,
         plisio: PlisioAccess,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         grants: GrantChecker | None = None,
     ) -> None:
         self.settings, self.registry, self.policy, self.audit = settings, registry, policy, audit
-        self.approvals, self._store, self._plisio, self._now = approvals, store, plisio, now
-        self._grants = grants
+        self.effects, self._plisio, self._now, self._grants = effects, plisio, now, grants
+        self.approvals = ApprovalStore(effects.ledger)
 
     def tools_for(self, persona: PersonaSettings) -> list[dict[str, Any]]:
         """The OpenAI tool definitions offered to a persona: its scope, nothing more."""
@@ -132,7 +93,7 @@ class Dispatcher:
         self, ctx: CallContext, event: Event, tool: str | None, *, durable: bool = True, **fields: Any
     ) -> None:
         """Append a record. ``durable=False`` queues it for the next group commit instead of waiting:
-        for records that precede no side effect (the loop flushes before a side effect and at turn end)."""
+        for records that precede no side effect (a side effect flushes first, and so does the turn's end)."""
         record = AuditEvent(
             event=event, source=ctx.source, user=ctx.user, persona=ctx.persona_name,
             conversation_id=ctx.conversation_id, tool=tool, **fields,
@@ -142,19 +103,23 @@ class Dispatcher:
         else:
             self.audit.record(record)
 
-    async def dispatch(self, call: ToolCall, ctx: CallContext, notices: Sequence[str] = ()) -> Dispatched:
+    async def dispatch(
+        self, call: ToolCall, ctx: CallContext, notices: Sequence[str] = (), *, seq: int | None = None
+    ) -> Dispatched:
+        """One call. ``seq`` is the server's number for it in the conversation (the loop counts them): a side
+        effect's key. Callers outside the loop may leave it out; their side effect gets a one-off key."""
         assert call.id, "the loop assigns an id to every call before dispatch"
         call_id, name, raw = call.id, call.name, call.arguments
         await self._audit(
             ctx, Event.TOOL_CALL_ATTEMPTED, name or None, durable=False,
-            payload={"tool_call_id": call_id, "arguments": raw, "notices": list(notices)},
+            payload={"tool_call_id": call_id, "seq": seq, "arguments": raw, "notices": list(notices)},
         )  # fmt: skip
         scope = resolve_tools(ctx.persona)
         tool = self.registry.get(name)
         if tool is None or name not in scope:
             kind = "unknown_tool" if tool is None else "out_of_scope"
             what = f"there is no tool named {name!r}" if tool is None else f"{name} is not available to you"
-            content = _error(kind, f"{what}; the tools you can call are: {', '.join(scope)}")
+            content = error_content(kind, f"{what}; the tools you can call are: {', '.join(scope)}")
             return await self._deny(ctx, call_id, name, content, kind)
 
         parsed = tool.parse(raw)
@@ -168,38 +133,20 @@ class Dispatcher:
                 call_id, name, Outcome.FAILED, result.to_content(), result, read_only=tool.read_only
             )
 
-        # A side effect that already ran (the model repeats a call id after a retry, an approval was
-        # executed) is answered from its stored result, never run again. Reads are simply re-run.
-        stored = (
-            None if tool.read_only else await asyncio.to_thread(self._stored, ctx.conversation_id, call_id)
-        )
-        if stored is not None:
-            if stored["arguments_hash"] == digest(parsed) and stored["tool"] == name:
-                await self._audit(
-                    ctx, Event.TOOL_CALL_REPLAYED, name, durable=False, payload={"tool_call_id": call_id}
-                )
-                return Dispatched(
-                    call_id, name, Outcome.REPLAYED, stored["content"], read_only=tool.read_only
-                )
-            content = _error("duplicate_call_id", f"tool_call_id {call_id} was already used for another call")
-            return await self._deny(ctx, call_id, name, content, "duplicate_call_id")
-
         denial = None if self._grants is None else await self._grants.check(ctx.persona_name, name)
         if denial is not None:
             held = PolicyDecision(Verdict.DENY, denial.clause, denial.reason)
-            content = _error(denial.kind, denial.reason, clause=denial.clause)
+            content = error_content(denial.kind, denial.reason, clause=denial.clause)
             return await self._deny(ctx, call_id, name, content, "grant", held)
-
+        if not tool.read_only:
+            return await self._side_effect(ctx, call_id, tool, parsed, notices, seq)
         decision = await self.policy.evaluate(
-            persona_name=ctx.persona_name, persona=ctx.persona, tool=name, args=parsed,
-            conversation_id=ctx.conversation_id, tool_call_id=call_id,
-        )  # fmt: skip
-        if decision.verdict is Verdict.DENY:
-            content = _error("policy_denied", decision.reason, clause=decision.clause)
+            persona_name=ctx.persona_name, persona=ctx.persona, tool=tool, args=parsed
+        )
+        if decision.verdict is not Verdict.ALLOW:
+            content = error_content("policy_denied", decision.reason, clause=decision.clause)
             return await self._deny(ctx, call_id, name, content, "policy", decision)
-        if decision.verdict is Verdict.APPROVAL:
-            return await self._hold(ctx, call_id, tool, parsed, decision)
-        return await self._execute(ctx, call_id, tool, parsed, decision, notices)
+        return await self._read(ctx, call_id, tool, parsed, decision, notices)
 
     async def _deny(
         self,
@@ -209,192 +156,242 @@ class Dispatcher:
         content: str,
         kind: str,
         decision: PolicyDecision | None = None,
+        *,
+        read_only: bool = True,
     ) -> Dispatched:
         reason = decision.reason if decision else json.loads(content)["error"]["message"]
         await self._audit(
             ctx, Event.TOOL_CALL_DENIED, name or None, durable=False, decision=Verdict.DENY.value, reason=reason,
             payload={"tool_call_id": call_id, "kind": kind, "clause": decision.clause if decision else None},
         )  # fmt: skip
-        return Dispatched(call_id, name, Outcome.DENIED, content, decision=decision)
+        return Dispatched(call_id, name, Outcome.DENIED, content, decision=decision, read_only=read_only)
+
+    async def _read(
+        self,
+        ctx: CallContext,
+        call_id: str,
+        tool: Tool[Any, PlisioContext],
+        args: Any,
+        decision: PolicyDecision,
+        notices: Sequence[str],
+    ) -> Dispatched:
+        token = current_call.set(ctx)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            client = await self._plisio(ctx.persona_name)
+            pctx = PlisioContext(client=client, callback_url=self.settings.callback_url())
+            # The key is decrypted per request inside the client: a revoke lands here, mid-call too.
+            result = await run(tool, args, pctx, timeout=ctx.persona.limits.tool_timeout_s)
+        except (Forbidden, VaultError) as exc:
+            grant = isinstance(exc, Forbidden)
+            content = error_content("no_plisio_access" if grant else "credential_unavailable", str(exc))
+            return await self._deny(ctx, call_id, tool.name, content, "grant" if grant else "vault")
+        finally:
+            current_call.reset(token)
+        latency = round((loop.time() - started) * 1000, 2)
+        payload = result.payload()
+        if notices:
+            payload["notices"] = list(notices)
+        content = bounded_json(payload)
+        await self._audit(
+            ctx, Event.TOOL_CALL_SUCCEEDED if result.ok else Event.TOOL_CALL_FAILED, tool.name, durable=False,
+            decision=decision.verdict.value, reason=decision.reason, latency_ms=latency,
+            payload={"tool_call_id": call_id, "arguments": to_jsonable(args.model_dump(mode="python")),
+                     "result": to_jsonable(payload)},
+        )  # fmt: skip
+        outcome = Outcome.SUCCEEDED if result.ok else Outcome.FAILED
+        return Dispatched(call_id, tool.name, outcome, content, result, decision)
+
+    # ------------------------------------------------------------------ side effects
+
+    async def _side_effect(
+        self,
+        ctx: CallContext,
+        call_id: str,
+        tool: Tool[Any, PlisioContext],
+        args: Any,
+        notices: Sequence[str],
+        seq: int | None,
+    ) -> Dispatched:
+        ledger = self.effects.ledger
+        dumped = args.model_dump(mode="python")
+        digest = arguments_hash(dumped)
+        fixed = ctx.fixed_slot(tool.name)
+        if seq is None and not fixed:
+            key = EffectKey(ctx.effect_key(tool.name, 0).namespace, f"direct:{uuid.uuid4().hex[:12]}")
+        else:
+            key = ctx.effect_key(tool.name, seq or 0)
+        existing = await asyncio.to_thread(ledger.by_key, key)
+        if (
+            existing is not None
+            and not fixed
+            and (existing.tool, existing.arguments_hash) != (tool.name, digest)
+        ):
+            # Another intent under this number (a history this server no longer has): it gets a key of its
+            # own and never touches the other effect.
+            key = EffectKey(key.namespace, f"{key.slot}~{digest[:8]}")
+            existing = await asyncio.to_thread(ledger.by_key, key)
+        if existing is None and not fixed:
+            # The same arguments again in this conversation ("240" and "240.00" alike): a model retrying,
+            # a client re-sending. It is the same effect until it definitely failed.
+            existing = await asyncio.to_thread(ledger.similar, key.namespace, tool.name, digest)
+        if existing is not None and existing.state is not State.FAILED:
+            return await self.effects.answer(ctx, call_id, tool, existing, notices)
+
+        decision = await self.policy.evaluate(
+            persona_name=ctx.persona_name, persona=ctx.persona, tool=tool, args=args
+        )
+        if decision.verdict is Verdict.DENY:
+            content = error_content("policy_denied", decision.reason, clause=decision.clause)
+            return await self._deny(ctx, call_id, tool.name, content, "policy", decision, read_only=False)
+        intent = Intent(
+            key=existing.key if existing is not None else key, tool=tool.name, persona=ctx.persona_name,
+            user=ctx.user, conversation_id=ctx.conversation_id, source=ctx.source, model_call_id=call_id[:MAX_CALL_ID],
+            arguments_json=canonical(dumped), arguments_hash=digest, reason=decision.reason, amount=decision.amount,
+            currency=decision.currency,
+        )  # fmt: skip
+        if decision.verdict is Verdict.APPROVAL:
+            return await self._hold(ctx, call_id, tool, intent, decision, notices)
+        claim = await asyncio.to_thread(ledger.claim, intent, day=self._day(), cap=decision.daily_total)
+        if claim.status == "exists" and claim.effect is not None:
+            return await self.effects.answer(ctx, call_id, tool, claim.effect, notices)
+        if claim.status == "over_cap":
+            denied = over_daily_total(decision, claim.spent)
+            content = error_content("policy_denied", denied.reason, clause=denied.clause)
+            return await self._deny(ctx, call_id, tool.name, content, "policy", denied, read_only=False)
+        assert claim.effect is not None
+        return await self.effects.perform(
+            ctx, call_id, tool, args, claim.effect, _with_total(decision, claim.spent), notices
+        )
 
     async def _hold(
         self,
         ctx: CallContext,
         call_id: str,
         tool: Tool[Any, PlisioContext],
-        args: Any,
+        intent: Intent,
         decision: PolicyDecision,
+        notices: Sequence[str],
     ) -> Dispatched:
-        arguments = to_jsonable(args.model_dump(mode="python"))
-        approval = await asyncio.to_thread(
-            self.approvals.request,
-            persona=ctx.persona_name, user=ctx.user, conversation_id=ctx.conversation_id, tool_call_id=call_id,
-            tool=tool.name, arguments_json=canonical(arguments), arguments_hash=digest(arguments),
-            reason=decision.reason, amount=decision.amount, now=self._now(),
-        )  # fmt: skip
+        effect, created = await asyncio.to_thread(self.effects.ledger.hold, intent)
+        if not created:
+            return await self.effects.answer(ctx, call_id, tool, effect, notices)
         await self._audit(
             ctx, Event.APPROVAL_REQUESTED, tool.name, decision=decision.verdict.value, reason=decision.reason,
-            payload={"tool_call_id": call_id, "approval_id": approval.id, "arguments": arguments,
-                     "clause": decision.clause},
+            payload={"tool_call_id": call_id, "approval_id": effect.id, "effect_id": effect.id,
+                     "arguments": json.loads(intent.arguments_json), "clause": decision.clause},
         )  # fmt: skip
-        content = bounded_json(
-            {
-                "ok": False,
-                "status": "pending_approval",
-                "approval_id": approval.id,
-                "message": f"Not executed yet: {decision.reason}. It is queued as approval {approval.id}. "
-                "Tell the user it awaits approval; do not call it again.",
-            }
-        )
         return Dispatched(
-            call_id, tool.name, Outcome.PENDING_APPROVAL, content, decision=decision, approval_id=approval.id,
-            read_only=False,
+            call_id, tool.name, Outcome.PENDING_APPROVAL, pending_content(effect.id, decision.reason),
+            decision=decision, approval_id=effect.id, read_only=False, effect_id=effect.id,
         )  # fmt: skip
 
-    async def _execute(
-        self,
-        ctx: CallContext,
-        call_id: str,
-        tool: Tool[Any, PlisioContext],
-        args: Any,
-        decision: PolicyDecision,
-        notices: Sequence[str] = (),
-    ) -> Dispatched:
-        if not tool.read_only:
-            await self.audit.flush()  # write-ahead: the attempt is durable before anything changes
-        token = current_call.set(ctx)
-        try:
-            client = await self._plisio(ctx.persona_name)
-            call_key = f"{ctx.conversation_id}:{call_id}"
-            if ctx.scope is not None:
-                call_key = f"{ctx.scope}:{tool.name}:{digest(args)[:24]}"
-            pctx = PlisioContext(client=client, call_key=call_key, callback_url=self.settings.callback_url())
-            started = asyncio.get_running_loop().time()
-            # The key is decrypted per request inside the client: a revoke lands here, mid-call too.
-            result = await run(tool, args, pctx, timeout=ctx.persona.limits.tool_timeout_s)
-        except (Forbidden, VaultError) as exc:
-            grant = isinstance(exc, Forbidden)
-            content = _error("no_plisio_access" if grant else "credential_unavailable", str(exc))
-            if not tool.read_only:
-                await self.policy.settle(
-                    conversation_id=ctx.conversation_id, tool_call_id=call_id, committed=False
-                )
-            return await self._deny(ctx, call_id, tool.name, content, "grant" if grant else "vault")
-        finally:
-            current_call.reset(token)
-        latency = round((asyncio.get_running_loop().time() - started) * 1000, 2)
-        if not tool.read_only:
-            unknown = result.error is not None and result.error.type == "plisio_outcome_unknown"
-            await self.policy.settle(
-                conversation_id=ctx.conversation_id, tool_call_id=call_id, committed=result.ok or unknown
-            )
-        payload = result.payload()
-        if notices:
-            payload["notices"] = list(notices)
-        content = bounded_json(payload)
-        if not tool.read_only:
-            await asyncio.to_thread(
-                self._remember, ctx.conversation_id, call_id, tool.name, digest(args), result, content
-            )
-        await self._audit(
-            ctx, Event.TOOL_CALL_SUCCEEDED if result.ok else Event.TOOL_CALL_FAILED, tool.name,
-            durable=not tool.read_only,
-            decision=decision.verdict.value, reason=decision.reason, latency_ms=latency,
-            payload={"tool_call_id": call_id, "arguments": to_jsonable(args.model_dump(mode="python")),
-                     "result": to_jsonable(payload)},
-        )  # fmt: skip
-        outcome = Outcome.SUCCEEDED if result.ok else Outcome.FAILED
-        return Dispatched(call_id, tool.name, outcome, content, result, decision, read_only=tool.read_only)
+    def _day(self) -> str:
+        return self._now().astimezone(UTC).date().isoformat()
 
     # ------------------------------------------------------------------ approvals
 
     async def approve(
         self, approval_id: str, *, by: str, note: str | None = None, source: str = Source.CLI
     ) -> tuple[Approval, Dispatched]:
-        """Approve a held call and execute it once, with exactly the arguments that were approved."""
-        pending = await asyncio.to_thread(self.approvals.get, approval_id)
+        """Approve a held call and execute it once, with exactly the arguments that were approved.
+
+        ``held -> claimed`` (with the reservation) is one transaction; a crash after it leaves the effect
+        ``claimed``, which the sweep resolves by order number, so no approval stays half-done."""
+        ledger = self.effects.ledger
+        effect = await asyncio.to_thread(self._approval, approval_id)
         if (
             self.settings.approvals.require_different_user
-            and by == pending.user_id
-            and pending.status == "pending"
+            and by == effect.user_id
+            and effect.state is State.HELD
         ):
             raise Forbidden(
                 f"{by} asked for this call and cannot approve it (approvals.require_different_user); "
                 "another person must approve it"
             )
-        approval = await asyncio.to_thread(
-            self.approvals.decide, approval_id, approve=True, by=by, note=note, now=self._now()
-        )
-        persona = self.settings.persona(approval.persona)
-        ctx = CallContext(approval.persona, persona, approval.user_id, approval.conversation_id, source)
-        await self._audit(
-            ctx, Event.APPROVAL_GRANTED, approval.tool, decision="approved", reason=note or "approved",
-            payload={"approval_id": approval.id, "approved_by": by, "tool_call_id": approval.tool_call_id},
-        )  # fmt: skip
-        tool = self.registry.get(approval.tool)
+        if effect.state is not State.HELD:
+            raise Conflict(
+                f"approval {approval_id} is already {self.approvals.status(effect)}"
+                f" (decided by {effect.decided_by or 'nobody'}); nothing was done"
+            )
+        tool = self.registry.get(effect.tool)
         if tool is None:
-            raise Conflict(f"tool {approval.tool} no longer exists; approval {approval_id} cannot execute")
-        parsed = tool.parse(approval.arguments)
-        if isinstance(parsed, ToolFailure) or digest(approval.arguments) != approval.arguments_hash:
+            raise Conflict(f"tool {effect.tool} no longer exists; approval {approval_id} cannot execute")
+        parsed = tool.parse(effect.arguments)
+        if (
+            isinstance(parsed, ToolFailure)
+            or arguments_hash(parsed.model_dump(mode="python")) != effect.arguments_hash
+        ):
             raise Conflict(
                 f"approval {approval_id}: stored arguments no longer validate; nothing was executed"
             )
-        denial = None if self._grants is None else await self._grants.check(approval.persona, tool.name)
+        persona = self.settings.persona(effect.persona)
+        ctx = CallContext(effect.persona, persona, effect.user_id, effect.conversation_id, source)
+        call_id = effect.model_call_id or effect.id
+        denial = None if self._grants is None else await self._grants.check(effect.persona, tool.name)
         decision = (
             PolicyDecision(Verdict.DENY, denial.clause, denial.reason)
             if denial is not None
             else await self.policy.evaluate(
-                persona_name=approval.persona, persona=persona, tool=tool.name, args=parsed,
-                conversation_id=approval.conversation_id, tool_call_id=approval.tool_call_id, approved=True,
+                persona_name=effect.persona, persona=persona, tool=tool, args=parsed, approved=True
             )
+        )
+        refused = decision.verdict is not Verdict.ALLOW
+        claim = await asyncio.to_thread(
+            ledger.approve, approval_id, by=by, note=note, reason=decision.reason, amount=decision.amount,
+            currency=decision.currency, day=self._day(), cap=decision.daily_total, refused=refused,
         )  # fmt: skip
-        if decision.verdict is not Verdict.ALLOW:
+        await self._audit(
+            ctx, Event.APPROVAL_GRANTED, tool.name, decision="approved", reason=note or "approved",
+            payload={"approval_id": approval_id, "effect_id": approval_id, "approved_by": by, "tool_call_id": call_id},
+        )  # fmt: skip
+        if claim.status == "over_cap":
+            denied = decision if refused else over_daily_total(decision, claim.spent)
             kind = "policy_denied" if denial is None else denial.kind
-            content = _error(kind, decision.reason, clause=decision.clause)
-            await asyncio.to_thread(self.approvals.finish, approval_id, ok=False, result=content)
-            return approval, await self._deny(
-                ctx, approval.tool_call_id, tool.name, content, "policy", decision
+            content = error_content(kind, denied.reason, clause=denied.clause)
+            await asyncio.to_thread(
+                ledger.mark, approval_id, State.FAILED, result=content, only_from=(State.FAILED,)
             )
-        done = await self._execute(ctx, approval.tool_call_id, tool, parsed, decision)
-        await asyncio.to_thread(
-            self.approvals.finish, approval_id, ok=done.outcome is Outcome.SUCCEEDED, result=done.content
+            done = await self._deny(ctx, call_id, tool.name, content, "policy", denied, read_only=False)
+            return await asyncio.to_thread(self.approvals.get, approval_id), done
+        assert claim.effect is not None
+        done = await self.effects.perform(
+            ctx, call_id, tool, parsed, claim.effect, _with_total(decision, claim.spent)
         )
         return await asyncio.to_thread(self.approvals.get, approval_id), done
 
     async def reject(
         self, approval_id: str, *, by: str, note: str | None = None, source: str = Source.CLI
     ) -> Approval:
-        approval = await asyncio.to_thread(
-            self.approvals.decide, approval_id, approve=False, by=by, note=note, now=self._now()
-        )
+        await asyncio.to_thread(self._approval, approval_id)
+        effect = await asyncio.to_thread(self.effects.ledger.reject, approval_id, by=by, note=note)
         ctx = CallContext(
-            approval.persona, self.settings.persona(approval.persona), approval.user_id, approval.conversation_id,
+            effect.persona,
+            self.settings.persona(effect.persona),
+            effect.user_id,
+            effect.conversation_id,
             source,
-        )  # fmt: skip
+        )
         await self._audit(
-            ctx, Event.APPROVAL_REJECTED, approval.tool, decision="rejected", reason=note or "rejected",
-            payload={"approval_id": approval.id, "rejected_by": by, "tool_call_id": approval.tool_call_id},
+            ctx, Event.APPROVAL_REJECTED, effect.tool, decision="rejected", reason=note or "rejected",
+            payload={"approval_id": effect.id, "effect_id": effect.id, "rejected_by": by,
+                     "tool_call_id": effect.model_call_id},
         )  # fmt: skip
-        return approval
+        return self.approvals.view(effect)
 
-    # ------------------------------------------------------------------ stored results
+    def _approval(self, approval_id: str) -> Effect:
+        try:
+            effect = self.effects.ledger.get(approval_id)
+        except NotFound:
+            effect = None
+        if effect is None or not effect.needs_approval:
+            raise NotFound(f"no approval with id {approval_id!r}; `persona approvals list` shows them")
+        return effect
 
-    def _stored(self, conversation_id: str, call_id: str) -> dict[str, Any] | None:
-        with self._store.read("read stored tool results") as conn:
-            row = conn.execute(
-                select(tool_results).where(
-                    tool_results.c.conversation_id == conversation_id, tool_results.c.tool_call_id == call_id
-                )
-            ).first()
-        return dict(row._mapping) if row is not None else None
 
-    def _remember(
-        self, conversation_id: str, call_id: str, tool: str, args_hash: str, result: ToolResult, content: str
-    ) -> None:
-        with self._store.begin("store a tool result") as conn:
-            conn.execute(
-                tool_results.insert().values(
-                    conversation_id=conversation_id, tool_call_id=call_id, tool=tool, arguments_hash=args_hash,
-                    ok=int(result.ok), content=content, created_at=self._now(),
-                )
-            )  # fmt: skip
+def _with_total(decision: PolicyDecision, spent_before: Any) -> PolicyDecision:
+    if decision.amount is None:
+        return decision
+    total = (spent_before + decision.amount).quantize(CENT)
+    return replace(decision, reason=f"{decision.reason}; today's total {total} {decision.currency}")

@@ -8,6 +8,7 @@ from enum import StrEnum
 class Event(StrEnum):
     TURN_STARTED = "turn_started"
     TURN_ENDED = "turn_ended"
+    TURN_FAILED = "turn_failed"
     MODEL_REQUEST = "model_request"
     MODEL_RESPONSE = "model_response"
     MODEL_FAILED = "model_failed"
@@ -16,6 +17,8 @@ class Event(StrEnum):
     TOOL_CALL_SUCCEEDED = "tool_call_succeeded"
     TOOL_CALL_FAILED = "tool_call_failed"
     TOOL_CALL_REPLAYED = "tool_call_replayed"
+    TOOL_CALL_UNKNOWN = "tool_call_outcome_unknown"
+    EFFECT_RESOLVED = "effect_resolved"
     TOOL_CALL_IN_TEXT = "tool_call_in_text"
     APPROVAL_REQUESTED = "approval_requested"
     APPROVAL_GRANTED = "approval_granted"

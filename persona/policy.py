@@ -2,30 +2,27 @@
 
 Scopes say which tools a persona may call at all; invoice caps bound each invoice and each
 day's total (in the policy currency, converted with Plisio's own rates); an approval
-threshold holds larger invoices for a person. The daily total is checked and reserved in
-one database transaction, so concurrent conversations cannot overshoot it together.
+threshold holds larger invoices for a person. The policy is pure: it reads the money a call is
+about from the tool's own declared rule (``Tool.amount``) and says allow / deny / hold, with the
+daily cap that applies; the effects ledger checks that cap and reserves in one transaction when it
+claims the effect. It fails closed: a side-effect tool with no amount rule, or whose kind of side
+effect no rule here covers, is denied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, text, update
-
 from persona.config import InvoicePolicy, PersonaSettings, resolve_tools
-from persona.store.engine import Store
-from persona.store.tables import spend_ledger
 from tools.errors import PlisioError
-from tools.plisio.args import CreateInvoiceArgs
 from tools.plisio.client import PlisioClient
+from tools.registry import Money, Tool
 
 CENT = Decimal("0.01")
 
@@ -44,6 +41,9 @@ class PolicyDecision:
     reason: str
     amount: Decimal | None = None
     currency: str | None = None
+    daily_total: Decimal | None = None
+    """The cap the effects ledger checks today's total against when it claims (None: no money moves)."""
+    daily_clause: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -97,139 +97,54 @@ class PlisioPrices:
         return hit[1][coin]
 
 
-async def value_invoice(args: CreateInvoiceArgs, currency: str, prices: Prices) -> Decimal:
-    """The invoice's amount in the policy currency."""
-    if args.source_amount is not None and args.source_currency is not None:
-        if args.source_currency == currency:
-            return args.source_amount
+SIDE_EFFECT_RULES = {"creates_invoice": "invoice_policy"}
+"""The kinds of side effect the policy has caps for, and the persona setting that holds them."""
+
+
+async def value_money(money: Money, currency: str, prices: Prices) -> Decimal:
+    """``money`` in the policy currency."""
+    if money.currency == currency:
+        return money.value
+    if money.fiat:
         # Cross rate through BTC: both prices come from the same Plisio rate table.
-        in_source = await prices.price("BTC", args.source_currency)
+        in_source = await prices.price("BTC", money.currency)
         in_policy = await prices.price("BTC", currency)
-        return args.source_amount * in_policy / in_source
-    assert args.amount is not None
-    assert args.currency is not None
-    return args.amount * await prices.price(args.currency, currency)
-
-
-class SpendLedger:
-    """Per persona, per UTC day: how much has been invoiced (reserved or committed)."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def spent(self, persona: str, day: str) -> Decimal:
-        with self._store.read("read the spend ledger") as conn:
-            total = conn.execute(
-                select(func.coalesce(func.sum(spend_ledger.c.amount_usd), 0)).where(
-                    spend_ledger.c.persona == persona,
-                    spend_ledger.c.day == day,
-                    spend_ledger.c.status != "released",
-                )
-            ).scalar_one()
-        return Decimal(str(total))
-
-    def reserve(
-        self,
-        *,
-        persona: str,
-        day: str,
-        amount: Decimal,
-        cap: Decimal,
-        conversation_id: str,
-        tool_call_id: str,
-        now: datetime,
-    ) -> Decimal | None:
-        """Atomically check ``spent + amount <= cap`` and reserve. Returns the new total, or None if over."""
-        with self._store.begin("reserve spend") as conn:
-            if self._store.dialect == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(persona.encode())})
-            existing = conn.execute(
-                select(spend_ledger.c.status).where(
-                    spend_ledger.c.conversation_id == conversation_id,
-                    spend_ledger.c.tool_call_id == tool_call_id,
-                )
-            ).first()
-            spent = Decimal(
-                str(
-                    conn.execute(
-                        select(func.coalesce(func.sum(spend_ledger.c.amount_usd), 0)).where(
-                            spend_ledger.c.persona == persona,
-                            spend_ledger.c.day == day,
-                            spend_ledger.c.status != "released",
-                        )
-                    ).scalar_one()
-                )
-            )
-            if existing is not None and existing.status != "released":
-                return spent  # the same call again: already counted once
-            if spent + amount > cap:
-                return None
-            if existing is not None:
-                conn.execute(
-                    update(spend_ledger)
-                    .where(
-                        spend_ledger.c.conversation_id == conversation_id,
-                        spend_ledger.c.tool_call_id == tool_call_id,
-                    )
-                    .values(status="reserved", amount_usd=amount, day=day)
-                )
-            else:
-                conn.execute(
-                    spend_ledger.insert().values(
-                        persona=persona,
-                        day=day,
-                        amount_usd=amount,
-                        conversation_id=conversation_id,
-                        tool_call_id=tool_call_id,
-                        status="reserved",
-                        created_at=now,
-                    )
-                )
-            return spent + amount
-
-    def settle(self, *, conversation_id: str, tool_call_id: str, committed: bool) -> None:
-        with self._store.begin("settle spend") as conn:
-            conn.execute(
-                update(spend_ledger)
-                .where(
-                    spend_ledger.c.conversation_id == conversation_id,
-                    spend_ledger.c.tool_call_id == tool_call_id,
-                )
-                .values(status="committed" if committed else "released")
-            )
+        return money.value * in_policy / in_source
+    return money.value * await prices.price(money.currency, currency)
 
 
 class Policy:
-    """Decides allow / deny / approval for a validated call. Pure rules plus the ledger."""
+    """Decides allow / deny / approval for a validated call: pure rules, no storage."""
 
-    def __init__(
-        self,
-        ledger: SpendLedger,
-        prices: Prices,
-        *,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        caps: CapsSource | None = None,
-    ) -> None:
-        self._ledger, self._prices, self._now, self._caps = ledger, prices, now, caps
+    def __init__(self, prices: Prices, *, caps: CapsSource | None = None) -> None:
+        self._prices, self._caps = prices, caps
 
     async def evaluate(
         self,
         *,
         persona_name: str,
         persona: PersonaSettings,
-        tool: str,
+        tool: Tool[Any, Any],
         args: Any,
-        conversation_id: str,
-        tool_call_id: str,
         approved: bool = False,
     ) -> PolicyDecision:
         base = f"personas.{persona_name}"
-        if not in_scope(persona, tool):
+        if not in_scope(persona, tool.name):
             return PolicyDecision(
-                Verdict.DENY, f"{base}.tools", f"{tool} is not among the tools of {persona_name}"
+                Verdict.DENY, f"{base}.tools", f"{tool.name} is not among the tools of {persona_name}"
             )
-        if not isinstance(args, CreateInvoiceArgs):
+        if tool.read_only:
             return PolicyDecision(Verdict.ALLOW, f"{base}.tools", "read-only tool in scope")
+        if tool.side_effect not in SIDE_EFFECT_RULES:
+            return PolicyDecision(
+                Verdict.DENY, f"{base}.tools",
+                f"{tool.name} {tool.side_effect or 'has a side effect'}, which no policy rule covers, so it is refused",
+            )  # fmt: skip
+        if tool.amount is None:
+            return PolicyDecision(
+                Verdict.DENY, f"{base}.tools",
+                f"{tool.name} declares no amount rule, so its caps cannot be checked and it is refused",
+            )  # fmt: skip
         rules = persona.invoice_policy
         if rules is None:
             return PolicyDecision(
@@ -237,17 +152,10 @@ class Policy:
                 f"{base}.invoice_policy",
                 "no invoice caps are configured, so invoices are refused",
             )
-        return await self._invoice(base, persona_name, rules, args, conversation_id, tool_call_id, approved)
+        return await self._capped(base, persona_name, rules, tool.amount(args), approved)
 
-    async def _invoice(
-        self,
-        base: str,
-        persona_name: str,
-        rules: InvoicePolicy,
-        args: CreateInvoiceArgs,
-        conversation_id: str,
-        tool_call_id: str,
-        approved: bool,
+    async def _capped(
+        self, base: str, persona_name: str, rules: InvoicePolicy, money: Money, approved: bool
     ) -> PolicyDecision:
         clause = f"{base}.invoice_policy"
         cur = rules.currency
@@ -259,7 +167,7 @@ class Policy:
         if extra is not None and extra.daily_total is not None and extra.daily_total < daily_total:
             day_clause, daily_total = f"{extra.clause}.daily_total", extra.daily_total
         try:
-            amount = (await value_invoice(args, cur, self._prices)).quantize(CENT)
+            amount = (await value_money(money, cur, self._prices)).quantize(CENT)
         except (PlisioError, LookupError) as exc:
             return PolicyDecision(
                 Verdict.DENY, clause, f"cannot value the invoice in {cur} to check the caps: {exc}"
@@ -273,34 +181,21 @@ class Policy:
             return PolicyDecision(
                 Verdict.APPROVAL, f"{clause}.approval_above",
                 f"{amount} {cur} is above {rules.approval_above} {cur}: a person must approve it", amount, cur,
+                daily_total, day_clause,
             )  # fmt: skip
-        day = self._now().astimezone(UTC).date().isoformat()
-        total = await asyncio.to_thread(
-            self._ledger.reserve,
-            persona=persona_name, day=day, amount=amount, cap=daily_total,
-            conversation_id=conversation_id, tool_call_id=tool_call_id, now=self._now(),
-        )  # fmt: skip
-        if total is None:
-            spent = (await asyncio.to_thread(self._ledger.spent, persona_name, day)).quantize(CENT)
-            return PolicyDecision(
-                Verdict.DENY, day_clause,
-                f"{amount} {cur} would bring today's invoices to {spent + amount} {cur}, above the daily cap of "
-                f"{daily_total} {cur}", amount, cur,
-            )  # fmt: skip
-        total = total.quantize(CENT)
         note = " (approved by a person)" if approved else ""
         return PolicyDecision(
-            Verdict.ALLOW,
-            clause,
-            f"{amount} {cur} within caps; today's total {total} {cur}{note}",
-            amount,
-            cur,
+            Verdict.ALLOW, clause, f"{amount} {cur} within caps{note}", amount, cur, daily_total, day_clause
         )
 
-    async def settle(self, *, conversation_id: str, tool_call_id: str, committed: bool) -> None:
-        await asyncio.to_thread(
-            self._ledger.settle,
-            conversation_id=conversation_id,
-            tool_call_id=tool_call_id,
-            committed=committed,
-        )
+
+def over_daily_total(decision: PolicyDecision, spent: Decimal) -> PolicyDecision:
+    """The denial when the ledger finds that ``decision``'s amount would take today's total over its cap."""
+    assert decision.amount is not None
+    assert decision.daily_total is not None
+    cur = decision.currency
+    return PolicyDecision(
+        Verdict.DENY, decision.daily_clause or "",
+        f"{decision.amount} {cur} would bring today's invoices to {(spent + decision.amount).quantize(CENT)} {cur}, "
+        f"above the daily cap of {decision.daily_total} {cur}", decision.amount, cur,
+    )  # fmt: skip

@@ -223,10 +223,10 @@ async def test_create_invoice_is_never_resent_after_it_left(clock: FakeClock, fa
     assert len(t.requests) == 1
 
 
-async def test_create_invoice_is_not_retried_on_5xx(clock: FakeClock) -> None:
+async def test_create_invoice_is_not_retried_on_5xx_and_its_outcome_is_unknown(clock: FakeClock) -> None:
     t = ScriptedTransport(httpx.Response(503, text="x"))
     async with client_for(t, clock) as c:
-        with pytest.raises(PlisioProtocolError):
+        with pytest.raises(PlisioOutcomeUnknown, match="HTTP 503"):
             await c.create_invoice(order_number="o-1", order_name="x", currency="BTC", amount=Decimal("0.1"))
     assert len(t.requests) == 1
 

@@ -2,7 +2,9 @@
 
 Reads are retried on what is transient (5xx, 429 with Retry-After, HTML error pages, dropped
 connections) and never on what is final; ``/invoices/new`` is never re-sent once it left, and the
-tool finds the invoice a dropped connection hid by its order number instead.
+tool's lookup finds the invoice a dropped connection hid by its order number instead. On a write,
+anything that does not say "not applied" for certain (a gateway's 5xx, an unreadable answer) is
+"outcome unknown", never a plain error.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import NOW, FakeClock
-from tools.errors import PlisioOutcomeUnknown, PlisioProtocolError
+from tools.errors import PlisioApiError, PlisioOutcomeUnknown, PlisioProtocolError, PlisioRateLimited
 from tools.plisio.args import CreateInvoiceArgs
 from tools.plisio.client import PlisioClient, RetryPolicy
 from tools.plisio.sandbox import SANDBOX_API_KEY, FaultRule, LoopbackServer, Sandbox
-from tools.plisio.tools import PlisioContext, create_invoice, order_number_for
+from tools.plisio.tools import PlisioContext, create_invoice, find_invoice
 
 pytestmark = pytest.mark.anyio
 
@@ -99,15 +101,61 @@ async def test_create_invoice_is_sent_once_when_the_connection_drops_after_the_c
     assert box.state.by_order_number("ORD-DROP-1") is not None, "the sandbox committed it"
 
 
-async def test_the_tool_finds_the_invoice_the_dropped_connection_hid(
+async def test_the_lookup_finds_the_invoice_the_dropped_connection_hid(
     served: tuple[Sandbox, str], client: PlisioClient
 ) -> None:
     box, _ = served
     box.faults.add(FaultRule(path="/api/v1/invoices/new", kind="drop_after_commit", times=1))
-    ctx = PlisioContext(client=client, call_key="conv_1:call_1")
+    ctx = PlisioContext(client=client, order_number="pp-effect-1")
     args = CreateInvoiceArgs(order_name="Pro plan", source_amount=Decimal("49.90"), source_currency="USD")
-    found = await create_invoice(args, ctx)
+    assert await find_invoice(args, ctx) is None, "nothing under that order number yet"
+    with pytest.raises(PlisioOutcomeUnknown):
+        await create_invoice(args, ctx)
     assert hits(box, "/api/v1/invoices/new") == 1, "never re-sent"
-    assert found["order_number"] == order_number_for(ctx) and found["recovered"]
-    again = await create_invoice(args, ctx)  # the same call once more: Plisio returns the same invoice
+    found = await find_invoice(args, ctx)
+    assert found is not None and found["order_number"] == "pp-effect-1" and found["recovered"]
+    again = await create_invoice(args, ctx)  # the same effect once more: Plisio returns the same invoice
     assert again["txn_id"] == found["id"] and hits(box, "/api/v1/invoices/new") == 2
+
+
+@pytest.mark.parametrize(
+    ("rule", "processed"),
+    [
+        (FaultRule(path="/api/v1/invoices/new", kind="error_status", status=502), False),
+        (FaultRule(path="/api/v1/invoices/new", kind="error_status", status=503), False),
+        (FaultRule(path="/api/v1/invoices/new", kind="html", status=504), False),
+        (FaultRule(path="/api/v1/invoices/new", kind="error_after_commit", status=504), True),
+        (FaultRule(path="/api/v1/invoices/new", kind="error_after_commit", status=502), True),
+        (FaultRule(path="/api/v1/invoices/new", kind="truncated"), True),
+        (FaultRule(path="/api/v1/invoices/new", kind="empty"), True),
+    ],
+    ids=["502", "503", "504-html", "504-after-commit", "502-after-commit", "truncated", "empty"],
+)
+async def test_a_gateway_error_or_unreadable_answer_on_create_is_outcome_unknown(
+    served: tuple[Sandbox, str], client: PlisioClient, rule: FaultRule, processed: bool
+) -> None:
+    box, _ = served
+    box.faults.add(rule)
+    with pytest.raises(PlisioOutcomeUnknown, match="outcome is unknown"):
+        await client.create_invoice(
+            order_number="ORD-5XX", order_name="x", source_currency="USD", source_amount=Decimal("10")
+        )
+    assert hits(box, "/api/v1/invoices/new") == 1, "a write is never retried once it may have left"
+    assert (box.state.by_order_number("ORD-5XX") is not None) is processed
+
+
+async def test_a_definite_refusal_on_create_stays_a_plain_error(
+    served: tuple[Sandbox, str], client: PlisioClient
+) -> None:
+    box, _ = served
+    box.faults.add(FaultRule(path="/api/v1/invoices/new", kind="rate_limit", retry_after=3))
+    with pytest.raises(PlisioRateLimited):
+        await client.create_invoice(
+            order_number="ORD-429", order_name="x", source_currency="USD", source_amount=Decimal("10")
+        )
+    with pytest.raises(PlisioApiError) as refused:  # Plisio's own 422: definitely not applied
+        await client.create_invoice(
+            order_number="ORD-BAD", order_name="x", source_currency="XXX", source_amount=Decimal("10")
+        )
+    assert not isinstance(refused.value, PlisioOutcomeUnknown)
+    assert box.state.by_order_number("ORD-429") is None and box.state.by_order_number("ORD-BAD") is None

@@ -19,7 +19,8 @@ def test_create_all_is_idempotent_and_registers_every_table(store: Store) -> Non
     store.create_all()
     store.create_all()
     tables = set(inspect(store.engine).get_table_names())
-    assert {"audit_log", "audit_head", "approvals", "tool_results", "spend_ledger"} <= tables
+    assert {"audit_log", "audit_head", "effects", "chat_requests"} <= tables
+    assert not {"approvals", "tool_results", "spend_ledger"} & tables, "replaced by the effects ledger"
     with store.read() as conn:
         assert conn.execute(text("SELECT seq FROM audit_head")).scalar_one() == 0
 

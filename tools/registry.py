@@ -116,6 +116,24 @@ Handler = Callable[[A, C], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
+class Money:
+    """The money a side-effect call moves or asks for, as the tool reads it from its arguments."""
+
+    value: Decimal
+    currency: str
+    fiat: bool
+    """True for a fiat price (``USD``), False for an amount of a coin (``BTC``)."""
+
+
+AmountRule = Callable[[Any], Money]
+"""Validated arguments -> the money the call is about: what the policy's caps are checked against."""
+Lookup = Callable[[A, C], Awaitable[Any | None]]
+"""Finds a side effect that may have been applied (by the idempotency key in the context): its result
+data as the handler would have returned it, None when it is definitely not there; raises when the
+lookup itself fails (then the outcome stays unknown)."""
+
+
+@dataclass(frozen=True)
 class Tool(Generic[A, C]):
     """One tool, declared once."""
 
@@ -127,11 +145,20 @@ class Tool(Generic[A, C]):
     side_effect: str | None = None
     """What the call changes in the world (e.g. ``"creates_invoice"``); None for reads."""
     idempotency: str | None = None
-    """How a repeated call is kept from acting twice (e.g. ``"order_number from the call id"``)."""
+    """How a repeated call is kept from acting twice (e.g. ``"order_number from the effect key"``)."""
+    amount: AmountRule | None = None
+    """How to read the call's money from its arguments. A side-effect tool without one is denied by the
+    policy: caps that cannot be checked are not caps (fail closed)."""
+    lookup: Lookup[A, C] | None = None
+    """How to find out whether a side effect whose answer was lost was applied. Required with a side effect."""
 
     def __post_init__(self) -> None:
         if self.read_only == (self.side_effect is not None):
             raise ToolDefinitionError(f"{self.name}: read_only and side_effect contradict each other")
+        if self.side_effect is not None and self.lookup is None:
+            raise ToolDefinitionError(
+                f"{self.name}: a side-effect tool must declare lookup, or a lost answer could never be resolved"
+            )
         if self.args_model.model_config.get("extra") != "forbid":
             raise ToolDefinitionError(f"{self.name}: args model must forbid extra fields")
 

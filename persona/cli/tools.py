@@ -82,7 +82,9 @@ async def _run(settings: Any, tool: Any, parsed: Any, run: Any) -> Any:
     rt = Runtime.build(settings)
     try:
         ctx = PlisioContext(
-            client=rt.plisio.client, call_key=f"cli:{uuid.uuid4()}", callback_url=settings.callback_url()
+            client=rt.plisio.client,
+            order_number=f"cli-{uuid.uuid4().hex[:20]}",
+            callback_url=settings.callback_url(),
         )
         return await run(tool, parsed, ctx, timeout=settings.plisio.retry.deadline + 5)
     finally:

@@ -6,9 +6,11 @@ failed) or ``mismatch`` (overpaid). The persona pulls the customer's context wit
 tool calls and writes the message; a fresh payment link, if it created one within policy,
 is attached by code from the tool result. The draft waits in the review queue.
 
-One failed invoice -> at most one draft: the flow run and the draft are keyed by
-``recovery:<txn_id>``, so a duplicate callback, the reconciler, or a worker that crashed
-mid-flow and was replaced all end at the same single draft.
+One failed invoice -> at most one draft and at most one fresh link: the flow run, the draft and the
+fresh link's effect are keyed by ``recovery:<txn_id>`` (the link is the effect ``(recovery:<txn_id>,
+fresh_link)``, whichever path asks for it, the model's or the template's), so a duplicate callback, the
+reconciler, a turn that stopped half-way or a worker that crashed mid-flow and was replaced all end at
+the same single draft with the same single link.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ log = structlog.get_logger(__name__)
 
 FLOW = "recovery"
 SUCCESS = frozenset({"completed", "mismatch"})
+SLOTS = {"plisio_create_invoice": "fresh_link"}
+"""The flow's one side effect: whichever path creates the fresh link, it is this effect."""
 
 
 def flow_key(txn_id: str) -> str:
@@ -106,7 +110,7 @@ def template_draft(facts: dict[str, Any], shop: str, link: str | None) -> tuple[
 def _link_from(result: TurnResult | None) -> tuple[str | None, str | None]:
     for call in result.calls if result else ():
         if call.tool == "plisio_create_invoice" and call.outcome in (Outcome.SUCCEEDED, Outcome.REPLAYED):
-            data = json.loads(call.content).get("result") or {}
+            data = call.data()
             return data.get("invoice_url"), data.get("txn_id")
     return None, None
 
@@ -132,13 +136,13 @@ async def _template_link(
         "source_currency": facts["price_currency"],
         "email": facts.get("customer_email"),
     }
-    ctx = rt.context(settings.persona, f"system:{FLOW}", source=source, scope=key,
+    ctx = rt.context(settings.persona, f"system:{FLOW}", source=source, flow_key=key, slots=SLOTS,
                      conversation_id=f"{FLOW}_template_{facts['txn_id']}")  # fmt: skip
     done = await rt.dispatcher.dispatch(ToolCall(id="fresh_link", name="plisio_create_invoice",
-                                                 arguments=json.dumps(args)), ctx)  # fmt: skip
-    if done.outcome is not Outcome.SUCCEEDED:
+                                                 arguments=json.dumps(args)), ctx, seq=0)  # fmt: skip
+    if done.outcome not in (Outcome.SUCCEEDED, Outcome.REPLAYED):
         return None, None
-    data = json.loads(done.content).get("result") or {}
+    data = done.data()
     return data.get("invoice_url"), data.get("txn_id")
 
 
@@ -166,6 +170,7 @@ async def handle_failure(rt: Runtime, op: Operation, *, trigger: str) -> Draft |
             instruction="A customer's payment failed. Check their invoice and history with your tools, then draft "
             "one recovery message.",
             facts=facts, user=f"system:{FLOW}", extra={"offer_new_link": settings.offer_new_link, "shop": shop},
+            slots=SLOTS,
         )  # fmt: skip
         fallback_subject = f"Your payment for {facts.get('order_name') or 'your order'} did not go through"
         if result is None or result.stopped_by is not None:

@@ -9,9 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
-from persona.store.engine import Store
+from persona.store.engine import Store, is_conflict
 from persona.store.flow_tables import flow_runs
 
 
@@ -54,7 +53,7 @@ class FlowRuns:
                     )
                 )
         except Exception as exc:  # the unique key exists: someone started this work before
-            if not _is_conflict(exc):
+            if not is_conflict(exc):
                 raise
             existing = self.get(key)
             assert existing is not None
@@ -105,11 +104,3 @@ class FlowRuns:
             query = query.where(flow_runs.c.flow == flow)
         with self._store.read("read flow runs") as conn:
             return [_run(r) for r in conn.execute(query)]
-
-
-def _is_conflict(exc: Exception) -> bool:
-    cause = getattr(exc, "__cause__", None) or getattr(exc, "__context__", None)
-    if isinstance(exc, IntegrityError) or isinstance(cause, IntegrityError):
-        return True
-    text = str(exc).lower()
-    return "unique" in text or "duplicate key" in text

@@ -55,17 +55,26 @@ async def persona_turn(
     user: str,
     extra: Mapping[str, Any] | None = None,
     on_event: OnEvent | None = None,
+    slots: Mapping[str, str] | None = None,
 ) -> TurnResult | None:
     """One persona turn for a flow, or None when no model is available (the flow then uses a template).
 
-    The conversation id and the idempotency scope derive from ``key``: a re-run of the same flow
-    (a crashed worker, a duplicate trigger) reuses them, so a fresh payment link created the first
-    time is returned again by Plisio instead of being created twice.
+    The conversation id and the effects' namespace derive from ``key``, and ``slots`` fixes the effect a
+    tool's call is (``plisio_create_invoice`` -> ``fresh_link``): a re-run of the same flow (a crashed
+    worker, a duplicate trigger) and the template path after it name the same effect, so a fresh payment
+    link created the first time is answered from the ledger instead of being created twice.
     """
     model = rt.flow_model(flow, persona, facts)
     if model is None:
         return None
-    ctx = rt.context(persona, user, conversation_id=conversation_id_for(flow, key), source=source, scope=key)
+    ctx = rt.context(
+        persona,
+        user,
+        conversation_id=conversation_id_for(flow, key),
+        source=source,
+        flow_key=key,
+        slots=slots,
+    )
     settings = rt.settings.persona(persona)
     system = rt.prompts.render(
         template,

@@ -69,16 +69,18 @@ class BatchWriter(Generic[I, R]):
                 return
 
     def _handle(self, batch: list[tuple[I, Future[R]]]) -> None:
-        live = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
-        if not live:
-            return
+        # A future cancelled by its waiter is still written: the record matters, not who waits for it.
+        live = [(item, future if future.set_running_or_notify_cancel() else None) for item, future in batch]
         try:
             outcomes = self._write([item for item, _ in live])
         except BaseException as exc:  # every caller of the batch hears of it
             for _, future in live:
-                future.set_exception(exc)
+                if future is not None:
+                    future.set_exception(exc)
             return
         for (_, future), outcome in zip(live, outcomes, strict=True):
+            if future is None:
+                continue
             if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
             else:

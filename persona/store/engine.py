@@ -251,3 +251,12 @@ def _postgres_engine(url: URL) -> Engine:
     if "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def is_conflict(err: BaseException) -> bool:
+    """A unique constraint said no (raw, or converted into a StoreError by :meth:`Store.guard`)."""
+    cause = err.__cause__ or err.__context__
+    if isinstance(err, exc.IntegrityError) or isinstance(cause, exc.IntegrityError):
+        return True
+    lowered = str(err).lower()
+    return "unique" in lowered or "duplicate key" in lowered

@@ -1,4 +1,4 @@
-"""Tables of the dispatcher and the loop: approvals, stored tool results, the spend ledger.
+"""Tables of the dispatcher and the HTTP API: the effects ledger and idempotent chat requests.
 
 The audit tables live in ``audit_tables.py``; all share ``metadata`` from ``metadata.py``.
 """
@@ -9,52 +9,51 @@ from sqlalchemy import Column, DateTime, Index, Integer, Numeric, String, Table,
 
 from persona.store.metadata import metadata
 
-approvals = Table(
-    "approvals",
+effects = Table(
+    "effects",
     metadata,
-    Column("id", String(36), primary_key=True),
-    Column("status", String(16), nullable=False),  # pending | approved | rejected | executed | failed
+    Column("id", String(16), primary_key=True),
+    # The key, chosen by the server: ("chat:<conversation>", "<call seq>") or ("recovery:<txn>", "fresh_link").
+    Column("namespace", String(200), nullable=False),
+    Column("slot", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # held | claimed | applied | failed | unknown | rejected
+    Column("tool", String(64), nullable=False),
     Column("persona", String(64), nullable=False),
     Column("user_id", String(254), nullable=False),
     Column("conversation_id", String(64), nullable=False),
-    Column("tool_call_id", String(128), nullable=False),
-    Column("tool", String(64), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("model_call_id", String(64)),  # the model's id, for the wire only (bounded by the loop)
     Column("arguments", Text, nullable=False),  # canonical JSON of the validated arguments
-    Column("arguments_hash", String(64), nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("amount_usd", Numeric(24, 8)),
+    Column("arguments_hash", String(64), nullable=False),  # over normalised values: "240" == "240.00"
+    Column("order_number", String(64), nullable=False),  # derived from the key: one invoice per effect
+    Column(
+        "amount", Numeric(24, 8)
+    ),  # in the policy currency; counts against the daily total unless released
+    Column("currency", String(8)),
+    Column("day", String(10)),  # UTC date of the reservation, ISO
+    Column("needs_approval", Integer, nullable=False),  # 1: it was held for a person (an approval)
+    Column("reason", Text),  # the policy decision's reason, then the outcome's
+    Column("result", Text),  # the tool message handed back (bounded JSON)
+    Column("attempts", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("decided_by", String(254)),
     Column("decided_at", DateTime(timezone=True)),
     Column("decision_note", Text),
-    Column("result", Text),
-    UniqueConstraint("conversation_id", "tool_call_id", name="uq_approvals_call"),
+    UniqueConstraint("namespace", "slot", name="uq_effects_key"),
 )
-Index("ix_approvals_status", approvals.c.status)
+Index("ix_effects_state_updated", effects.c.state, effects.c.updated_at)
+Index("ix_effects_persona_day", effects.c.persona, effects.c.day)
+Index("ix_effects_namespace_hash", effects.c.namespace, effects.c.arguments_hash)
 
-tool_results = Table(
-    "tool_results",
+chat_requests = Table(
+    "chat_requests",
     metadata,
-    Column("conversation_id", String(64), primary_key=True),
-    Column("tool_call_id", String(128), primary_key=True),
-    Column("tool", String(64), nullable=False),
-    Column("arguments_hash", String(64), nullable=False),
-    Column("ok", Integer, nullable=False),
-    Column("content", Text, nullable=False),
+    Column("user_id", String(254), primary_key=True),
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("body_hash", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # running | done
+    Column("response", Text),  # JSON, once done
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
-
-spend_ledger = Table(
-    "spend_ledger",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("persona", String(64), nullable=False),
-    Column("day", String(10), nullable=False),  # UTC date, ISO
-    Column("amount_usd", Numeric(24, 8), nullable=False),
-    Column("conversation_id", String(64), nullable=False),
-    Column("tool_call_id", String(128), nullable=False),
-    Column("status", String(16), nullable=False),  # reserved | committed | released
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("conversation_id", "tool_call_id", name="uq_spend_call"),
-)
-Index("ix_spend_persona_day", spend_ledger.c.persona, spend_ledger.c.day)

@@ -8,7 +8,9 @@ Why it is written the way it is:
 * Reads are retried (connect errors, timeouts, 429 with ``Retry-After``, 502/503/504) with
   capped exponential backoff and jitter under an overall deadline. ``/invoices/new`` is
   retried only when the request provably never left (connect phase); after that an
-  ambiguous failure raises :class:`PlisioOutcomeUnknown` and is never re-sent blindly.
+  ambiguous failure (timeout, dropped connection, a gateway's 502/503/504, a 5xx or an unreadable
+  answer) raises :class:`PlisioOutcomeUnknown` and is never re-sent blindly: the caller looks the
+  order up. Only Plisio's own error envelope below 500 (and 429) is a definite "not applied".
 * Clock, sleeper, random source and transport are injected, so tests run instantly and
   against the in-process sandbox.
 """
@@ -224,7 +226,10 @@ class PlisioClient:
             "return_existing": "1" if return_existing else None,
         }
         data = await self._call("/invoices/new", "invoices/new", params, idempotent=False)
-        return self._model(InvoiceCreated, data, "/invoices/new")
+        try:
+            return self._model(InvoiceCreated, data, "/invoices/new")
+        except PlisioProtocolError as exc:  # a success envelope we cannot read: the invoice exists
+            raise _unknown("/invoices/new", exc.message) from None
 
     async def get_invoice(self, invoice_id: str) -> InvoiceDetails:
         path = f"invoices/{_segment(invoice_id, 'invoice id')}"
@@ -384,12 +389,7 @@ class PlisioClient:
             ) from None
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
             if not idempotent:
-                log.error("plisio_outcome_unknown", route=route, error=type(exc).__name__)
-                raise PlisioOutcomeUnknown(
-                    f"the request reached Plisio but no complete answer came back ({_reason(exc)});"
-                    " it may have been applied, so it is not re-sent",
-                    route=route,
-                ) from None
+                raise _unknown(route, f"no complete answer came back ({_reason(exc)})") from None
             raise _Retry(
                 PlisioTransportError(f"Plisio did not answer completely: {_reason(exc)}", route=route)
             ) from None
@@ -403,8 +403,19 @@ class PlisioClient:
             if idempotent:
                 retry_after = _retry_after(response, self._wall_clock())
                 raise _Retry(error, retry_after)
+            if status != 429:  # a gateway's 502/503/504 says nothing about what the upstream did
+                raise _unknown(route, f"HTTP {status} from Plisio's side ({error.message})") from None
             raise error
-        return self._unwrap(response, route, key)
+        if idempotent:
+            return self._unwrap(response, route, key)
+        try:
+            return self._unwrap(response, route, key)
+        except PlisioProtocolError as exc:  # an answer came, unreadable: the request did arrive
+            raise _unknown(route, exc.message) from None
+        except PlisioApiError as exc:
+            if status >= 500:  # Plisio's own 5xx envelope: it may have failed half-way
+                raise _unknown(route, str(exc)) from None
+            raise
 
     def _error_for(self, response: httpx.Response, route: str, key: str) -> PlisioError:
         try:
@@ -455,6 +466,15 @@ class PlisioClient:
                 )
             return data
         raise _api_error(data, route, status, _retry_after(response, self._wall_clock()))
+
+
+def _unknown(route: str, what: str) -> PlisioOutcomeUnknown:
+    log.error("plisio_outcome_unknown", route=route, error=scrub(what))
+    return PlisioOutcomeUnknown(
+        f"the request reached Plisio but its outcome is unknown: {what}; it may have been applied,"
+        " so it is not re-sent blindly",
+        route=route,
+    )
 
 
 def _api_error(data: Any, route: str, status: int, retry_after: float | None) -> PlisioApiError:

@@ -7,11 +7,10 @@ configuration. There is deliberately no withdrawal tool.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tools.errors import PlisioError, PlisioOutcomeUnknown
+from tools.errors import ToolDefinitionError
 from tools.plisio import views
 from tools.plisio.args import (
     CoinArgs,
@@ -27,7 +26,7 @@ from tools.plisio.args import (
     TransactionArgs,
 )
 from tools.plisio.models import WithdrawalType
-from tools.registry import Registry, Tool
+from tools.registry import Money, Registry, Tool
 
 if TYPE_CHECKING:  # the handlers only call methods on it; listing the tools needs no HTTP client
     from tools.plisio.client import PlisioClient
@@ -37,58 +36,59 @@ if TYPE_CHECKING:  # the handlers only call methods on it; listing the tools nee
 class PlisioContext:
     """What a Plisio tool call runs with. Built per call by whoever dispatches it.
 
-    ``call_key`` identifies this call durably (conversation + tool-call id): the order
-    number of a new invoice is derived from it, so running the same call twice can never
-    create two invoices.
+    ``order_number`` comes from the caller's effects ledger (derived from the effect's key, never
+    from model text): every attempt of one effect sends the same order number, and with
+    ``return_existing=1`` Plisio answers a repeat with the invoice it already made.
     """
 
     client: PlisioClient
-    call_key: str
+    order_number: str | None = None
     callback_url: str | None = None
-    order_prefix: str = "pp"
 
 
-def order_number_for(ctx: PlisioContext) -> str:
-    digest = hashlib.sha256(ctx.call_key.encode()).hexdigest()[:20]
-    return f"{ctx.order_prefix}-{digest}"
+def _order_number(ctx: PlisioContext) -> str:
+    if not ctx.order_number:
+        raise ToolDefinitionError("plisio_create_invoice needs an order number from the effects ledger")
+    return ctx.order_number
+
+
+def invoice_amount(args: CreateInvoiceArgs) -> Money:
+    """The price the policy caps: the fiat price, or the amount of the coin."""
+    if args.source_amount is not None and args.source_currency is not None:
+        return Money(args.source_amount, args.source_currency, fiat=True)
+    assert args.amount is not None
+    assert args.currency is not None
+    return Money(args.amount, args.currency, fiat=False)
 
 
 async def create_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[str, Any]:
-    order_number = order_number_for(ctx)
-    try:
-        created = await ctx.client.create_invoice(
-            order_number=order_number,
-            order_name=args.order_name,
-            currency=args.currency,
-            amount=args.amount,
-            source_currency=args.source_currency,
-            source_amount=args.source_amount,
-            allowed_psys_cids=args.allowed_psys_cids,
-            description=args.description,
-            callback_url=ctx.callback_url,
-            email=args.email,
-            expire_min=args.expire_min,
-        )
-    except PlisioOutcomeUnknown:
-        # The request may have been applied. Look it up by its order number instead of re-sending.
-        found = await _find_by_order_number(ctx.client, order_number)
-        if found is None:
-            raise
-        return {
-            **views.operation(found),
-            "recovered": "the answer was lost; the invoice was found by order number",
-        }
+    order_number = _order_number(ctx)
+    created = await ctx.client.create_invoice(
+        order_number=order_number,
+        order_name=args.order_name,
+        currency=args.currency,
+        amount=args.amount,
+        source_currency=args.source_currency,
+        source_amount=args.source_amount,
+        allowed_psys_cids=args.allowed_psys_cids,
+        description=args.description,
+        callback_url=ctx.callback_url,
+        email=args.email,
+        expire_min=args.expire_min,
+    )
     return views.invoice_created(created, order_number)
 
 
-async def _find_by_order_number(client: PlisioClient, order_number: str) -> Any:
-    try:
-        page = await client.list_operations(search=order_number, limit=5)
-    except PlisioError:
-        return None
+async def find_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[str, Any] | None:
+    """The invoice an unanswered create made, found by its order number; None if Plisio has none.
+
+    A failed search raises (PlisioError): "could not look" is not "not there"."""
+    order_number = _order_number(ctx)
+    page = await ctx.client.list_operations(search=order_number, limit=5)
     for op in page.operations:
         if op.params is not None and op.params.order_number == order_number:
-            return op
+            return {**views.operation(op), "order_number": order_number,
+                    "recovered": "the answer was lost; the invoice was found by its order number"}  # fmt: skip
     return None
 
 
@@ -176,7 +176,9 @@ PLISIO_TOOLS: tuple[Tool[Any, PlisioContext], ...] = (
         handler=create_invoice,
         read_only=False,
         side_effect="creates_invoice",
-        idempotency="order_number derived from the call id; return_existing=1",
+        idempotency="order_number derived from the effect key; return_existing=1",
+        amount=invoice_amount,
+        lookup=find_invoice,
     ),
     Tool(
         name="plisio_estimate_fee",

@@ -15,6 +15,10 @@ empty               HTTP 200 with an empty body                                 
 drop_after_commit   headers with the real Content-Length, then the connection    yes
                     breaks: ``httpx.RemoteProtocolError`` (over TCP via uvicorn
                     and in-process via ASGITransport alike)
+error_after_commit  ``status`` (default 504) nginx-style page, as a gateway     yes
+                    that gave up on an upstream which went on and committed
+slow_after_commit   the request is processed, then ``latency_ms`` of silence     yes
+                    before the answer (a client timeout after the commit)
 ==================  ==========================================================  ===========
 
 "processed" means the state change (e.g. the new invoice) is committed even though the client did
@@ -41,7 +45,15 @@ from tools.plisio.sandbox.envelope import http_name, rate_limited, server_error
 
 CONTROL_PREFIX: Final = "/_sandbox"
 FaultKind = Literal[
-    "latency", "error_status", "rate_limit", "html", "truncated", "empty", "drop_after_commit"
+    "latency",
+    "error_status",
+    "rate_limit",
+    "html",
+    "truncated",
+    "empty",
+    "drop_after_commit",
+    "error_after_commit",
+    "slow_after_commit",
 ]
 _NGINX_PAGE: Final = (
     "<html>\r\n<head><title>{status} {name}</title></head>\r\n<body>\r\n"
@@ -189,6 +201,11 @@ class FaultMiddleware:
                 chunks.append(message.get("body", b""))
 
         await self.app(scope, receive, buffer)
+        if rule.kind == "error_after_commit":
+            await _html_page(rule.status or 504)(scope, receive, send)
+            return
+        if rule.kind == "slow_after_commit":
+            await anyio.sleep(rule.latency_ms / 1000)
         body = b"".join(chunks)
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         status = int(start.get("status", 200))

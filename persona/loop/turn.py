@@ -1,4 +1,4 @@
-"""``run_turn``: drive model <-> tools until a final answer or a limit.
+"""``run_turn``: drive model <-> tools until a final answer or a limit, and record how the turn ended.
 
 What the loop guarantees, whatever the model does: every call goes through the
 dispatcher; read-only calls of one step run concurrently while calls with side effects run
@@ -7,27 +7,36 @@ one at a time in the order given; results go back in call order bound by
 tool calls, tokens and wall-clock time are bounded, and hitting a bound ends the turn with
 a plain final message, not an exception. Malformed tool calls from real endpoints (no id,
 arguments as an object or not JSON, unknown names, calls written as text) are answered
-and audited, never fatal.
+and audited, never fatal. A turn that fails anyway (a bug, a cancellation, the store) writes
+``turn_failed`` with the reason, and its records are durable before the error goes on.
+
+Each step is planned (:mod:`.planning`), executed (:mod:`.execution`) and resolved (:mod:`.resolution`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
-import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from persona.audit import AuditEvent
+from persona.calls import CallContext, Dispatched
 from persona.config import Limits, ModelSettings
-from persona.dispatcher import CallContext, Dispatched, Dispatcher, Outcome, canonical
+from persona.dispatcher import Dispatcher
 from persona.errors import ModelError
 from persona.events import Event
-from persona.llm import ChatModel, ModelReply, ToolCall, Usage, embedded_tool_calls
+from persona.llm import ChatModel, ModelReply, Usage, embedded_tool_calls
+from persona.loop import resolution
+from persona.loop.execution import execute
+from persona.loop.planning import Guard, Planned, arg_text, calls_so_far, normalize
+from tools.redaction import scrub
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,16 +68,6 @@ class TurnResult:
 
 OnEvent = Callable[[LoopEvent], None]
 
-_CLAIM = re.compile(
-    r"\b(invoice|payment link)\b[^.\n]{0,60}\b(created|issued|generated|sent|is ready)\b"
-    r"|\b(created|issued|generated)\b[^.\n]{0,40}\b(invoice|payment link)\b",
-    re.I,
-)
-_NEGATION = re.compile(
-    r"\b(not|n't|no|unable|failed|cannot|couldn't|awaiting|pending|approval|denied|refused|would|will|can)\b",
-    re.I,
-)
-
 
 def _estimate_tokens(messages: Sequence[dict[str, Any]]) -> int:
     return sum(len(json.dumps(m, ensure_ascii=False, default=str)) for m in messages) // 4
@@ -90,8 +89,7 @@ class _Turn:
         self.settings, self.on_event, self.on_text, self.clock = settings, on_event, on_text, clock
         self.tools = dispatcher.tools_for(ctx.persona)
         self.tool_names = [t["function"]["name"] for t in self.tools]
-        self.seen: Counter[str] = Counter()
-        self.guard_trips = 0
+        self.guard = Guard(limits.max_tool_calls, limits.loop_guard_repeats)
         self.first_new = 0
         self.result = TurnResult(text="", messages=[])
 
@@ -184,104 +182,47 @@ class _Turn:
             }
         )
 
-    def normalize(self, calls: Sequence[ToolCall]) -> list[tuple[ToolCall, list[str]]]:
-        """Give every call a unique id and string arguments; note what had to be repaired."""
-        out: list[tuple[ToolCall, list[str]]] = []
-        used: set[str] = set()
-        for call in calls:
-            notices: list[str] = []
-            call_id = call.id
-            if not call_id or call_id in used:
-                call_id = f"call_{uuid.uuid4().hex[:16]}"
-                notices.append(
-                    f"the tool call had {'a duplicate' if call.id else 'no'} id; assigned {call_id}"
-                )
-            used.add(call_id)
-            args = call.arguments
-            if isinstance(args, dict):
-                notices.append("arguments arrived as a JSON object instead of a JSON string; accepted")
-            elif args is not None and not isinstance(args, str):
-                args = json.dumps(args, default=str)
-            out.append((ToolCall(id=call_id, name=call.name or "", arguments=args), notices))
-        return out
-
     async def step(self, messages: list[dict[str, Any]], reply: ModelReply) -> tuple[str, str] | None:
         r = self.result
-        calls = self.normalize(reply.tool_calls)
+        calls = normalize(reply.tool_calls, calls_so_far(messages))
         messages.append(
             {
                 "role": "assistant",
                 "content": reply.text or None,
                 "tool_calls": [
-                    {
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": _arg_text(c.arguments)},
-                    }
-                    for c, _ in calls
+                    {"id": p.call.id, "type": "function",
+                     "function": {"name": p.call.name, "arguments": arg_text(p.call.arguments)}}
+                    for p in calls
                 ],
             }
-        )
-        budget = self.limits.max_tool_calls - len(r.calls)
-        answers: dict[str, str] = {}
-        stop: tuple[str, str] | None = None
-        runnable: list[tuple[ToolCall, list[str]]] = []
-        for call, notices in calls:
-            assert call.id is not None
-            key = f"{call.name}|{canonical(_parse_loose(call.arguments))}"
-            self.seen[key] += 1
-            if budget <= 0:
-                answers[call.id] = _error(
-                    "limit_reached", "not executed: the turn's tool-call limit is reached"
-                )
-                stop = ("max_tool_calls", f"the limit of {self.limits.max_tool_calls} tool calls")
-                continue
-            if self.seen[key] > self.limits.loop_guard_repeats:
-                self.guard_trips += 1
-                answers[call.id] = _error(
-                    "loop_guard",
-                    f"not executed: this exact call was already made {self.seen[key] - 1} times in this turn; "
-                    "use the earlier result or change the arguments",
-                )
-                await self.audit(
-                    Event.TOOL_CALL_DENIED, tool=call.name, decision="deny", reason="loop_guard",
-                    payload={"tool_call_id": call.id, "arguments": call.arguments},
-                )  # fmt: skip
-                self.emit(kind="tool_result", tool=call.name, call_id=call.id, outcome="loop_guard")
-                if self.guard_trips >= 2:
-                    stop = ("loop_guard", "a repeated tool call (loop guard)")
-                continue
-            budget -= 1
-            runnable.append((call, notices))
+        )  # fmt: skip
+        plan = self.guard.plan(calls, len(r.calls))
+        for planned in plan.guarded:
+            await self.audit(
+                Event.TOOL_CALL_DENIED, tool=planned.call.name, decision="deny", reason="loop_guard",
+                payload={"tool_call_id": planned.call.id, "arguments": planned.call.arguments},
+            )  # fmt: skip
+            self.emit(
+                kind="tool_result", tool=planned.call.name, call_id=planned.call.id, outcome="loop_guard"
+            )
 
-        async def one(call: ToolCall, notices: list[str]) -> Dispatched:
+        async def one(planned: Planned) -> Dispatched:
+            call = planned.call
             self.emit(kind="tool_call", tool=call.name, call_id=call.id, arguments=call.arguments)
-            done = await self.dispatcher.dispatch(call, self.ctx, notices)
+            done = await self.dispatcher.dispatch(call, self.ctx, planned.notices, seq=planned.seq)
             self.emit(kind="tool_result", tool=call.name, call_id=call.id, outcome=done.outcome.value)
+            finished[planned.call.id or ""] = done
             return done
 
-        reads = [(c, n) for c, n in runnable if self._read_only(c.name)]
-        writes = [(c, n) for c, n in runnable if not self._read_only(c.name)]
-
-        async def sequential() -> list[Dispatched]:
-            return [await one(c, n) for c, n in writes]
-
-        if len(runnable) == 1:  # the common step: no tasks to schedule
-            only = await one(*runnable[0])
-            read_results, write_results = ([only], []) if reads else ([], [only])
-        elif not writes:
-            read_results, write_results = list(await asyncio.gather(*(one(c, n) for c, n in reads))), []
-        else:
-            read_results, write_results = await asyncio.gather(
-                asyncio.gather(*(one(c, n) for c, n in reads)), sequential()
-            )
-        for done in [*read_results, *write_results]:
-            answers[done.call_id] = done.content
-            r.calls.append(done)
-        for call, _ in calls:
-            assert call.id is not None
-            messages.append({"role": "tool", "tool_call_id": call.id, "content": answers[call.id]})
-        return stop
+        finished: dict[str, Dispatched] = {}
+        try:
+            await execute(plan.runnable, self._read_only, one)
+        finally:  # in the model's order, including what finished before a failure
+            r.calls.extend(finished[p.call.id or ""] for p in plan.runnable if (p.call.id or "") in finished)
+        for done in finished.values():
+            plan.answers[done.call_id] = done.content
+        messages.extend(resolution.tool_messages(calls, plan.answers))
+        return plan.stop
 
     def _read_only(self, name: str) -> bool:
         tool = self.dispatcher.registry.get(name)
@@ -290,16 +231,7 @@ class _Turn:
     async def stop(self, messages: list[dict[str, Any]], reason: str, what: str) -> TurnResult:
         r = self.result
         r.stopped_by = reason
-        done = [c for c in r.calls if c.outcome in (Outcome.SUCCEEDED, Outcome.REPLAYED)]
-        pending = [c for c in r.calls if c.outcome is Outcome.PENDING_APPROVAL]
-        parts = [f"I stopped before finishing: this turn reached {what}."]
-        if done:
-            parts.append(f"Completed tool calls: {', '.join(c.tool for c in done)}.")
-        if pending:
-            parts.append(f"Awaiting approval: {', '.join(str(c.approval_id) for c in pending)}.")
-        if reason != "model_error":
-            parts.append("Nothing else was executed. Ask me to continue, or raise the limit in config.yaml.")
-        text = " ".join(parts)
+        text = resolution.stop_text(what, reason, r.calls)
         await self.audit(Event.LIMIT_REACHED, reason=reason, payload={"text": text})
         self.emit(kind="limit", detail=text)
         return await self.finish(messages, text, check_claims=False)
@@ -317,50 +249,13 @@ class _Turn:
 
     async def check_claims(self, messages: list[dict[str, Any]], text: str) -> str:
         """Flag an answer that says an invoice was created when no create call succeeded."""
-        claimed = any(not _NEGATION.search(m.group(0)) for m in _CLAIM.finditer(text))
-        if not claimed:
+        if not resolution.claims_creation(text) or resolution.created(self.result.calls, messages):
             return text
-        created = any(
-            c.tool == "plisio_create_invoice" and c.outcome is Outcome.SUCCEEDED for c in self.result.calls
-        )
-        created = created or _created_before(messages)
-        if created:
-            return text
-        flag = "the answer says an invoice was created, but no plisio_create_invoice call succeeded"
+        flag = resolution.CLAIM_FLAG
         self.result.flags.append(flag)
         await self.audit(Event.CLAIM_UNVERIFIED, reason=flag, payload={"text": text})
         self.emit(kind="notice", detail=flag)
         return f"{text}\n\n[Check: {flag} in this conversation.]"
-
-
-def _arg_text(args: Any) -> str:
-    if isinstance(args, str):
-        return args
-    return json.dumps(args if args is not None else {}, ensure_ascii=False, default=str)
-
-
-def _parse_loose(args: Any) -> Any:
-    if isinstance(args, str):
-        try:
-            return json.loads(args)
-        except ValueError:
-            return args
-    return args
-
-
-def _error(kind: str, message: str) -> str:
-    return json.dumps({"ok": False, "error": {"type": kind, "message": message}}, separators=(",", ":"))
-
-
-def _created_before(messages: Sequence[dict[str, Any]]) -> bool:
-    names: dict[str, str] = {}
-    for m in messages:
-        for call in m.get("tool_calls") or ():
-            names[call["id"]] = call["function"]["name"]
-        is_create = names.get(m.get("tool_call_id", "")) == "plisio_create_invoice"
-        if m.get("role") == "tool" and is_create and str(m.get("content", "")).startswith('{"ok":true'):
-            return True
-    return False
 
 
 async def run_turn(
@@ -387,7 +282,11 @@ async def run_turn(
         on_event, on_text, clock,
     )  # fmt: skip
     await turn.audit(Event.TURN_STARTED, payload={"user_message": user_message})
-    result = await turn.run(messages, first_new)
+    try:
+        result = await turn.run(messages, first_new)
+    except BaseException as exc:
+        await _failed(turn, dispatcher, exc)
+        raise
     result.model, result.conversation_id = model.name, ctx.conversation_id
     await turn.audit(
         Event.TURN_ENDED, reason=result.stopped_by,
@@ -397,3 +296,22 @@ async def run_turn(
     )  # fmt: skip
     await dispatcher.audit.flush()  # no answer leaves the turn before its audit trail is durable
     return result
+
+
+async def _failed(turn: _Turn, dispatcher: Dispatcher, exc: BaseException) -> None:
+    """``turn_failed`` with the reason, durable before the error goes on (a cancelled turn included)."""
+    cancelled = isinstance(exc, asyncio.CancelledError)
+    reason = "cancelled" if cancelled else scrub(f"{type(exc).__name__}: {exc}")[:500]
+    r = turn.result
+    await turn.audit(
+        Event.TURN_FAILED, reason=reason,
+        payload={"steps": r.steps, "tool_calls": len(r.calls),
+                 "outcomes": [{"tool": c.tool, "outcome": c.outcome.value, "effect_id": c.effect_id} for c in r.calls]},
+    )  # fmt: skip
+    flush = asyncio.ensure_future(dispatcher.audit.flush())
+    try:
+        await asyncio.shield(flush)
+    except asyncio.CancelledError:
+        await asyncio.gather(flush, return_exceptions=True)
+    except Exception as err:  # the store is down: the original error is the one to report
+        log.error("turn_failed_not_recorded", error=scrub(f"{type(err).__name__}: {err}"))

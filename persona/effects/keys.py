@@ -1,0 +1,58 @@
+"""Effect keys: chosen by the server, never taken from model text, and the order number derived from them.
+
+A chat call is ``("chat:<conversation_id>", "<call seq>")``, the seq counted by the loop over the
+conversation's history, so a turn retried from the same history maps to the same effects. A flow's
+effect is ``(<flow key>, <slot>)``, e.g. ``("recovery:<txn_id>", "fresh_link")``: the model path and the
+template path of one flow run name the same effect. Plisio's ``order_number`` is a hash of the key, so
+every attempt of one effect (a retry, a resumed approval, a re-run flow) is the same invoice at Plisio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+ORDER_PREFIX = "pp"
+
+
+@dataclass(frozen=True)
+class EffectKey:
+    namespace: str
+    slot: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}#{self.slot}"
+
+
+def chat_key(conversation_id: str, seq: int) -> EffectKey:
+    return EffectKey(f"chat:{conversation_id}", str(seq))
+
+
+def order_number(key: EffectKey, prefix: str = ORDER_PREFIX) -> str:
+    digest = hashlib.sha256(f"{key.namespace}\x1f{key.slot}".encode()).hexdigest()[:20]
+    return f"{prefix}-{digest}"
+
+
+def normalised(value: Any) -> Any:
+    """JSON-able form in which equal amounts are equal: Decimal("240") and Decimal("240.00") alike."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")  # "240", "0.5": no exponent, no trailing zeros
+    if isinstance(value, Enum):
+        return normalised(value.value)
+    if isinstance(value, dict):
+        return {str(k): normalised(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [normalised(v) for v in value]
+    return value
+
+
+def arguments_hash(arguments: Any) -> str:
+    """Digest of validated arguments (a pydantic model's ``model_dump()``), amounts normalised."""
+    text = json.dumps(
+        normalised(arguments), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    return hashlib.sha256(text.encode()).hexdigest()

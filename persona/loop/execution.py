@@ -1,0 +1,47 @@
+"""Executing one planned step: reads together, writes one at a time, and no write ever cut off.
+
+Reads of the step run in a ``TaskGroup``: if one of them raises (a bug), its sibling reads are
+cancelled. Calls with a side effect run strictly one after another, in the model's order, in a task of
+their own outside that group, so a failing read never cancels an in-flight write; each write is also
+shielded in the dispatcher, so even a cancelled turn sees its write through and recorded. Once the
+writes are done (or stopped before the next one), the read's error goes on up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from persona.calls import Dispatched
+from persona.loop.planning import Planned
+
+Run = Callable[[Planned], Coroutine[Any, Any, Dispatched]]
+
+
+async def execute(runnable: Sequence[Planned], is_read: Callable[[str], bool], one: Run) -> list[Dispatched]:
+    """Run the step's calls; results in the order: reads, then writes (the caller orders the messages)."""
+    if len(runnable) == 1:  # the common step: no tasks to schedule
+        return [await one(runnable[0])]
+    reads = [p for p in runnable if is_read(p.call.name)]
+    writes = [p for p in runnable if not is_read(p.call.name)]
+    if not writes:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(p)) for p in reads]
+        return [t.result() for t in tasks]
+
+    async def sequential() -> list[Dispatched]:
+        return [await one(p) for p in writes]
+
+    writer = asyncio.ensure_future(sequential())
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(p)) for p in reads]
+    except BaseException:
+        # A read failed or the turn was cancelled: no further write starts, the one in flight finishes
+        # (the dispatcher shields it) and is recorded; then the error goes on.
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        raise
+    written = await writer
+    return [*(t.result() for t in tasks), *written]
