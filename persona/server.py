@@ -19,13 +19,13 @@ import dataclasses
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
+from persona.chat_requests import ChatRequests, body_hash, check_key
 from persona.errors import (
     ConfigError,
     Conflict,
@@ -221,8 +222,46 @@ def create_app(
             )
         return JSONResponse({"status": "ok"})
 
-    @app.post("/v1/chat", tags=["chat"], summary="One turn of a persona conversation")
-    async def chat(body: ChatRequest, user: User = chatter) -> dict[str, Any]:
+    requests = ChatRequests(
+        rt.store, rt.now, timedelta(seconds=max(p.limits.wall_clock_s for p in rt.settings.personas.values()) * 2)
+        if rt.settings.personas else timedelta(hours=1),
+    )  # fmt: skip
+
+    @app.post(
+        "/v1/chat", tags=["chat"], summary="One turn of a persona conversation",
+        responses={409: {"description": "Idempotency-Key reused with another body, or its request still runs"}},
+    )  # fmt: skip
+    async def chat(
+        body: ChatRequest,
+        user: User = chatter,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                description="Send the same value on a retry: the stored answer comes back, the turn "
+                "(and its invoices) does not run again. Same key, other body: 409."
+            ),
+        ] = None,
+    ) -> Response:
+        key = None if idempotency_key is None else check_key(idempotency_key)
+        digest = body_hash(body.model_dump())
+        if key is not None:
+            stored = await asyncio.to_thread(requests.begin, user.email, key, digest)
+            if stored is not None:
+                log.info(
+                    "chat_idempotent_replay", user=user.email, conversation_id=stored.get("conversation_id")
+                )
+                return JSONResponse(stored, headers={"Idempotent-Replayed": "true"})
+        try:
+            answer = await _turn(body, user)
+        except BaseException:
+            if key is not None:
+                await asyncio.to_thread(requests.abandon, user.email, key)
+            raise
+        if key is not None:
+            await asyncio.to_thread(requests.finish, user.email, key, answer)
+        return JSONResponse(answer)
+
+    async def _turn(body: ChatRequest, user: User) -> dict[str, Any]:
         from persona.loop import run_turn
 
         conversation_id = body.conversation_id or _new_conversation_id()
@@ -240,15 +279,18 @@ def create_app(
             closer = getattr(model, "aclose", None)
             if owned and closer is not None:
                 await closer()
-        return {
-            "text": result.text,
-            "conversation_id": conversation_id,
-            "tool_calls": [_call(c) for c in result.calls],
-            "usage": jsonable(result.usage),
-            "steps": result.steps,
-            "stopped_by": result.stopped_by,
-            "flags": list(result.flags),
-        }
+        answer: dict[str, Any] = jsonable(
+            {
+                "text": result.text,
+                "conversation_id": conversation_id,
+                "tool_calls": [_call(c) for c in result.calls],
+                "usage": jsonable(result.usage),
+                "steps": result.steps,
+                "stopped_by": result.stopped_by,
+                "flags": list(result.flags),
+            }
+        )
+        return answer
 
     @app.get("/v1/audit", tags=["ops"], summary="Audit records (the filters of `persona audit list`)")
     async def audit(
@@ -318,7 +360,7 @@ def create_app(
     @app.get("/v1/approvals", tags=["approvals"], summary="Calls held for a person's approval")
     async def approvals(
         status: Annotated[
-            str, Query(pattern="^(pending|approved|rejected|executed|failed|all)$")
+            str, Query(pattern="^(pending|approved|rejected|executed|failed|unknown|all)$")
         ] = "pending",
         _: User = approver,
     ) -> dict[str, Any]:
@@ -374,6 +416,7 @@ def _call(call: Any) -> dict[str, Any]:
         "tool": call.tool,
         "outcome": jsonable(call.outcome),
         "approval_id": call.approval_id,
+        "effect_id": call.effect_id,
         "decision": None if decision is None else {
             "verdict": jsonable(decision.verdict), "clause": decision.clause, "reason": decision.reason,
         },

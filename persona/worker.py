@@ -17,6 +17,8 @@ exponential backoff (``retry_backoff_s`` doubled per attempt, at most an hour); 
 ``persona inbox retry``. The reconciler enqueues failed invoices that no callback told us
 about, ignoring those that ended more than ``reconcile_max_age`` ago (3 days by default), so a
 first start on a long-lived shop does not draft messages for long-abandoned payments.
+On a schedule too (``effects.resolve_every_s``), the effects sweep looks up side effects whose
+answer was lost, so an invoice made by a process that died is found and one never made is released.
 A worker killed mid-flow leaves its row ``processing``; when the
 lease lapses another worker takes it, and the flow's idempotency key (``recovery:<txn_id>``)
 turns the second attempt into a continuation, never a second draft.
@@ -144,6 +146,8 @@ class Worker:
         self.states = InvoiceStates(rt.store)
         self.recovery_statuses = frozenset(rt.settings.flows.recovery.statuses)
         jobs = [Job("reconcile", interval_slot(self.settings.reconcile_every_s), self._reconcile_job,
+                    keep=timedelta(days=1)),
+                Job("resolve_effects", interval_slot(rt.settings.effects.resolve_every_s), self._resolve_job,
                     keep=timedelta(days=1))]  # fmt: skip
         if churn is not None and rt.settings.flows.churn.schedule:
             scan = churn
@@ -355,6 +359,16 @@ class Worker:
             await self.rt.audit.flush()
         except Exception as exc:
             log.error("worker_audit_failed", audit_event="batch", error=f"{type(exc).__name__}: {exc}")
+
+    # -- the effects sweep -----------------------------------------------------------------
+
+    async def _resolve_job(self, slot: datetime) -> str:
+        """Effects whose answer was lost (or whose process died between claim and outcome): look them up."""
+        resolved = await self.rt.dispatcher.effects.sweep(source=Source.WORKER)
+        states = [e.state.value for e in resolved]
+        return f"{len(resolved)} effect(s) looked up: " + (
+            ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "none due"
+        )
 
     # -- the reconciler --------------------------------------------------------------------
 

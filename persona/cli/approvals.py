@@ -16,7 +16,7 @@ Note = Annotated[str | None, typer.Option("--note", help="Why.")]
 @app.command("list")
 def list_approvals(
     status: Annotated[
-        str, typer.Option("--status", help="pending, approved, rejected, executed, failed or all.")
+        str, typer.Option("--status", help="pending, approved, executed, failed, unknown, rejected or all.")
     ] = "pending",
 ) -> None:
     """List approvals (pending ones by default)."""

@@ -64,6 +64,7 @@ def _register() -> None:
         chat,
         demo,
         drafts,
+        effects,
         flows,
         replay,
         sandbox,
@@ -75,6 +76,7 @@ def _register() -> None:
 
     app.add_typer(tools.app, name="tools")
     app.add_typer(approvals.app, name="approvals")
+    app.add_typer(effects.app, name="effects")
     app.add_typer(audit.app, name="audit")
     app.add_typer(drafts.app, name="drafts")
     app.add_typer(flows.refunds_app, name="refunds")

@@ -87,8 +87,13 @@ async def find_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[str,
     page = await ctx.client.list_operations(search=order_number, limit=5)
     for op in page.operations:
         if op.params is not None and op.params.order_number == order_number:
-            return {**views.operation(op), "order_number": order_number,
-                    "recovered": "the answer was lost; the invoice was found by its order number"}  # fmt: skip
+            found = {**views.operation(op), "txn_id": op.id, "order_number": order_number,
+                     "recovered": "the answer was lost; the invoice was found by its order number"}  # fmt: skip
+            try:  # the payment link, as the create would have answered it (a read: safe to retry)
+                found["invoice_url"] = (await ctx.client.get_invoice(op.id)).invoice.invoice_url
+            except PlisioError:
+                pass  # applied all the same; the link can be read later with plisio_get_invoice
+            return found
     return None
 
 
