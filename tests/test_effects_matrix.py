@@ -9,7 +9,6 @@ audit record of the outcome, and no approval left ``approved``. Runs on SQLite, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -163,7 +162,7 @@ async def from_approval(kit: Kit, cell: Cell) -> Effect:
     assert held.approval_id is not None
     disarm = arm(kit, cell)
     try:
-        approval, done = await kit.rt.dispatcher.approve(held.approval_id, by="bob@example.com")
+        _, done = await kit.rt.dispatcher.approve(held.approval_id, by="bob@example.com")
     finally:
         disarm()
     assert done.effect_id == held.approval_id
@@ -210,13 +209,17 @@ async def test_fault_matrix(kit: Kit, source: str, cell_name: str) -> None:
     final = ledger.get(effect.id)
     expected = State.APPLIED if cell.arrives else State.FAILED
     assert final.state is expected
-    assert invoices_for(kit.sandbox, effect.order_number) == (1 if cell.arrives else 0), "the sweep never sends"
+    assert invoices_for(kit.sandbox, effect.order_number) == (1 if cell.arrives else 0), (
+        "the sweep never sends"
+    )
     assert ledger.spent(persona, day) == (final.amount if cell.arrives else Decimal(0))
 
     records = kit.rt.audit.query(AuditFilter(limit=1000))
     outcome_events = {Event.TOOL_CALL_SUCCEEDED, Event.TOOL_CALL_FAILED, Event.TOOL_CALL_DENIED,
                       Event.EFFECT_RESOLVED}  # fmt: skip
-    mine = [r for r in records if (r.payload or {}).get("effect_id") == effect.id and r.event in outcome_events]
+    mine = [
+        r for r in records if (r.payload or {}).get("effect_id") == effect.id and r.event in outcome_events
+    ]
     assert mine, "the outcome is audited"
     last = mine[-1]
     if last.event == Event.EFFECT_RESOLVED:

@@ -345,7 +345,7 @@ async def test_worker_schedules_the_churn_scan_with_its_slot(rt: Runtime, wall: 
 
     worker = Worker(rt, handlers=FakeFlows(), churn=scan)
     ran = await worker.scheduler.tick()
-    assert sorted(r.name for r in ran) == ["churn_scan", "reconcile"]
+    assert sorted(r.name for r in ran) == ["churn_scan", "reconcile", "resolve_effects"]
     assert calls == [(rt, datetime(2026, 11, 23, 6, 0, tzinfo=UTC))]  # NOW is Tuesday 24th: Monday's slot
     assert await worker.scheduler.tick() == []
     [audit] = rt.audit.query(AuditFilter(event="schedule_run", source="schedule", limit=1, newest=True))

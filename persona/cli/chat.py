@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 OUTCOME_STYLE = {
     "succeeded": "[green]✓ succeeded[/]",
-    "replayed": "[green]✓ answered from an earlier run[/]",
+    "replayed": "[green]✓ already done: answered from its effect[/]",
+    "unknown": "[yellow]? sent, outcome not confirmed yet (looked up by order number)[/]",
     "failed": "[red]✗ failed[/]",
     "denied": "[red]✗ denied[/]",
     "pending_approval": "[yellow]⏸ pending approval[/]",

@@ -26,22 +26,29 @@ async def execute(runnable: Sequence[Planned], is_read: Callable[[str], bool], o
     reads = [p for p in runnable if is_read(p.call.name)]
     writes = [p for p in runnable if not is_read(p.call.name)]
     if not writes:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(p)) for p in reads]
-        return [t.result() for t in tasks]
+        return await _reads(reads, one)
 
     async def sequential() -> list[Dispatched]:
         return [await one(p) for p in writes]
 
     writer = asyncio.ensure_future(sequential())
     try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(p)) for p in reads]
+        read = await _reads(reads, one)
     except BaseException:
         # A read failed or the turn was cancelled: no further write starts, the one in flight finishes
         # (the dispatcher shields it) and is recorded; then the error goes on.
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
         raise
-    written = await writer
-    return [*(t.result() for t in tasks), *written]
+    return [*read, *await writer]
+
+
+async def _reads(reads: Sequence[Planned], one: Run) -> list[Dispatched]:
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(p)) for p in reads]
+    except BaseExceptionGroup as group:  # one failing read is the turn's error, not a group of one
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    return [t.result() for t in tasks]

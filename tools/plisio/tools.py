@@ -7,10 +7,11 @@ configuration. There is deliberately no withdrawal tool.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tools.errors import ToolDefinitionError
+from tools.errors import PlisioError, ToolDefinitionError
 from tools.plisio import views
 from tools.plisio.args import (
     CoinArgs,
@@ -89,10 +90,10 @@ async def find_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[str,
         if op.params is not None and op.params.order_number == order_number:
             found = {**views.operation(op), "txn_id": op.id, "order_number": order_number,
                      "recovered": "the answer was lost; the invoice was found by its order number"}  # fmt: skip
-            try:  # the payment link, as the create would have answered it (a read: safe to retry)
+            # The payment link, as the create would have answered it (a read: safe to retry). If the read
+            # fails, the invoice is applied all the same; plisio_get_invoice gives the link later.
+            with contextlib.suppress(PlisioError):
                 found["invoice_url"] = (await ctx.client.get_invoice(op.id)).invoice.invoice_url
-            except PlisioError:
-                pass  # applied all the same; the link can be read later with plisio_get_invoice
             return found
     return None
 
