@@ -3,8 +3,9 @@
 An approval is not a table of its own: it is an effect of the ledger (:mod:`persona.effects`) that the
 policy held. Approving moves it ``held -> claimed`` in one conditional UPDATE together with the daily
 reservation (so two approvers racing cannot both win), the dispatcher executes exactly the stored
-arguments, and the effect ends ``applied`` (executed), ``failed`` or ``unknown`` (looked up by the
-sweep, which finishes an approval whose process died between approving and executing).
+arguments, and the effect ends ``applied`` (executed), ``failed`` or ``unknown``. An approval whose
+process died between approving and the answer stays ``approved`` until the sweep looks its order number
+up: executed if Plisio has the invoice, failed if not (never re-sent on its own: ask again).
 """
 
 from __future__ import annotations

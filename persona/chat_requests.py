@@ -30,6 +30,12 @@ class BadIdempotencyKey(PersonaError):
     """The header's value cannot be a key."""
 
 
+def conversation_for(user: str, key: str) -> str:
+    """The conversation a keyed request without one runs in: the same for its retries, so a retry of a
+    turn that failed after its invoice was made finds that invoice's effect instead of making another."""
+    return "conv_k" + hashlib.sha256(f"{user}\x1f{key}".encode()).hexdigest()[:15]
+
+
 def body_hash(body: Any) -> str:
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -78,11 +84,20 @@ class ChatRequests:
                     raise Conflict(
                         "a request with this Idempotency-Key is still running; retry after it has answered"
                     )
-                conn.execute(
+                taken = conn.execute(  # two retries of a dead request: one takes it over
                     update(chat_requests)
-                    .where(chat_requests.c.user_id == user, chat_requests.c.idempotency_key == key)
+                    .where(
+                        chat_requests.c.user_id == user,
+                        chat_requests.c.idempotency_key == key,
+                        chat_requests.c.state == "running",
+                        chat_requests.c.updated_at == row.updated_at,
+                    )
                     .values(updated_at=now)
-                )
+                ).rowcount
+                if taken != 1:
+                    raise Conflict(
+                        "a request with this Idempotency-Key is still running; retry after it has answered"
+                    )
                 return None
         except Conflict:
             raise

@@ -12,6 +12,7 @@ comes back as a tool message the model can read; nothing here trusts the model.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -223,21 +224,22 @@ class Dispatcher:
         else:
             key = ctx.effect_key(tool.name, seq or 0)
         existing = await asyncio.to_thread(ledger.by_key, key)
-        if (
-            existing is not None
-            and not fixed
-            and (existing.tool, existing.arguments_hash) != (tool.name, digest)
-        ):
-            # Another intent under this number (a history this server no longer has): it gets a key of its
-            # own and never touches the other effect.
-            key = EffectKey(key.namespace, f"{key.slot}~{digest[:8]}")
-            existing = await asyncio.to_thread(ledger.by_key, key)
-        if existing is None and not fixed:
-            # The same arguments again in this conversation ("240" and "240.00" alike): a model retrying,
-            # a client re-sending. It is the same effect until it definitely failed.
-            existing = await asyncio.to_thread(ledger.similar, key.namespace, tool.name, digest)
+        mine = (tool.name, digest, ctx.persona_name, ctx.user)
+        if existing is not None and not fixed:
+            if (existing.tool, existing.arguments_hash, existing.persona, existing.user_id) != mine:
+                # Another intent under this number (a history this server no longer has, a conversation
+                # id someone else used): it gets a key of its own and never touches the other effect.
+                key = EffectKey(key.namespace, f"{key.slot}~{_short(digest, ctx.persona_name, ctx.user)}")
+                existing = await asyncio.to_thread(ledger.by_key, key)
+        elif existing is not None and (existing.persona, existing.user_id) != (ctx.persona_name, ctx.user):
+            # A flow's key is its own; the flow's system user and persona never change between runs.
+            raise Conflict(f"effect {existing.id} under {key} belongs to another persona or user")
         if existing is not None and existing.state is not State.FAILED:
             return await self.effects.answer(ctx, call_id, tool, existing, notices)
+        # Not fixed: the same arguments again in this conversation ("240" and "240.00" alike: a model
+        # retrying, a client re-sending) are the same effect until it definitely failed; the ledger checks
+        # that under the claim's own lock.
+        dedupe = not fixed
 
         decision = await self.policy.evaluate(
             persona_name=ctx.persona_name, persona=ctx.persona, tool=tool, args=args
@@ -252,8 +254,10 @@ class Dispatcher:
             currency=decision.currency,
         )  # fmt: skip
         if decision.verdict is Verdict.APPROVAL:
-            return await self._hold(ctx, call_id, tool, intent, decision, notices)
-        claim = await asyncio.to_thread(ledger.claim, intent, day=self._day(), cap=decision.daily_total)
+            return await self._hold(ctx, call_id, tool, intent, decision, notices, dedupe)
+        claim = await asyncio.to_thread(
+            ledger.claim, intent, day=self._day(), cap=decision.daily_total, dedupe=dedupe
+        )
         if claim.status == "exists" and claim.effect is not None:
             return await self.effects.answer(ctx, call_id, tool, claim.effect, notices)
         if claim.status == "over_cap":
@@ -273,8 +277,9 @@ class Dispatcher:
         intent: Intent,
         decision: PolicyDecision,
         notices: Sequence[str],
+        dedupe: bool,
     ) -> Dispatched:
-        effect, created = await asyncio.to_thread(self.effects.ledger.hold, intent)
+        effect, created = await asyncio.to_thread(self.effects.ledger.hold, intent, dedupe=dedupe)
         if not created:
             return await self.effects.answer(ctx, call_id, tool, effect, notices)
         await self._audit(
@@ -342,18 +347,23 @@ class Dispatcher:
             ledger.approve, approval_id, by=by, note=note, reason=decision.reason, amount=decision.amount,
             currency=decision.currency, day=self._day(), cap=decision.daily_total, refused=refused,
         )  # fmt: skip
-        await self._audit(
-            ctx, Event.APPROVAL_GRANTED, tool.name, decision="approved", reason=note or "approved",
-            payload={"approval_id": approval_id, "effect_id": approval_id, "approved_by": by, "tool_call_id": call_id},
-        )  # fmt: skip
+        denied = None
         if claim.status == "over_cap":
             denied = decision if refused else over_daily_total(decision, claim.spent)
+        await self._audit(
+            ctx, Event.APPROVAL_GRANTED, tool.name, decision="approved",
+            reason=(note or "approved") + ("" if denied is None else f"; not executed: {denied.reason}"),
+            payload={"approval_id": approval_id, "effect_id": approval_id, "approved_by": by, "tool_call_id": call_id,
+                     "executes": denied is None},
+        )  # fmt: skip
+        if denied is not None:
             kind = "policy_denied" if denial is None else denial.kind
             content = error_content(kind, denied.reason, clause=denied.clause)
             await asyncio.to_thread(
                 ledger.mark, approval_id, State.FAILED, result=content, only_from=(State.FAILED,)
             )
-            done = await self._deny(ctx, call_id, tool.name, content, "policy", denied, read_only=False)
+            how = "policy" if denial is None else "grant"
+            done = await self._deny(ctx, call_id, tool.name, content, how, denied, read_only=False)
             return await asyncio.to_thread(self.approvals.get, approval_id), done
         assert claim.effect is not None
         done = await self.effects.perform(
@@ -388,6 +398,10 @@ class Dispatcher:
         if effect is None or not effect.needs_approval:
             raise NotFound(f"no approval with id {approval_id!r}; `persona approvals list` shows them")
         return effect
+
+
+def _short(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:8]
 
 
 def _with_total(decision: PolicyDecision, spent_before: Any) -> PolicyDecision:

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
-from persona.chat_requests import ChatRequests, body_hash, check_key
+from persona.chat_requests import ChatRequests, body_hash, check_key, conversation_for
 from persona.errors import (
     ConfigError,
     Conflict,
@@ -251,6 +251,8 @@ def create_app(
                     "chat_idempotent_replay", user=user.email, conversation_id=stored.get("conversation_id")
                 )
                 return JSONResponse(stored, headers={"Idempotent-Replayed": "true"})
+        if key is not None and body.conversation_id is None:
+            body = body.model_copy(update={"conversation_id": conversation_for(user.email, key)})
         try:
             answer = await _turn(body, user)
         except BaseException:

@@ -61,10 +61,15 @@ def invoices(sandbox: Sandbox) -> list[Any]:
     return [op for op in list(sandbox.state.operations.values()) if (op.order_number or "").startswith("pp-")]
 
 
-async def chat(rt: Runtime, steps: list[Any], *, conversation_id: str | None = None, **kw: Any) -> Any:
+async def chat(
+    rt: Runtime, steps: list[Any], *, conversation_id: str | None = None, history: Any = (), **kw: Any
+) -> Any:
     ctx = rt.context("finance", "alice@example.com", conversation_id=conversation_id)
     model = ScriptedChatModel(steps)
-    return await run_turn(model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt="s", **kw), ctx
+    result = await run_turn(
+        model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt="s", history=list(history), **kw
+    )
+    return result, ctx
 
 
 async def test_a_cancelled_turn_still_sees_its_write_through_and_records_it(
@@ -90,6 +95,44 @@ async def test_a_cancelled_turn_still_sees_its_write_through_and_records_it(
         assert Event.TOOL_CALL_SUCCEEDED in events and events[-1] == Event.TURN_FAILED
         assert rt.audit.conversation(effect.conversation_id)[-1].reason == "cancelled"
         assert len(invoices(sandbox)) == 1
+    finally:
+        await rt.aclose()
+
+
+@pytest.mark.parametrize("source", ["approval", "recovery"])
+async def test_cancelling_an_approval_or_a_flow_mid_call_still_records_the_invoice(
+    store: Store, sandbox: Sandbox, source: str
+) -> None:
+    """The HTTP request approving a call goes away, the server's shutdown cancels the worker mid-flow."""
+    rt = build_runtime(store, sandbox)
+    try:
+        if source == "approval":
+            big = {"order_name": "Big retainer", "source_amount": "400", "source_currency": "USD"}
+            held, _ = await chat(rt, [step(call("plisio_create_invoice", big)), say("held")])
+            work: Any = rt.dispatcher.approve(held.calls[0].approval_id or "", by="bob@example.com")
+        else:
+            created = await rt.plisio.client.create_invoice(
+                order_number="SHOP-C", order_name="Studio", source_currency="USD", source_amount=Decimal("240"),
+                currency="BTC", email="maria.garcia@example.com",
+            )  # fmt: skip
+            await sandbox.expire(created.txn_id)
+            op = await rt.plisio.client.get_operation(created.txn_id)
+            work = recovery.handle_failure(rt, op, trigger="webhook")
+        sandbox.faults.add(FaultRule(path="/api/v1/invoices/new", kind="slow_after_commit", latency_ms=300))
+        task = asyncio.ensure_future(work)
+        for _ in range(200):
+            if invoices(sandbox):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        [effect] = rt.dispatcher.effects.ledger.find()
+        assert effect.state is State.APPLIED and len(invoices(sandbox)) == 1
+        records = rt.audit.query(AuditFilter(limit=1000))
+        assert any(r.event == Event.TOOL_CALL_SUCCEEDED and (r.payload or {}).get("effect_id") == effect.id
+                   for r in records)  # fmt: skip
+        assert rt.approvals.find("approved") == []
     finally:
         await rt.aclose()
 
@@ -136,16 +179,20 @@ async def test_the_model_repeating_a_create_gets_the_same_effect(rt: Runtime, sa
     first, ctx = await chat(rt, [step(call("plisio_create_invoice", INVOICE, call_id="c1")), say("ok")])
     same_id, _ = await chat(
         rt, [step(call("plisio_create_invoice", INVOICE, call_id="c1")), say("ok")],
-        conversation_id=ctx.conversation_id,
+        conversation_id=ctx.conversation_id, history=first.messages,
     )  # fmt: skip
     other_id, _ = await chat(
         rt, [step(call("plisio_create_invoice", {**INVOICE, "source_amount": "40.00"}, call_id="c9")), say("ok")],
-        conversation_id=ctx.conversation_id,
+        conversation_id=ctx.conversation_id, history=[*first.messages, *same_id.messages],
     )  # fmt: skip
     assert first.calls[0].outcome is Outcome.SUCCEEDED
     assert same_id.calls[0].outcome is other_id.calls[0].outcome is Outcome.REPLAYED
     assert json.loads(same_id.calls[0].content)["result"]["txn_id"] == first.calls[0].data()["txn_id"]
     assert len(invoices(sandbox)) == 1 and len(rt.dispatcher.effects.ledger.find()) == 1
+    [attempted] = [
+        r for r in rt.audit.conversation(ctx.conversation_id) if r.event == Event.TOOL_CALL_ATTEMPTED
+    ][2:]
+    assert attempted.payload["seq"] == 2, "a new call number: found by its arguments, not by its key"
 
 
 async def test_a_retry_after_a_lost_answer_is_answered_from_the_effect(
@@ -285,6 +332,13 @@ async def test_the_daily_total_counts_unknown_and_releases_failed(store: Store, 
         result, _ = await chat(rt, [step(call("plisio_create_invoice", over)), say("?")], limits=limits)
         assert result.calls[0].outcome is Outcome.PENDING_APPROVAL  # above 250: held, nothing reserved
         assert ledger.spent("finance", "2026-11-24") == 40
+        sandbox.faults.add(FaultRule(path="/api/v1/invoices/new", kind="rate_limit"))  # a definite "no"
+        refused, _ = await chat(rt, [step(call("plisio_create_invoice", {**INVOICE, "order_name": "Third"})),
+                                     say("?")])  # fmt: skip
+        assert refused.calls[0].outcome is Outcome.FAILED
+        assert ledger.spent("finance", "2026-11-24") == 40, "the failed one released its 40"
+        states = sorted(e.state.value for e in ledger.find())
+        assert states == ["failed", "held", "unknown"]
     finally:
         await rt.aclose()
 
@@ -366,7 +420,8 @@ async def test_an_approval_whose_process_is_killed_mid_call_is_resolved_by_the_s
             held, _ = await chat(rt, [step(call("plisio_create_invoice", big)), say("held")])
             approval_id = held.calls[0].approval_id
             assert approval_id is not None
-            kind = "slow_after_commit" if arrived else "latency"
+            # Sent and committed, the answer slow; or held at a gateway that never passes it on.
+            kind = "slow_after_commit" if arrived else "error_status"
             box.faults.add(FaultRule(path="/api/v1/invoices/new", kind=kind, latency_ms=60_000))
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
             child = subprocess.Popen(
@@ -404,3 +459,40 @@ async def test_an_approval_whose_process_is_killed_mid_call_is_resolved_by_the_s
             assert rt.audit.verify().ok
         finally:
             await rt.aclose()
+
+
+async def test_an_answer_that_arrives_after_the_sweep_gave_up_still_counts(
+    store: Store, sandbox: Sandbox
+) -> None:
+    """The sweep concludes "not there" while the request is still held up; then Plisio makes the invoice
+    and answers: the effect is applied and its amount counted again, not left failed."""
+    from datetime import timedelta
+
+    from tests.conftest import NOW
+    from tests.test_effects_matrix import Clock
+
+    clock = Clock()
+    settings = fast_settings()
+    personas = {
+        n: p.model_copy(update={"limits": p.limits.model_copy(update={"tool_timeout_s": 5.0})})
+        for n, p in settings.personas.items()
+    }
+    rt = build_runtime(store, sandbox, settings=settings.model_copy(update={"personas": personas}), now=clock)
+    try:
+        sandbox.faults.add(FaultRule(path="/api/v1/invoices/new", kind="latency", latency_ms=400))
+        task = asyncio.ensure_future(chat(rt, [step(call("plisio_create_invoice", INVOICE)), say("ok")]))
+        ledger = rt.dispatcher.effects.ledger
+        for _ in range(200):
+            if ledger.find() and any(r.path == "/api/v1/invoices/new" for r in sandbox.requests):
+                break
+            await asyncio.sleep(0.01)
+        clock.now = NOW + timedelta(seconds=30)
+        [gave_up] = await rt.dispatcher.effects.sweep()
+        assert gave_up.state is State.FAILED and ledger.spent("finance", "2026-11-24") == 0
+        result, _ = await task
+        assert result.calls[0].outcome is Outcome.SUCCEEDED
+        [effect] = ledger.find()
+        assert effect.state is State.APPLIED and ledger.spent("finance", "2026-11-24") == 40
+        assert len(invoices(sandbox)) == 1
+    finally:
+        await rt.aclose()

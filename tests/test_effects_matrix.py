@@ -98,6 +98,14 @@ CELLS = {
     "502-after-commit": Cell((FaultRule(path=NEW, kind="error_after_commit", status=502),)),
     "504-after-commit": Cell((FaultRule(path=NEW, kind="error_after_commit", status=504),)),
     "truncated-answer": Cell((FaultRule(path=NEW, kind="truncated"),)),
+    # The answer is lost and the inline lookup cannot be made: unknown until the sweep finds it.
+    "drop-and-lookup-down": Cell(
+        (
+            FaultRule(path=NEW, kind="drop_after_commit"),
+            FaultRule(path="/api/v1/operations", kind="error_status", status=503, times=8),
+        ),
+        first=State.UNKNOWN,
+    ),
 }
 
 

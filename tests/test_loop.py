@@ -309,7 +309,7 @@ async def test_approval_flow_end_to_end(rt: Runtime, sandbox: Sandbox) -> None:
     # If the model asks again with the same call id, the stored answer comes back; nothing re-runs.
     again = await rt.dispatcher.dispatch(
         ToolCall(pending.call_id, "plisio_create_invoice", json.dumps(held)),
-        rt.context("finance", "alice", conversation_id=conv),
+        rt.context("finance", "alice@example.com", conversation_id=conv),
     )
     assert again.outcome is Outcome.REPLAYED
     assert len([r for r in sandbox.requests if r.path.endswith("/invoices/new")]) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Annotated, Any
 
 import typer
@@ -52,6 +51,14 @@ def call(
 
     settings = STATE.settings()
     tool = _tool(name)
+    if not tool.read_only:
+        from persona.errors import Forbidden
+
+        # No side door: a write goes through a persona's gate (scope, caps, approvals, effects ledger, audit).
+        raise Forbidden(
+            f"{name} {tool.side_effect}: it runs only through a persona's gate, with its caps, approvals and "
+            "audit; use `persona chat --persona finance` or POST /v1/chat. `tools call` runs read-only tools"
+        )
     parsed = tool.parse(args)
     from tools.registry import ToolFailure, dumps, run
 
@@ -81,11 +88,7 @@ async def _run(settings: Any, tool: Any, parsed: Any, run: Any) -> Any:
 
     rt = Runtime.build(settings)
     try:
-        ctx = PlisioContext(
-            client=rt.plisio.client,
-            order_number=f"cli-{uuid.uuid4().hex[:20]}",
-            callback_url=settings.callback_url(),
-        )
+        ctx = PlisioContext(client=rt.plisio.client, callback_url=settings.callback_url())
         return await run(tool, parsed, ctx, timeout=settings.plisio.retry.deadline + 5)
     finally:
         await rt.aclose()

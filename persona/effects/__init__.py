@@ -12,9 +12,11 @@ effect is one invoice. Its states (:mod:`persona.effects.ledger`)::
 * the handler runs shielded from cancellation, and so does the record of its outcome
   (:mod:`persona.effects.executor`);
 * ``unknown`` (and a ``claimed`` effect whose process died) is resolved by looking the order number up at
-  Plisio: inline right away when possible, else by the sweep (:mod:`persona.effects.sweep`:
-  ``persona effects resolve``, and the worker on a schedule), which also finishes approvals cut off
-  half-way. Only the sweep, after ``effects.resolve_after_s``, concludes "not there" = ``failed``.
+  Plisio: inline right away when possible, else by the sweep (``EffectExecutor.sweep``: ``persona effects
+  resolve``, and the worker on a schedule), which so also settles approvals cut off half-way: executed if
+  Plisio has the invoice, failed if not (never re-sent on their own). Only the sweep, after
+  ``effects.resolve_after_s``, concludes "not there" = ``failed``; an answer that still arrives after that
+  moves it to ``applied`` (the invoice exists: the truth wins over the conclusion).
 
 Errors: this package raises the service's own :mod:`persona.errors` (``NotFound`` for an unknown id,
 ``Conflict`` for a transition someone else made first, ``StoreError`` from the store); a tool's failure

@@ -1,8 +1,9 @@
 """Carrying out a claimed effect, answering a repeat of one, and resolving those whose answer was lost.
 
-Execution is one unit, run as its own task and shielded from the caller's cancellation: the handler,
-the ledger mark and the audit record of the outcome finish together (bounded by the persona's
-``tool_timeout_s``), and only then does a cancelled caller see its ``CancelledError``. What "not seen to
+Execution is one unit, run as its own task and shielded from the caller's cancellation: the handler
+(bounded by the persona's ``tool_timeout_s``), an inline lookup when the answer was lost (bounded too),
+the ledger mark and the audit record of the outcome finish together, and only then does a cancelled
+caller see its ``CancelledError``. What "not seen to
 finish" means is fixed here, once: a timeout, a cancellation, a dropped connection, a gateway's 5xx or
 an unreadable answer after the request may have left is ``unknown``, never ``failed``; it keeps its
 reservation and is looked up by order number, inline at once and by the sweep later. Only Plisio's own
@@ -12,6 +13,7 @@ refusal, or a request that provably never left, is ``failed``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -50,6 +52,13 @@ async def finish_shielded(unit: asyncio.Future[T]) -> T:
             if unit.cancelled():
                 raise
             cancelled = True
+        except BaseException as exc:
+            if not cancelled:
+                raise
+            # The caller asked to be cancelled: that is what it must see (a TaskGroup or timeout counts on
+            # it); the unit's own error goes to the log, its effect was marked unknown.
+            log.error("effect_unit_failed_after_cancel", error=scrub(f"{type(exc).__name__}: {exc}"))
+            break
     if cancelled:
         raise asyncio.CancelledError("cancelled while a side effect was in flight; its outcome is recorded")
     return result
@@ -240,7 +249,13 @@ class EffectExecutor:
         content = _with_notices(result.to_content(), notices)
         state = State.APPLIED if result.ok else State.FAILED
         reason = None if failure is None else failure.message
-        await asyncio.to_thread(self.ledger.mark, effect.id, state, result=content, reason=reason)
+        # An invoice that exists is applied whatever was concluded meanwhile (a sweep that gave up on it).
+        only_from = (*UNRESOLVED, State.FAILED) if result.ok else UNRESOLVED
+        marked = await asyncio.to_thread(
+            self.ledger.mark, effect.id, state, result=content, reason=reason, only_from=only_from
+        )
+        if not marked:
+            log.error("effect_mark_refused", effect_id=effect.id, wanted=state.value)
         event = Event.TOOL_CALL_SUCCEEDED if result.ok else Event.TOOL_CALL_FAILED
         await self._record(
             ctx, event, tool.name, payload={**payload, "result": json.loads(content)}, **fields
@@ -304,7 +319,8 @@ class EffectExecutor:
         try:
             found = await self._lookup(tool, args, effect, pctx_for=effect.persona)
         except _LookupFailed:
-            return effect
+            await asyncio.to_thread(self.ledger.touch, effect.id)  # to the back of the sweep's queue
+            return await asyncio.to_thread(self.ledger.get, effect.id)
         if found is not None:
             content = bounded_json({"ok": True, "result": found})
             why = f"found at Plisio by order number {effect.order_number}"
@@ -323,7 +339,17 @@ class EffectExecutor:
         """Resolve every effect left ``claimed`` or ``unknown`` for longer than ``resolve_after_s``."""
         cutoff = self._now() - timedelta(seconds=self.resolve_after_s)
         due = await asyncio.to_thread(self.ledger.unresolved, updated_before=cutoff, limit=limit)
-        return [await self.resolve(effect, final=True, source=source) for effect in due]
+        done = []
+        for effect in due:
+            try:
+                done.append(await self.resolve(effect, final=True, source=source))
+            except Exception as exc:  # one effect's trouble (a store hiccup, a bug) must not stall the rest
+                log.error(
+                    "effect_resolve_failed", effect_id=effect.id, error=scrub(f"{type(exc).__name__}: {exc}")
+                )
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.ledger.touch, effect.id)
+        return done
 
     async def _resolved(self, effect: Effect, state: State, why: str, source: str) -> None:
         log.info("effect_resolved", effect_id=effect.id, state=state.value, order_number=effect.order_number)

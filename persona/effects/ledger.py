@@ -24,6 +24,7 @@ from persona.effects.keys import EffectKey, order_number
 from persona.errors import Conflict, NotFound
 from persona.store.engine import Store, is_conflict
 from persona.store.tables import effects
+from tools.redaction import scrub
 
 
 class State(StrEnum):
@@ -127,23 +128,6 @@ class EffectLedger:
         with self._store.read("read effects") as conn:
             return self._by_key(conn, key)
 
-    def similar(self, namespace: str, tool: str, arguments_hash: str) -> Effect | None:
-        """The newest effect in ``namespace`` with the same tool and arguments that is not definitely void."""
-        query = (
-            select(effects)
-            .where(
-                effects.c.namespace == namespace,
-                effects.c.arguments_hash == arguments_hash,
-                effects.c.tool == tool,
-                effects.c.state.not_in([State.FAILED.value, State.REJECTED.value]),
-            )
-            .order_by(effects.c.created_at.desc())
-            .limit(1)
-        )
-        with self._store.read("read effects") as conn:
-            row = conn.execute(query).first()
-        return None if row is None else _effect(row)
-
     def find(
         self, states: Iterable[State] | None = None, *, approvals: bool = False, limit: int = 100
     ) -> list[Effect]:
@@ -172,26 +156,20 @@ class EffectLedger:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def hold(self, intent: Intent) -> tuple[Effect, bool]:
+    def hold(self, intent: Intent, *, dedupe: bool = False) -> tuple[Effect, bool]:
         """Store a call held for a person's approval (reserves nothing yet). Returns (effect, created)."""
         try:
             with self._store.begin("hold a call for approval") as conn:
-                found = self._by_key(conn, intent.key)
+                self._lock(conn, intent.persona)
+                found = self._existing(conn, intent, dedupe)
                 if found is not None and found.state is not State.FAILED:
                     return found, False
                 if found is None:
                     effect_id = self._insert(conn, intent, State.HELD, day=None, needs_approval=True)
-                else:  # a definite failure before: this is a new request for the same effect
+                elif not self._reuse(conn, found, intent, State.HELD, day=None):
+                    return self._get(conn, found.id), False
+                else:
                     effect_id = found.id
-                    conn.execute(
-                        update(effects)
-                        .where(effects.c.id == found.id, effects.c.state == State.FAILED.value)
-                        .values(
-                            state=State.HELD.value, needs_approval=1, reason=intent.reason, amount=intent.amount,
-                            currency=intent.currency, day=None, decided_by=None, decided_at=None,
-                            decision_note=None, result=None, updated_at=self._now(),
-                        )
-                    )  # fmt: skip
         except Exception as exc:
             if not is_conflict(exc):
                 raise
@@ -200,13 +178,15 @@ class EffectLedger:
             return found, False
         return self.get(effect_id), True
 
-    def claim(self, intent: Intent, *, day: str, cap: Decimal | None) -> Claim:
+    def claim(self, intent: Intent, *, day: str, cap: Decimal | None, dedupe: bool = False) -> Claim:
         """Check ``spent + amount <= cap`` and reserve, in one transaction; a ``failed`` key is claimed again
-        (a definite failure left nothing at Plisio, and the order number is the same)."""
+        (a definite failure left nothing at Plisio, and the order number is the same). With ``dedupe``, an
+        effect of the same persona and user with the same tool and arguments in the namespace that is not
+        void is the one this claim finds (checked under the same lock, so two processes cannot both miss)."""
         try:
             with self._store.begin("claim an effect") as conn:
                 self._lock(conn, intent.persona)
-                found = self._by_key(conn, intent.key)
+                found = self._existing(conn, intent, dedupe)
                 if found is not None and found.state is not State.FAILED:
                     return Claim("exists", found)
                 spent = self._spent(conn, intent.persona, day)
@@ -214,21 +194,54 @@ class EffectLedger:
                     return Claim("over_cap", found, spent)
                 if found is None:
                     effect_id = self._insert(conn, intent, State.CLAIMED, day=day, needs_approval=False)
+                elif not self._reuse(conn, found, intent, State.CLAIMED, day=day):
+                    return Claim("exists", self._get(conn, found.id))
                 else:
                     effect_id = found.id
-                    conn.execute(
-                        update(effects)
-                        .where(effects.c.id == found.id, effects.c.state == State.FAILED.value)
-                        .values(
-                            state=State.CLAIMED.value, amount=intent.amount, currency=intent.currency, day=day,
-                            reason=intent.reason, attempts=effects.c.attempts + 1, updated_at=self._now(),
-                        )
-                    )  # fmt: skip
         except Exception as exc:
             if not is_conflict(exc):
                 raise
             return Claim("exists", self.by_key(intent.key))
         return Claim("claimed", self.get(effect_id), spent)
+
+    def _existing(self, conn: Connection, intent: Intent, dedupe: bool) -> Effect | None:
+        found = self._by_key(conn, intent.key)
+        if found is not None or not dedupe:
+            return found
+        row = conn.execute(
+            select(effects)
+            .where(
+                effects.c.namespace == intent.key.namespace,
+                effects.c.arguments_hash == intent.arguments_hash,
+                effects.c.tool == intent.tool,
+                effects.c.persona == intent.persona,
+                effects.c.user_id == intent.user,
+                effects.c.state.not_in([State.FAILED.value, State.REJECTED.value]),
+            )
+            .order_by(effects.c.created_at.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else _effect(row)
+
+    def _reuse(
+        self, conn: Connection, found: Effect, intent: Intent, state: State, *, day: str | None
+    ) -> bool:
+        """A definitely failed effect asked for again: the same key (so the same order number), the new
+        request's arguments and decision. False when someone else moved it first."""
+        held = state is State.HELD
+        changed = conn.execute(
+            update(effects)
+            .where(effects.c.id == found.id, effects.c.state == State.FAILED.value)
+            .values(
+                state=state.value, tool=intent.tool, user_id=intent.user, conversation_id=intent.conversation_id,
+                source=intent.source, model_call_id=intent.model_call_id, arguments=intent.arguments_json,
+                arguments_hash=intent.arguments_hash, amount=intent.amount, currency=intent.currency, day=day,
+                needs_approval=int(held), reason=scrub(intent.reason), result=None, decided_by=None,
+                decided_at=None, decision_note=None, attempts=effects.c.attempts + (0 if held else 1),
+                updated_at=self._now(),
+            )
+        ).rowcount  # fmt: skip
+        return bool(changed == 1)
 
     def approve(
         self,
@@ -299,9 +312,9 @@ class EffectLedger:
         """Move an effect to ``state`` if it is still in one of ``only_from``; True if this call moved it."""
         values: dict[str, Any] = {"state": state.value, "updated_at": self._now()}
         if result is not None:
-            values["result"] = result
+            values["result"] = scrub(result)
         if reason is not None:
-            values["reason"] = reason
+            values["reason"] = scrub(reason)
         with self._store.begin("record an effect's outcome") as conn:
             changed = conn.execute(
                 update(effects)
@@ -309,6 +322,15 @@ class EffectLedger:
                 .values(**values)
             ).rowcount
         return bool(changed == 1)
+
+    def touch(self, effect_id: str) -> None:
+        """An unresolved effect that could not be looked up now goes to the back of the sweep's queue."""
+        with self._store.begin("postpone an effect's lookup") as conn:
+            conn.execute(
+                update(effects)
+                .where(effects.c.id == effect_id, effects.c.state.in_([s.value for s in UNRESOLVED]))
+                .values(updated_at=self._now())
+            )
 
     # -- internals -------------------------------------------------------------------------
 
@@ -323,7 +345,7 @@ class EffectLedger:
                 tool=intent.tool, persona=intent.persona, user_id=intent.user, conversation_id=intent.conversation_id,
                 source=intent.source, model_call_id=intent.model_call_id, arguments=intent.arguments_json,
                 arguments_hash=intent.arguments_hash, order_number=order_number(intent.key), amount=intent.amount,
-                currency=intent.currency, day=day, needs_approval=int(needs_approval), reason=intent.reason,
+                currency=intent.currency, day=day, needs_approval=int(needs_approval), reason=scrub(intent.reason),
                 result=None, attempts=0 if state is State.HELD else 1, created_at=now, updated_at=now,
             )
         )  # fmt: skip

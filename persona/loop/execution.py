@@ -28,16 +28,23 @@ async def execute(runnable: Sequence[Planned], is_read: Callable[[str], bool], o
     if not writes:
         return await _reads(reads, one)
 
+    stop = asyncio.Event()
+
     async def sequential() -> list[Dispatched]:
-        return [await one(p) for p in writes]
+        done = []
+        for planned in writes:
+            if stop.is_set():  # a read failed: no further write starts
+                break
+            done.append(await one(planned))
+        return done
 
     writer = asyncio.ensure_future(sequential())
     try:
         read = await _reads(reads, one)
     except BaseException:
-        # A read failed or the turn was cancelled: no further write starts, the one in flight finishes
-        # (the dispatcher shields it) and is recorded; then the error goes on.
-        writer.cancel()
+        # A read failed or the turn was cancelled: no further write starts, and the one in flight
+        # finishes and is recorded (its result reaches the turn's record); then the error goes on.
+        stop.set()
         await asyncio.gather(writer, return_exceptions=True)
         raise
     return [*read, *await writer]

@@ -394,6 +394,8 @@ class PlisioClient:
                 PlisioTransportError(f"Plisio did not answer completely: {_reason(exc)}", route=route)
             ) from None
         except httpx.HTTPError as exc:
+            if not idempotent:  # past the connect phase nothing says it did not arrive
+                raise _unknown(route, f"HTTP error after sending ({_reason(exc)})") from None
             raise PlisioTransportError(f"HTTP error talking to Plisio: {_reason(exc)}", route=route) from None
         elapsed_ms = round((self._clock() - t0) * 1000, 1)
         log.debug("plisio_response", route=route, status=response.status_code, elapsed_ms=elapsed_ms)

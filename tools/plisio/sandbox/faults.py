@@ -7,7 +7,8 @@ per matching request, ``times`` times. What each kind does, and whether the requ
 kind                what the client gets                                        processed?
 ==================  ==========================================================  ===========
 latency             ``latency_ms`` of silence, then the normal answer            yes
-error_status        ``status`` (default 503) with a JSON error envelope          no
+error_status        ``status`` (default 503) with a JSON error envelope (after   no
+                    ``latency_ms``, if set)
 rate_limit          429, ``Retry-After: retry_after``, "Rate limit exceeded."    no
 html                ``status`` (default 502) nginx-style ``text/html`` page      no
 truncated           HTTP 200, Content-Length right, the JSON cut in half          yes
@@ -181,6 +182,7 @@ class FaultMiddleware:
             await anyio.sleep(rule.latency_ms / 1000)
             await self.app(scope, receive, logged_send)
         elif rule.kind == "error_status":
+            await anyio.sleep(rule.latency_ms / 1000)  # a gateway that waits, then gives up: never processed
             await server_error(rule.status or 503).response()(scope, receive, logged_send)
         elif rule.kind == "rate_limit":
             await rate_limited(rule.retry_after).response()(scope, receive, logged_send)
