@@ -58,6 +58,16 @@ def test_chat_approve_and_audit_from_the_command_line(cfg: Path, tmp_path: Path)
     again = persona(cfg, "approvals", "approve", approval_id.group(0), "--by", "carol@example.com", check=1)
     assert "already executed" in again.stderr
 
+    effects = persona(cfg, "effects", "list").stdout
+    assert approval_id.group(0) in effects and "applied" in effects and "400.00 USD" in effects
+    shown = persona(cfg, "effects", "show", approval_id.group(0)).stdout
+    assert f"effect {approval_id.group(0)}: applied" in shown and "decided by bob@example.com" in shown
+    assert "0 effect(s) due" in persona(cfg, "effects", "resolve").stdout
+    settled = persona(cfg, "effects", "resolve", approval_id.group(0), check=1)
+    assert "nothing to resolve" in settled.stderr and "Traceback" not in settled.stderr
+    bogus = persona(cfg, "effects", "list", "--state", "bogus", check=1)
+    assert "no effect state 'bogus'" in bogus.stderr
+
     show = persona(cfg, "audit", "show", conversation.group(0)).stdout
     assert "alice@example.com > bill ACME 400" in show and "approval granted" in show
     assert "plisio_create_invoice succeeded" in show
@@ -86,6 +96,8 @@ def test_tools_commands(cfg: Path) -> None:
     assert "no tool named 'plisio_get_balanse'" in unknown.stderr
     failing = persona(cfg, "tools", "call", "plisio_get_balance", "--args", '{"psys_cid":"BTCX"}', check=1)
     assert "Unsupported currency" in failing.stdout and "105" in failing.stdout
+    door = persona(cfg, "tools", "call", "plisio_create_invoice", "--args", '{"order_name":"x"}', check=3)
+    assert "runs only through a persona's gate" in door.stderr and "Traceback" not in door.stderr
 
 
 def test_chat_without_an_llm_says_how_to_configure_one(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def list_effects(
     ] = "all",
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
 ) -> None:
-    """List effects, newest first."""
+    """List effects, newest first (`effects show ID` has the tool, arguments, times and outcome)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -39,14 +39,12 @@ def list_effects(
     async def work(rt: Runtime) -> None:
         rows = rt.dispatcher.effects.ledger.find(states, limit=limit)
         table = Table(title=f"{len(rows)} effect(s) · {state}", title_justify="left")
-        for col in ("id", "state", "tool", "persona", "key", "order number", "amount", "updated (UTC)"):
+        for col in ("id", "state", "persona", "amount", "order number"):
             table.add_column(col, no_wrap=True)
+        table.add_column("key", overflow="fold")
         for e in rows:
             amount = "" if e.amount is None else f"{e.amount.quantize(Decimal('0.01'))} {e.currency or ''}"
-            table.add_row(
-                e.id, e.state.value, e.tool.removeprefix("plisio_"), e.persona, str(e.key), e.order_number,
-                amount, e.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
-            )  # fmt: skip
+            table.add_row(e.id, e.state.value, e.persona, amount, e.order_number, str(e.key))
         Console().print(table)
 
     with_runtime(work)
