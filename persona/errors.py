@@ -11,6 +11,7 @@ stack trace. Bugs are not in this tree: they raise whatever they raise.
     ├── Unauthorized             no valid API token (HTTP 401; says nothing that helps guessing)
     ├── Forbidden                the caller is not allowed to do this (role, scope, grant)
     ├── Conflict                 the thing is not in a state that allows this (already approved)
+    │   └── EffectUnresolved     a side effect was sent and its outcome is not known yet: retry later
     ├── StoreError               the database failed
     │   └── StoreUnavailable     the database cannot be reached or written right now
     ├── AuditIntegrityError      the audit chain does not verify (names the first bad record)
@@ -64,6 +65,11 @@ class Forbidden(PersonaError):
 
 class Conflict(PersonaError):
     pass
+
+
+class EffectUnresolved(Conflict):
+    """Work that needs a side effect's result (a recovery draft needs its fresh link) waits until the
+    effect is resolved; the worker retries it with back-off meanwhile."""
 
 
 class StoreError(PersonaError):

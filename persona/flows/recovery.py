@@ -25,8 +25,9 @@ import structlog
 
 from persona.app import Runtime
 from persona.audit import AuditEvent
-from persona.dispatcher import Outcome
+from persona.dispatcher import Dispatched, Outcome
 from persona.drafts import Draft, DraftStore
+from persona.errors import EffectUnresolved
 from persona.events import Source
 from persona.flows.runs import FlowRuns
 from persona.flows.turn import clean_text, persona_turn
@@ -115,6 +116,20 @@ def _link_from(result: TurnResult | None) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _wait_for_link(calls: list[Dispatched]) -> None:
+    """A fresh link sent with no answer yet: no draft now (it would go out without the link while the
+    invoice exists); the worker retries the flow, and the retry finds the link's effect resolved."""
+    creates = [c for c in calls if c.tool == "plisio_create_invoice"]
+    if any(c.outcome in (Outcome.SUCCEEDED, Outcome.REPLAYED) for c in creates):
+        return
+    for call in creates:
+        if call.outcome is Outcome.UNKNOWN:
+            raise EffectUnresolved(
+                f"the fresh payment link (effect {call.effect_id}) was sent to Plisio and its outcome is not "
+                "known yet; the draft waits until it is resolved (the worker retries; `persona effects resolve`)"
+            )
+
+
 async def _shop_name(rt: Runtime) -> str:
     try:
         shop = await rt.plisio.client.get_shop()
@@ -140,6 +155,7 @@ async def _template_link(
                      conversation_id=f"{FLOW}_template_{facts['txn_id']}")  # fmt: skip
     done = await rt.dispatcher.dispatch(ToolCall(id="fresh_link", name="plisio_create_invoice",
                                                  arguments=json.dumps(args)), ctx, seq=0)  # fmt: skip
+    _wait_for_link([done])
     if done.outcome not in (Outcome.SUCCEEDED, Outcome.REPLAYED):
         return None, None
     data = done.data()
@@ -178,6 +194,7 @@ async def handle_failure(rt: Runtime, op: Operation, *, trigger: str) -> Draft |
             subject, body = template_draft(facts, shop, link)
             drafted_by = "template"
         else:
+            _wait_for_link(result.calls)
             link, new_txn = _link_from(result)
             subject, body = parse_draft(result.text, fallback_subject)
             drafted_by = result.model or "model"
