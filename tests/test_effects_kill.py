@@ -27,10 +27,9 @@ from persona.config import load_settings
 from persona.drafts import DraftStore
 from persona.effects.ledger import State
 from persona.inbox import Inbox
-from persona.server import create_app
 from tests.fakes.openai_server import FakeOpenAI, FakeStep
 from tests.harness import REPO
-from tests.test_worker_kill import start_worker, write_config
+from tests.test_worker_kill import expired_with_callback, start_worker, write_config
 from tools.plisio.sandbox import FaultRule, LoopbackServer, Sandbox
 
 pytestmark = pytest.mark.anyio
@@ -117,12 +116,7 @@ async def test_a_worker_killed_mid_link_leaves_one_link_for_the_next_worker(
         log = tmp_path / "worker.log"
         workers: list[subprocess.Popen[bytes]] = []
         try:
-            async with LoopbackServer(create_app(rt, start_worker=False)) as receiver:
-                created = await rt.plisio.client.create_invoice(
-                    order_number="ORD-LINK", order_name="Studio", source_currency="USD", source_amount=Decimal("240"),
-                    currency="BTC", email="maria.garcia@example.com", callback_url=f"{receiver.base_url}/webhooks/plisio",
-                )  # fmt: skip
-                assert (await sandbox.expire(created.txn_id))["callback"]["status_code"] == 200
+            txn_id = await expired_with_callback(rt, sandbox, "ORD-LINK", "maria.garcia@example.com")
             sandbox.faults.add(FaultRule(path=NEW, kind="slow_after_commit", latency_ms=60_000))
             first = start_worker(cfg, log)
             workers.append(first)
@@ -132,7 +126,7 @@ async def test_a_worker_killed_mid_link_leaves_one_link_for_the_next_worker(
             ), first, log)  # fmt: skip
             kill(first)
             [effect] = ledger.find()
-            assert (effect.key.namespace, effect.key.slot) == (f"recovery:{created.txn_id}", "fresh_link")
+            assert (effect.key.namespace, effect.key.slot) == (f"recovery:{txn_id}", "fresh_link")
             assert effect.state is State.CLAIMED
             sandbox.faults.clear()
             second = start_worker(cfg, log)
@@ -141,7 +135,7 @@ async def test_a_worker_killed_mid_link_leaves_one_link_for_the_next_worker(
             await wait_until(
                 "the second worker's draft", lambda: inbox.list()[0].state == "done", second, log
             )
-            [draft] = DraftStore(rt.store).for_invoice(created.txn_id)
+            [draft] = DraftStore(rt.store).for_invoice(txn_id)
             [effect] = ledger.find()
             assert effect.state is State.APPLIED and invoices_with(sandbox, effect.order_number) == 1
             assert (

@@ -87,6 +87,17 @@ def write_config(tmp_path: Path, sandbox_url: str, llm_url: str) -> Path:
     return path
 
 
+async def expired_with_callback(rt: Runtime, box: Sandbox, order_number: str, email: str) -> str:
+    """An invoice that expires unpaid, its signed callback received into the inbox; returns its txn_id."""
+    async with LoopbackServer(create_app(rt, start_worker=False)) as receiver:
+        created = await rt.plisio.client.create_invoice(
+            order_number=order_number, order_name="Pro plan", currency="BTC", source_amount=Decimal("100"),
+            callback_url=f"{receiver.base_url}/webhooks/plisio", email=email,
+        )  # fmt: skip
+        assert (await box.expire(created.txn_id))["callback"]["status_code"] == 200
+    return created.txn_id
+
+
 def cli(cfg: Path, *args: str) -> list[str]:
     # ``persona.cli.serve`` adds its commands to the main CLI (until persona/cli/main.py registers them).
     return [sys.executable, "-m", "persona.cli.serve", "--config", str(cfg), *args]
@@ -121,13 +132,7 @@ async def test_killed_worker_loses_nothing_and_doubles_nothing(
     log = tmp_path / "worker.log"
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        async with LoopbackServer(create_app(rt, start_worker=False)) as receiver:
-            created = await rt.plisio.client.create_invoice(
-                order_number="ORD-KILL", order_name="Pro plan", currency="BTC", source_amount=Decimal("100"),
-                callback_url=f"{receiver.base_url}/webhooks/plisio", email="dave@example.com",
-            )  # fmt: skip
-            txn_id = created.txn_id
-            assert (await box.expire(txn_id))["callback"]["status_code"] == 200
+        txn_id = await expired_with_callback(rt, box, "ORD-KILL", "dave@example.com")
         inbox = Inbox(rt.store)
         [row] = inbox.list()
         assert (row.txn_id, row.state) == (txn_id, "pending")
