@@ -396,6 +396,23 @@ class AuditLog:
                 count += 1
         return count
 
+    def record_hashes(self) -> list[str]:
+        """Every record's chain hash in seq order: the leaves of the checkpoints' Merkle tree."""
+        out: list[str] = []
+        with self._store.read("read the audit log's hashes") as conn:
+            after = 0
+            while True:
+                rows = conn.execute(
+                    select(audit_log.c.seq, audit_log.c.hash)
+                    .where(audit_log.c.seq > after)
+                    .order_by(audit_log.c.seq)
+                    .limit(_PAGE * 10)
+                ).all()
+                out.extend(str(r[1]) for r in rows)
+                if len(rows) < _PAGE * 10:
+                    return out
+                after = int(rows[-1][0])
+
     def head(self) -> tuple[int, str | None]:
         """(last seq, last hash); ``(0, None)`` while the log is empty."""
         with self._store.read("read the audit head") as conn:

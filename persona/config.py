@@ -25,6 +25,7 @@ ENV_CONFIG = "PERSONA_CONFIG"
 ENV_PLISIO_KEY = "PLISIO_API_KEY"
 ENV_PLISIO_PREVIOUS_KEY = "PLISIO_PREVIOUS_API_KEY"
 ENV_MASTER_KEY = "PERSONA_MASTER_KEY"
+ENV_AUDIT_SIGNING_KEY = "PERSONA_AUDIT_SIGNING_KEY"
 
 
 class Frozen(BaseModel):
@@ -163,6 +164,18 @@ class WorkerSettings(Frozen):
     """The reconciler ignores invoices that failed longer ago (a first start must not chase old ones)."""
 
 
+class AuditSettings(Frozen):
+    origin: str = Field("plisio-persona/audit", pattern=r"^[^\s+]{1,100}$")
+    """The checkpoints' origin line and signing key name (a host/path naming this log)."""
+    checkpoint_dir: str | None = None
+    """Where signed checkpoints are written and found (relative to this file); null: ``checkpoints/``
+    next to the SQLite store (``var/checkpoints``). Keep it outside the database's reach (another disk,
+    a mounted bucket): a checkpoint there is what a rewrite of the database cannot match."""
+    signing_key_file: str | None = None
+    """The Ed25519 checkpoint signing key (unless ``PERSONA_AUDIT_SIGNING_KEY`` is set); null:
+    ``audit-signing.key`` next to the SQLite store. Created with mode 0600 on first use. Not the master key."""
+
+
 class EffectSettings(Frozen):
     resolve_after_s: float = Field(300.0, ge=1, le=7 * 86_400)
     """An effect left ``claimed`` or ``unknown`` this long is looked up by the sweep, and one Plisio has not
@@ -238,6 +251,7 @@ class Settings(Frozen):
     vault: VaultSettings = VaultSettings()
     worker: WorkerSettings = WorkerSettings()
     effects: EffectSettings = EffectSettings()
+    audit: AuditSettings = AuditSettings()
     outbound: OutboundSettings = OutboundSettings()
     flows: FlowSettings = FlowSettings()
     log: LogSettings = LogSettings()
@@ -249,6 +263,8 @@ class Settings(Frozen):
     """From ``PLISIO_PREVIOUS_API_KEY``: still accepted on callbacks during a key rotation."""
     outbound_secret: SecretStr | None = Field(None, exclude=True)
     """From the variable ``outbound.secret_env`` names: signs approved messages sent out."""
+    audit_signing_key: SecretStr | None = Field(None, exclude=True)
+    """From ``PERSONA_AUDIT_SIGNING_KEY``: ``PRIVATE+KEY+<name>+<id>+<key>`` (Go sumdb/note signer format)."""
     master_key: SecretStr | None = Field(None, exclude=True)
     """From ``PERSONA_MASTER_KEY``: one base64url 32-byte key, or a JSON keyring; else the key file."""
 
@@ -273,13 +289,17 @@ class Settings(Frozen):
 
     def master_key_path(self) -> Path:
         """The master key file: ``vault.master_key_file``, else ``master.key`` next to the SQLite store."""
-        if self.vault.master_key_file:
-            return (Path(self.base_dir) / self.vault.master_key_file).resolve()
+        return self.beside_store(self.vault.master_key_file, "master.key")
+
+    def beside_store(self, configured: str | None, default: str) -> Path:
+        """A file the service keeps next to its SQLite store (``var/`` for PostgreSQL), or the configured one."""
+        if configured:
+            return (Path(self.base_dir) / configured).resolve()
         url = self.store_url()
         prefix = "sqlite:///"
         if url.startswith(prefix) and url != "sqlite:///:memory:" and "mode=memory" not in url:
-            return Path(url[len(prefix) :].split("?", 1)[0]).parent / "master.key"
-        return (Path(self.base_dir) / "var" / "master.key").resolve()
+            return Path(url[len(prefix) :].split("?", 1)[0]).parent / default
+        return (Path(self.base_dir) / "var" / default).resolve()
 
     def persona(self, name: str) -> PersonaSettings:
         if name not in self.personas:
@@ -344,6 +364,7 @@ def load_settings(
         "plisio_previous_api_key": env.get(ENV_PLISIO_PREVIOUS_KEY),
         "outbound_secret": env.get(settings.outbound.secret_env),
         "master_key": env.get(ENV_MASTER_KEY),
+        "audit_signing_key": env.get(ENV_AUDIT_SIGNING_KEY),
     }
     found = {k: SecretStr(v.strip()) for k, v in secrets.items() if v and v.strip()}
     if found:

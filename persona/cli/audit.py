@@ -118,14 +118,51 @@ def verify(
     expect_head: Annotated[
         str | None, Opt("--expect-head", help="Head hash recorded elsewhere earlier.")
     ] = None,
+    checkpoint: Annotated[
+        str | None,
+        Opt(
+            "--checkpoint",
+            help="A signed checkpoint file to check against (default: the latest in audit.checkpoint_dir).",
+        ),
+    ] = None,
+    pubkey: Annotated[
+        str | None,
+        Opt(
+            "--pubkey",
+            help="The verifier key `persona audit pubkey` printed (default: this server's own key).",
+        ),
+    ] = None,
+    export: Annotated[
+        str | None,
+        Opt(
+            "--export",
+            help="Check this full export (JSON Lines) instead of the database: offline, with --checkpoint "
+            "and --pubkey; no database, no master key.",
+        ),
+    ] = None,
 ) -> None:
-    """Check the whole hash chain; names the first bad record. Exit 1 if it does not verify."""
+    """Check the hash chain and the latest signed checkpoint; names the first bad record. Exit 1 if either
+    does not verify."""
     from rich.console import Console
 
     from persona.app import Runtime
+    from persona.checkpoints.ledger import CheckpointDir, check, open_file
+    from persona.checkpoints.note import NoteVerifier
+    from persona.checkpoints.signing import load_signer
+    from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
+    from persona.errors import AuditIntegrityError
 
     console = Console(highlight=False)
+    if export is not None:
+        if checkpoint is None or pubkey is None:
+            raise typer.BadParameter(
+                "--export needs --checkpoint FILE and --pubkey KEY (it uses no database)"
+            )
+        if not _verify_offline(console, Path(export), Path(checkpoint), pubkey):
+            raise typer.Exit(1)
+        return
+    settings = STATE.settings()
 
     async def work(rt: Runtime) -> bool:
         report = rt.audit.verify(expect_head=expect_head)
@@ -135,10 +172,131 @@ def verify(
             )
         else:
             console.print(f"[red]✗ audit chain broken at record {report.first_bad_seq}[/]: {report.problem}")
+        folder = CheckpointDir(settings.beside_store(settings.audit.checkpoint_dir, "checkpoints"))
+        path = Path(checkpoint) if checkpoint else folder.latest()
+        if path is None:
+            console.print(
+                f"[yellow]! no signed checkpoint in {folder.path}[/]: a rewrite of the whole chain (every hash and "
+                "the head recomputed) would pass; run `persona audit checkpoint` and keep the checkpoints "
+                "outside the database's reach"
+            )
+            return report.ok
+        try:
+            verifier = NoteVerifier.from_vkey(pubkey or load_signer(settings, create=False).vkey)
+            signed = open_file(path, verifier)
+            size = check(rt.audit, signed)
+        except AuditIntegrityError as exc:
+            console.print(f"[red]✗ checkpoint {path.name} does not match the log[/]: {exc}")
+            return False
+        console.print(
+            f"[green]✓ consistent with checkpoint {path.name}[/]: the first {signed.size} of {size} records are "
+            f"the ones {verifier.name} ({verifier.key_id.hex()}) signed"
+        )
         return report.ok
 
     if not with_runtime(work):
         raise typer.Exit(1)
+
+
+def _verify_offline(console: Any, export: Path, checkpoint: Path, pubkey: str) -> bool:
+    from persona.checkpoints.ledger import open_file
+    from persona.checkpoints.note import NoteVerifier
+    from persona.checkpoints.offline import verify_export
+    from persona.errors import AuditIntegrityError
+
+    try:
+        verifier = NoteVerifier.from_vkey(pubkey)
+        signed = open_file(checkpoint, verifier)
+        with export.open(encoding="utf-8") as lines:
+            count = verify_export(lines, signed)
+    except OSError as exc:
+        console.print(f"[red]✗ cannot read {export}[/]: {exc.strerror or exc}")
+        return False
+    except AuditIntegrityError as exc:
+        console.print(f"[red]✗ the export does not verify[/]: {exc}")
+        return False
+    console.print(
+        f"[green]✓ export verified offline[/]: {count} records chained; the first {signed.size} are the ones "
+        f"{verifier.name} ({verifier.key_id.hex()}) signed in {checkpoint.name}"
+    )
+    return True
+
+
+@app.command("prove")
+def prove(
+    seq: Annotated[int, typer.Argument(help="The record's seq.", min=1)],
+    checkpoint: Annotated[
+        str | None, Opt("--checkpoint", help="Against this checkpoint (default: the latest).")
+    ] = None,
+) -> None:
+    """Print the inclusion proof of one record against a signed checkpoint (JSON), checked before it is printed."""
+    import json as json_module
+
+    from persona.app import Runtime
+    from persona.checkpoints import merkle
+    from persona.checkpoints.ledger import CheckpointDir, check, leaves, open_file
+    from persona.checkpoints.note import NoteVerifier
+    from persona.checkpoints.signing import load_signer
+    from persona.cli.main import STATE
+    from persona.cli.runtime import with_runtime
+    from persona.errors import NotFound
+
+    settings = STATE.settings()
+
+    async def work(rt: Runtime) -> None:
+        folder = CheckpointDir(settings.beside_store(settings.audit.checkpoint_dir, "checkpoints"))
+        path = Path(checkpoint) if checkpoint else folder.latest()
+        if path is None:
+            raise NotFound(f"no signed checkpoint in {folder.path} (fix: run `persona audit checkpoint`)")
+        verifier = NoteVerifier.from_vkey(load_signer(settings, create=False).vkey)
+        signed = open_file(path, verifier)
+        check(rt.audit, signed)
+        if seq > signed.size:
+            raise NotFound(
+                f"record {seq} is after checkpoint {path.name} (size {signed.size}): sign a newer one"
+            )
+        hashes = leaves(rt.audit)[: signed.size]
+        proof = merkle.inclusion_proof(seq - 1, hashes)
+        merkle.verify_inclusion(seq - 1, signed.size, hashes[seq - 1], proof, signed.root)
+        print(json_module.dumps({
+            "seq": seq, "leaf_index": seq - 1, "leaf_hash": hashes[seq - 1].hex(), "tree_size": signed.size,
+            "root": signed.root.hex(), "checkpoint": path.name, "proof": [p.hex() for p in proof],
+        }, indent=2))  # fmt: skip
+
+    with_runtime(work)
+
+
+@app.command("checkpoint")
+def checkpoint_cmd() -> None:
+    """Sign the log's current Merkle tree head and keep it in audit.checkpoint_dir (never overwritten)."""
+    from rich.console import Console
+
+    from persona.app import Runtime
+    from persona.checkpoints.ledger import CheckpointDir, sign_current
+    from persona.checkpoints.signing import load_signer
+    from persona.cli.main import STATE
+    from persona.cli.runtime import with_runtime
+
+    settings = STATE.settings()
+
+    async def work(rt: Runtime) -> None:
+        await rt.audit.flush()
+        folder = CheckpointDir(settings.beside_store(settings.audit.checkpoint_dir, "checkpoints"))
+        signed, path = sign_current(rt.audit, load_signer(settings), folder)
+        Console(highlight=False).print(
+            f"checkpoint {signed.size} records, root {signed.root.hex()[:16]}…, written to {path}"
+        )
+
+    with_runtime(work)
+
+
+@app.command("pubkey")
+def pubkey_cmd() -> None:
+    """Print the verifier key of this server's checkpoint signing key (give it to auditors)."""
+    from persona.checkpoints.signing import load_signer
+    from persona.cli.main import STATE
+
+    print(load_signer(STATE.settings()).vkey)
 
 
 @app.command("export")

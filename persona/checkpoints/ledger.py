@@ -1,0 +1,94 @@
+"""Checkpoints of the audit log: sign the current tree, keep checkpoints in a directory, check the log.
+
+The tree's leaves are the records' chain hashes in seq order (``leaf = SHA-256(0x00 || hash)``), so a
+checkpoint commits to every field of every record before it. Checking the log against a checkpoint of
+``size`` records recomputes the root of its first ``size`` leaves: a changed, removed, inserted or
+re-chained record (even with every later hash and the head recomputed), a cut tail or an emptied table
+all give another root or too few records.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from persona.audit import AuditLog
+from persona.checkpoints import merkle
+from persona.checkpoints.merkle import ProofError
+from persona.checkpoints.note import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
+
+SUFFIX = ".checkpoint"
+
+
+def leaves(audit: AuditLog) -> list[bytes]:
+    return [merkle.leaf_hash(bytes.fromhex(h)) for h in audit.record_hashes()]
+
+
+def current(audit: AuditLog, origin: str) -> Checkpoint:
+    return Checkpoint(origin, *_tree(leaves(audit)))
+
+
+def _tree(hashes: list[bytes]) -> tuple[int, bytes]:
+    return len(hashes), merkle.root(hashes)
+
+
+def check(audit: AuditLog, checkpoint: Checkpoint) -> int:
+    """Raise :class:`ProofError` unless the log's first ``checkpoint.size`` records are the signed ones;
+    returns the log's size."""
+    hashes = leaves(audit)
+    if len(hashes) < checkpoint.size:
+        raise ProofError(
+            f"the log has {len(hashes)} records, and a checkpoint signed {checkpoint.size}: records were removed "
+            "(a cut tail, an emptied table, or the database rolled back)"
+        )
+    if merkle.root(hashes[: checkpoint.size]) != checkpoint.root:
+        raise ProofError(
+            f"the first {checkpoint.size} records are not the ones the checkpoint signed: a record before "
+            f"{checkpoint.size + 1} was changed, removed, inserted or re-chained"
+        )
+    return len(hashes)
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """A directory of signed checkpoints, one file per tree size; files are never overwritten."""
+
+    path: Path
+
+    def write(self, note: str, size: int) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        target = self.path / f"{size:012d}{SUFFIX}"
+        if target.exists():
+            if target.read_text(encoding="utf-8") != note:
+                raise CheckpointError(
+                    f"{target} exists with other content: checkpoints are never overwritten"
+                )
+            return target
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(note)
+        return target
+
+    def latest(self) -> Path | None:
+        if not self.path.is_dir():
+            return None
+        found = sorted(p for p in self.path.iterdir() if p.name.endswith(SUFFIX))
+        return found[-1] if found else None
+
+
+def sign_current(audit: AuditLog, signer: NoteSigner, where: CheckpointDir) -> tuple[Checkpoint, Path]:
+    """Sign the log as it is now and keep the checkpoint in ``where``."""
+    checkpoint = current(audit, signer.name)
+    return checkpoint, where.write(signer.sign(checkpoint), checkpoint.size)
+
+
+def open_file(path: Path, verifier: NoteVerifier) -> Checkpoint:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {exc}") from None
+    try:
+        return verifier.open(text)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
