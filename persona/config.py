@@ -171,6 +171,9 @@ class AuditSettings(Frozen):
     """Where signed checkpoints are written and found (relative to this file); null: ``checkpoints/``
     next to the SQLite store (``var/checkpoints``). Keep it outside the database's reach (another disk,
     a mounted bucket): a checkpoint there is what a rewrite of the database cannot match."""
+    checkpoint_every_s: float | None = Field(300.0, ge=10, le=86_400)
+    """The worker signs a checkpoint this often when the log grew, and once more when it stops; null: only
+    ``persona audit checkpoint``."""
     signing_key_file: str | None = None
     """The Ed25519 checkpoint signing key (unless ``PERSONA_AUDIT_SIGNING_KEY`` is set); null:
     ``audit-signing.key`` next to the SQLite store. Created with mode 0600 on first use. Not the master key."""

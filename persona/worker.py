@@ -149,6 +149,9 @@ class Worker:
                     keep=timedelta(days=1)),
                 Job("resolve_effects", interval_slot(rt.settings.effects.resolve_every_s), self._resolve_job,
                     keep=timedelta(days=1))]  # fmt: skip
+        if rt.settings.audit.checkpoint_every_s:
+            jobs.append(Job("audit_checkpoint", interval_slot(rt.settings.audit.checkpoint_every_s),
+                            self._checkpoint_job, keep=timedelta(days=1)))  # fmt: skip
         if churn is not None and rt.settings.flows.churn.schedule:
             scan = churn
             jobs.append(Job("churn_scan", cron_slot(rt.settings.flows.churn.schedule), lambda s: scan(rt, s)))
@@ -170,6 +173,11 @@ class Worker:
                 log.error("worker_iteration_failed", error=scrub(f"{type(exc).__name__}: {exc}"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
+        if self.rt.settings.audit.checkpoint_every_s and self.scheduler.jobs:
+            try:  # the last records before a shutdown get their checkpoint too
+                await asyncio.to_thread(self.checkpoint)
+            except Exception as exc:
+                log.error("audit_checkpoint_failed", error=scrub(f"{type(exc).__name__}: {exc}"))
         log.info("worker_stopped", owner=self.owner)
 
     async def drain(self, *, limit: int = 1000, stop: asyncio.Event | None = None) -> list[Processed]:
@@ -359,6 +367,26 @@ class Worker:
             await self.rt.audit.flush()
         except Exception as exc:
             log.error("worker_audit_failed", audit_event="batch", error=f"{type(exc).__name__}: {exc}")
+
+    # -- audit checkpoints -----------------------------------------------------------------
+
+    async def _checkpoint_job(self, slot: datetime) -> str:
+        return await asyncio.to_thread(self.checkpoint)
+
+    def checkpoint(self) -> str:
+        """Sign the audit log's tree head into ``audit.checkpoint_dir`` if it grew since the last one."""
+        from persona.checkpoints.ledger import CheckpointDir, sign_current
+        from persona.checkpoints.signing import load_signer
+
+        settings = self.rt.settings
+        self.rt.audit.flush_sync()
+        folder = CheckpointDir(settings.beside_store(settings.audit.checkpoint_dir, "checkpoints"))
+        latest = folder.latest()
+        if latest is not None and int(latest.name.split(".", 1)[0]) >= self.rt.audit.head()[0]:
+            return "no new records since the last checkpoint"
+        signed, path = sign_current(self.rt.audit, load_signer(settings), folder)
+        log.info("audit_checkpoint_written", size=signed.size, path=str(path))
+        return f"checkpoint of {signed.size} records: {path.name}"
 
     # -- the effects sweep -----------------------------------------------------------------
 

@@ -228,3 +228,42 @@ def test_an_export_verifies_offline_and_a_rewrite_of_it_does_not(
     audit.export_jsonl(out, AuditFilter())
     with pytest.raises(ProofError, match="not the ones the checkpoint signed"):
         verify_export(out.getvalue().splitlines(keepends=True), signed)
+
+
+@pytest.mark.anyio
+async def test_the_worker_signs_checkpoints_on_its_schedule_and_when_it_stops(
+    store: Store, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from persona.checkpoints.signing import skey_of
+    from persona.worker import Worker
+    from tests.harness import build_runtime, repo_settings
+    from tools.plisio.sandbox import Sandbox
+
+    key = skey_of("persona.test/audit", Ed25519PrivateKey.generate())
+    base = repo_settings(PERSONA_AUDIT_SIGNING_KEY=key)
+    audit_settings = base.audit.model_copy(
+        update={"checkpoint_every_s": 10.0, "checkpoint_dir": str(tmp_path / "cps")}
+    )
+    rt = build_runtime(store, Sandbox(seed=7), settings=base.model_copy(update={"audit": audit_settings}))
+    folder = CheckpointDir(tmp_path / "cps")
+    verifier = NoteVerifier.from_vkey(NoteSigner.from_skey(key).vkey)
+    try:
+        for i in range(3):
+            rt.audit.append_sync(event(i))
+        worker = Worker(rt, churn=None)
+        assert "audit_checkpoint" in [r.name for r in await worker.scheduler.tick()]
+        first = folder.latest()
+        assert first is not None and check(rt.audit, open_file(first, verifier)) >= 3
+        assert worker.checkpoint().startswith("checkpoint of")  # the tick's own records came after it
+        assert worker.checkpoint() == "no new records since the last checkpoint"
+        rt.audit.append_sync(event(9))
+        stop = asyncio.Event()
+        stop.set()  # the loop ends at once: the stop itself signs what came since
+        await worker.run(stop)
+        last = folder.latest()
+        assert last is not None and last != first
+        assert open_file(last, verifier).size == rt.audit.head()[0]
+    finally:
+        await rt.aclose()
