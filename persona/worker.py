@@ -382,7 +382,7 @@ class Worker:
         self.rt.audit.flush_sync()
         folder = CheckpointDir(settings.beside_store(settings.audit.checkpoint_dir, "checkpoints"))
         latest = folder.latest()
-        if latest is not None and int(latest.name.split(".", 1)[0]) >= self.rt.audit.head()[0]:
+        if latest is not None and folder.size_of(latest) >= self.rt.audit.head()[0]:
             return "no new records since the last checkpoint"
         signed, path = sign_current(self.rt.audit, load_signer(settings), folder)
         log.info("audit_checkpoint_written", size=signed.size, path=str(path))

@@ -111,6 +111,8 @@ def test_records_after_the_checkpoint_may_follow_and_the_next_one_extends_it(
     assert check(audit, first) == 9, "a later record does not invalidate an earlier checkpoint"
     second, second_path = sign_current(audit, signer, folder)
     assert folder.latest() == second_path != first_path and second.size == 9
+    (tmp_path / "zz-planted.checkpoint").write_text("not ours", encoding="utf-8")
+    assert folder.latest() == second_path, "only the files the directory writes count"
     assert sign_current(audit, signer, folder)[1] == second_path, "the same tree: the same file"
 
 

@@ -10,6 +10,7 @@ all give another root or too few records.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from persona.checkpoints.merkle import ProofError
 from persona.checkpoints.note import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
 
 SUFFIX = ".checkpoint"
+_NAME = re.compile(r"[0-9]{12}\.checkpoint")
+"""The files this directory writes: other files beside them are never taken for the latest."""
 
 
 def leaves(audit: AuditLog) -> list[bytes]:
@@ -73,8 +76,12 @@ class CheckpointDir:
     def latest(self) -> Path | None:
         if not self.path.is_dir():
             return None
-        found = sorted(p for p in self.path.iterdir() if p.name.endswith(SUFFIX))
+        found = sorted(p for p in self.path.iterdir() if _NAME.fullmatch(p.name))
         return found[-1] if found else None
+
+    @staticmethod
+    def size_of(path: Path) -> int:
+        return int(path.name.split(".", 1)[0])
 
 
 def sign_current(audit: AuditLog, signer: NoteSigner, where: CheckpointDir) -> tuple[Checkpoint, Path]:
