@@ -16,7 +16,6 @@ from pathlib import Path
 
 from persona.audit import AuditLog
 from persona.checkpoints import merkle
-from persona.checkpoints.merkle import ProofError
 from persona.checkpoints.note import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
 
 SUFFIX = ".checkpoint"
@@ -40,16 +39,8 @@ def check(audit: AuditLog, checkpoint: Checkpoint) -> int:
     """Raise :class:`ProofError` unless the log's first ``checkpoint.size`` records are the signed ones;
     returns the log's size."""
     hashes = leaves(audit)
-    if len(hashes) < checkpoint.size:
-        raise ProofError(
-            f"the log has {len(hashes)} records, and a checkpoint signed {checkpoint.size}: records were removed "
-            "(a cut tail, an emptied table, or the database rolled back)"
-        )
-    if merkle.root(hashes[: checkpoint.size]) != checkpoint.root:
-        raise ProofError(
-            f"the first {checkpoint.size} records are not the ones the checkpoint signed: a record before "
-            f"{checkpoint.size + 1} was changed, removed, inserted or re-chained"
-        )
+    merkle.check_prefix(hashes, checkpoint.size, checkpoint.root, what="the log",
+                        short="records were removed (a cut tail, an emptied table, or the database rolled back)")  # fmt: skip
     return len(hashes)
 
 

@@ -164,3 +164,15 @@ def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: by
         )
     if sr != root2:
         raise ProofError(f"the tree of size {size2} does not extend the one of size {size1}")
+
+
+def check_prefix(leaves: Sequence[bytes], size: int, expected_root: bytes, *, what: str, short: str) -> None:
+    """The first ``size`` of ``leaves`` have ``expected_root`` (a signed checkpoint's), else :class:`ProofError`:
+    ``short`` says why too few records may be there, ``what`` names them ("the log", "the export")."""
+    if len(leaves) < size:
+        raise ProofError(f"{what} has {len(leaves)} records, and the checkpoint signed {size}: {short}")
+    if root(leaves[:size]) != expected_root:
+        raise ProofError(
+            f"the first {size} records are not the ones the checkpoint signed: a record before {size + 1} was "
+            "changed, removed, inserted or re-chained"
+        )

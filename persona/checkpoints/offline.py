@@ -41,13 +41,6 @@ def verify_export(lines: Iterable[str], checkpoint: Checkpoint) -> int:
             raise ProofError(f"record {seq}: prev_hash does not match the hash of record {seq - 1}", seq=seq)
         prev = digest
         leaves.append(merkle.leaf_hash(bytes.fromhex(digest)))
-    if len(leaves) < checkpoint.size:
-        raise ProofError(
-            f"the export has {len(leaves)} records, and the checkpoint signed {checkpoint.size}: records were "
-            "removed, or the export is not complete (export without filters)"
-        )
-    if merkle.root(leaves[: checkpoint.size]) != checkpoint.root:
-        raise ProofError(
-            f"the first {checkpoint.size} records are not the ones the checkpoint signed: the history was rewritten"
-        )
+    merkle.check_prefix(leaves, checkpoint.size, checkpoint.root, what="the export",
+                        short="records were removed, or the export is not complete (export without filters)")  # fmt: skip
     return len(leaves)
