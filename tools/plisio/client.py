@@ -13,19 +13,19 @@ Why it is written the way it is:
   order up. Only Plisio's own error envelope below 500 (and 429) is a definite "not applied".
 * Clock, sleeper, random source and transport are injected, so tests run instantly and
   against the in-process sandbox.
+
+How an answer is read (the envelope, error envelopes, HTML pages, ``Retry-After``) is in ``answers.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, TypeVar
 
 import httpx
@@ -38,9 +38,9 @@ from tools.errors import (
     PlisioError,
     PlisioOutcomeUnknown,
     PlisioProtocolError,
-    PlisioRateLimited,
     PlisioTransportError,
 )
+from tools.plisio.answers import error_for, retry_after, unwrap
 from tools.plisio.models import (
     Balance,
     Commission,
@@ -57,7 +57,7 @@ from tools.plisio.models import (
     Shop,
     WithdrawalType,
 )
-from tools.redaction import install_log_scrubbing, register_secret, scrub, scrub_data
+from tools.redaction import install_log_scrubbing, register_secret, scrub
 
 DEFAULT_BASE_URL: Final = "https://api.plisio.net/api/v1"
 USER_AGENT: Final = "plisio-persona/0.1 (+httpx)"
@@ -133,19 +133,6 @@ def _amount(value: Decimal | None) -> str | None:
         return None
     text = format(value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def _retry_after(response: httpx.Response, now: float) -> float | None:
-    raw = response.headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        try:
-            return max(0.0, float(parsedate_to_datetime(raw).timestamp()) - now)
-        except (TypeError, ValueError):
-            return None
 
 
 class PlisioClient:
@@ -401,73 +388,22 @@ class PlisioClient:
         log.debug("plisio_response", route=route, status=response.status_code, elapsed_ms=elapsed_ms)
         status = response.status_code
         if status in self._retry.retry_statuses:
-            error = self._error_for(response, route, key)
+            error = error_for(response, route, key, self._wall_clock())
             if idempotent:
-                retry_after = _retry_after(response, self._wall_clock())
-                raise _Retry(error, retry_after)
+                raise _Retry(error, retry_after(response, self._wall_clock()))
             if status != 429:  # a gateway's 502/503/504 says nothing about what the upstream did
                 raise _unknown(route, f"HTTP {status} from Plisio's side ({error.message})") from None
             raise error
         if idempotent:
-            return self._unwrap(response, route, key)
+            return unwrap(response, route, key, self._wall_clock())
         try:
-            return self._unwrap(response, route, key)
+            return unwrap(response, route, key, self._wall_clock())
         except PlisioProtocolError as exc:  # an answer came, unreadable: the request did arrive
             raise _unknown(route, exc.message) from None
         except PlisioApiError as exc:
             if status >= 500:  # Plisio's own 5xx envelope: it may have failed half-way
                 raise _unknown(route, str(exc)) from None
             raise
-
-    def _error_for(self, response: httpx.Response, route: str, key: str) -> PlisioError:
-        try:
-            self._unwrap(response, route, key)
-        except PlisioError as exc:
-            return exc
-        return PlisioProtocolError(
-            f"HTTP {response.status_code} with a success envelope",
-            route=route,
-            http_status=response.status_code,
-        )
-
-    def _unwrap(self, response: httpx.Response, route: str, key: str) -> Any:
-        status = response.status_code
-        body = response.content
-        ctype = response.headers.get("content-type", "")
-        if not body.strip():
-            raise PlisioProtocolError(
-                f"Plisio sent an empty body (HTTP {status}); expected its JSON envelope",
-                route=route,
-                http_status=status,
-            )
-        if "html" in ctype or body.lstrip()[:1] == b"<":
-            raise PlisioProtocolError(
-                f"Plisio sent an HTML page instead of JSON (HTTP {status}): {_html_title(body)!r}",
-                route=route,
-                http_status=status,
-            )
-        try:
-            doc = json.loads(body, parse_float=Decimal)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PlisioProtocolError(
-                f"Plisio sent truncated or invalid JSON (HTTP {status}, {len(body)} bytes): {exc}",
-                route=route,
-                http_status=status,
-            ) from None
-        if not isinstance(doc, dict) or doc.get("status") not in {"success", "error"}:
-            raise PlisioProtocolError(
-                f"Plisio's answer is not its {{status, data}} envelope (HTTP {status})",
-                route=route,
-                http_status=status,
-            )
-        data = scrub_data(doc.get("data"), (key,))
-        if doc["status"] == "success":
-            if status >= 400:
-                raise PlisioProtocolError(
-                    f"HTTP {status} with a success envelope", route=route, http_status=status
-                )
-            return data
-        raise _api_error(data, route, status, _retry_after(response, self._wall_clock()))
 
 
 def _unknown(route: str, what: str) -> PlisioOutcomeUnknown:
@@ -479,42 +415,7 @@ def _unknown(route: str, what: str) -> PlisioOutcomeUnknown:
     )
 
 
-def _api_error(data: Any, route: str, status: int, retry_after: float | None) -> PlisioApiError:
-    info = data if isinstance(data, dict) else {}
-    raw_message = str(info.get("message") or info.get("name") or "unknown error")
-    field_errors: dict[str, Any] = {}
-    message = raw_message
-    if raw_message.lstrip().startswith("{"):
-        try:
-            decoded = json.loads(raw_message)
-        except ValueError:
-            decoded = None
-        if isinstance(decoded, dict):
-            field_errors = decoded
-            message = "; ".join(f"{k}: {v}" for k, v in decoded.items())
-    code_raw = info.get("code")
-    code = int(code_raw) if isinstance(code_raw, int | str) and str(code_raw).lstrip("-").isdigit() else None
-    kwargs: dict[str, Any] = {
-        "route": route,
-        "code": code,
-        "name": str(info.get("name") or ""),
-        "http_status": status,
-        "field_errors": field_errors,
-    }
-    if status == 429:
-        return PlisioRateLimited(scrub(message), retry_after=retry_after, **kwargs)
-    return PlisioApiError(scrub(message), **kwargs)
-
-
 def _reason(exc: Exception) -> str:
     """An httpx error's reason, without the URL (which carries the key)."""
     text = scrub(str(exc)) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
-
-
-def _html_title(body: bytes) -> str:
-    text = body[:2000].decode("utf-8", "replace")
-    match = re.search(r"<title>(.*?)</title>|<h1>(.*?)</h1>", text, re.I | re.S)
-    if match:
-        return (match.group(1) or match.group(2) or "").strip()[:120]
-    return " ".join(re.sub(r"<[^>]+>", " ", text).split())[:120]
