@@ -61,14 +61,18 @@ class ApprovalStore:
             order_number=effect.order_number,
         )  # fmt: skip
 
-    def get(self, approval_id: str) -> Approval:
+    def effect(self, approval_id: str) -> Effect:
+        """The held (or once held) effect behind an approval id."""
         try:
             effect = self._ledger.get(approval_id)
         except NotFound:
             effect = None
         if effect is None or not effect.needs_approval:
             raise NotFound(f"no approval with id {approval_id!r}; `persona approvals list` shows them")
-        return self.view(effect)
+        return effect
+
+    def get(self, approval_id: str) -> Approval:
+        return self.view(self.effect(approval_id))
 
     def find(self, status: str | None = "pending", limit: int = 100) -> list[Approval]:
         """Approvals, newest first; ``status`` is one of :data:`STATUSES` or None for all."""

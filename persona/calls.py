@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from persona.audit import AuditEvent, AuditLog
 from persona.config import PersonaSettings
 from persona.effects.keys import EffectKey, chat_key
 from persona.events import Source
@@ -80,6 +81,26 @@ class Dispatched:
 
 current_call: ContextVar[CallContext | None] = ContextVar("current_call", default=None)
 """The call being executed, so a credential read deep in the Plisio client is audited with its context."""
+
+
+def call_event(ctx: CallContext, event: str, tool: str | None = None, **fields: Any) -> AuditEvent:
+    """An audit record of something done in this call's context (who, as which persona, in which conversation)."""
+    return AuditEvent(
+        event=event, source=ctx.source, user=ctx.user, persona=ctx.persona_name,
+        conversation_id=ctx.conversation_id, tool=tool, **fields,
+    )  # fmt: skip
+
+
+async def record_call(
+    audit: AuditLog, ctx: CallContext, event: str, tool: str | None, *, durable: bool = True, **fields: Any
+) -> None:
+    """Append a call record. ``durable=False`` queues it for the next group commit instead of waiting: for
+    records that precede no side effect (a side effect flushes first, and so does the turn's end)."""
+    record = call_event(ctx, event, tool, **fields)
+    if durable:
+        await audit.append(record)
+    else:
+        audit.record(record)
 
 
 def error_content(kind: str, message: str, **extra: Any) -> str:

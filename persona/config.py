@@ -304,6 +304,10 @@ class Settings(Frozen):
             return Path(url[len(prefix) :].split("?", 1)[0]).parent / default
         return (Path(self.base_dir) / "var" / default).resolve()
 
+    def checkpoint_path(self) -> Path:
+        """Where signed audit checkpoints are kept: ``audit.checkpoint_dir``, else ``checkpoints/`` by the store."""
+        return self.beside_store(self.audit.checkpoint_dir, "checkpoints")
+
     def persona(self, name: str) -> PersonaSettings:
         if name not in self.personas:
             from persona.errors import NotFound

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from persona.approvals import Approval, ApprovalStore
-from persona.audit import AuditEvent, AuditLog
+from persona.audit import AuditLog
 from persona.calls import (
     CallContext,
     Dispatched,
@@ -29,12 +29,13 @@ from persona.calls import (
     PlisioAccess,
     current_call,
     error_content,
+    record_call,
 )
 from persona.config import PersonaSettings, Settings, resolve_tools
 from persona.effects.executor import EffectExecutor, pending_content
 from persona.effects.keys import EffectKey, arguments_hash
-from persona.effects.ledger import Effect, Intent, State
-from persona.errors import Conflict, Forbidden, NotFound, VaultError
+from persona.effects.ledger import Intent, State
+from persona.errors import Conflict, Forbidden, VaultError
 from persona.events import Event, Source
 from persona.llm import ToolCall
 from persona.policy import CENT, Policy, PolicyDecision, Verdict, over_daily_total
@@ -93,16 +94,7 @@ class Dispatcher:
     async def _audit(
         self, ctx: CallContext, event: Event, tool: str | None, *, durable: bool = True, **fields: Any
     ) -> None:
-        """Append a record. ``durable=False`` queues it for the next group commit instead of waiting:
-        for records that precede no side effect (a side effect flushes first, and so does the turn's end)."""
-        record = AuditEvent(
-            event=event, source=ctx.source, user=ctx.user, persona=ctx.persona_name,
-            conversation_id=ctx.conversation_id, tool=tool, **fields,
-        )  # fmt: skip
-        if durable:
-            await self.audit.append(record)
-        else:
-            self.audit.record(record)
+        await record_call(self.audit, ctx, event, tool, durable=durable, **fields)
 
     async def dispatch(
         self, call: ToolCall, ctx: CallContext, notices: Sequence[str] = (), *, seq: int | None = None
@@ -305,7 +297,7 @@ class Dispatcher:
         ``held -> claimed`` (with the reservation) is one transaction; a crash after it leaves the effect
         ``claimed``, which the sweep resolves by order number, so no approval stays half-done."""
         ledger = self.effects.ledger
-        effect = await asyncio.to_thread(self._approval, approval_id)
+        effect = await asyncio.to_thread(self.approvals.effect, approval_id)
         if (
             self.settings.approvals.require_different_user
             and by == effect.user_id
@@ -374,7 +366,7 @@ class Dispatcher:
     async def reject(
         self, approval_id: str, *, by: str, note: str | None = None, source: str = Source.CLI
     ) -> Approval:
-        await asyncio.to_thread(self._approval, approval_id)
+        await asyncio.to_thread(self.approvals.effect, approval_id)
         effect = await asyncio.to_thread(self.effects.ledger.reject, approval_id, by=by, note=note)
         ctx = CallContext(
             effect.persona,
@@ -389,15 +381,6 @@ class Dispatcher:
                      "tool_call_id": effect.model_call_id},
         )  # fmt: skip
         return self.approvals.view(effect)
-
-    def _approval(self, approval_id: str) -> Effect:
-        try:
-            effect = self.effects.ledger.get(approval_id)
-        except NotFound:
-            effect = None
-        if effect is None or not effect.needs_approval:
-            raise NotFound(f"no approval with id {approval_id!r}; `persona approvals list` shows them")
-        return effect
 
 
 def _short(*parts: str) -> str:

@@ -380,7 +380,7 @@ class Worker:
 
         settings = self.rt.settings
         self.rt.audit.flush_sync()
-        folder = CheckpointDir(settings.beside_store(settings.audit.checkpoint_dir, "checkpoints"))
+        folder = CheckpointDir(settings.checkpoint_path())
         latest = folder.latest()
         if latest is not None and folder.size_of(latest) >= self.rt.audit.head()[0]:
             return "no new records since the last checkpoint"

@@ -172,7 +172,7 @@ def verify(
             )
         else:
             console.print(f"[red]✗ audit chain broken at record {report.first_bad_seq}[/]: {report.problem}")
-        folder = CheckpointDir(settings.beside_store(settings.audit.checkpoint_dir, "checkpoints"))
+        folder = CheckpointDir(settings.checkpoint_path())
         path = Path(checkpoint) if checkpoint else folder.latest()
         if path is None:
             console.print(
@@ -244,7 +244,7 @@ def prove(
     settings = STATE.settings()
 
     async def work(rt: Runtime) -> None:
-        folder = CheckpointDir(settings.beside_store(settings.audit.checkpoint_dir, "checkpoints"))
+        folder = CheckpointDir(settings.checkpoint_path())
         path = Path(checkpoint) if checkpoint else folder.latest()
         if path is None:
             raise NotFound(f"no signed checkpoint in {folder.path} (fix: run `persona audit checkpoint`)")
@@ -281,7 +281,7 @@ def checkpoint_cmd() -> None:
 
     async def work(rt: Runtime) -> None:
         await rt.audit.flush()
-        folder = CheckpointDir(settings.beside_store(settings.audit.checkpoint_dir, "checkpoints"))
+        folder = CheckpointDir(settings.checkpoint_path())
         signed, path = sign_current(rt.audit, load_signer(settings), folder)
         Console(highlight=False).print(
             f"checkpoint {signed.size} records, root {signed.root.hex()[:16]}…, written to {path}"

@@ -22,7 +22,16 @@ from typing import Any, TypeVar
 import structlog
 
 from persona.audit import AuditEvent, AuditLog
-from persona.calls import CallContext, Dispatched, Outcome, PlisioAccess, current_call, error_content
+from persona.calls import (
+    CallContext,
+    Dispatched,
+    Outcome,
+    PlisioAccess,
+    call_event,
+    current_call,
+    error_content,
+    record_call,
+)
 from persona.effects.ledger import UNRESOLVED, Effect, EffectLedger, State
 from persona.errors import Forbidden, VaultError
 from persona.events import Event, Source
@@ -284,7 +293,7 @@ class EffectExecutor:
     ) -> None:
         """Synchronously, for a unit cancelled by the loop shutting down: the effect is ``unknown``, not lost."""
         self.ledger.mark(effect.id, State.UNKNOWN, reason=why, only_from=(State.CLAIMED,))
-        self._audit.record(self._event(ctx, Event.TOOL_CALL_UNKNOWN, tool.name,
+        self._audit.record(call_event(ctx, Event.TOOL_CALL_UNKNOWN, tool.name,
                                        payload={"tool_call_id": call_id, "effect_id": effect.id, "why": why}))  # fmt: skip
         self._audit.send()
 
@@ -365,20 +374,10 @@ class EffectExecutor:
 
     # -- audit -------------------------------------------------------------------------------
 
-    def _event(self, ctx: CallContext, event: Event, tool: str, **fields: Any) -> AuditEvent:
-        return AuditEvent(
-            event=event, source=ctx.source, user=ctx.user, persona=ctx.persona_name,
-            conversation_id=ctx.conversation_id, tool=tool, **fields,
-        )  # fmt: skip
-
     async def _record(
         self, ctx: CallContext, event: Event, tool: str, *, durable: bool = True, **fields: Any
     ) -> None:
-        record = self._event(ctx, event, tool, **fields)
-        if durable:
-            await self._audit.append(record)
-        else:
-            self._audit.record(record)
+        await record_call(self._audit, ctx, event, tool, durable=durable, **fields)
 
 
 class _LookupFailed(Exception):

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from persona.calls import error_content
 from persona.dispatcher import canonical
 from persona.llm import ToolCall
 
@@ -41,10 +42,6 @@ class StepPlan:
     guarded: list[Planned] = field(default_factory=list)
     """Calls the loop guard stopped (the turn audits them)."""
     stop: tuple[str, str] | None = None
-
-
-def error(kind: str, message: str) -> str:
-    return json.dumps({"ok": False, "error": {"type": kind, "message": message}}, separators=(",", ":"))
 
 
 def calls_so_far(messages: Sequence[dict[str, Any]]) -> int:
@@ -95,14 +92,14 @@ class Guard:
             key = f"{call.name}|{canonical(parse_loose(call.arguments))}"
             self.seen[key] += 1
             if budget <= 0:
-                plan.answers[call.id] = error(
+                plan.answers[call.id] = error_content(
                     "limit_reached", "not executed: the turn's tool-call limit is reached"
                 )
                 plan.stop = ("max_tool_calls", f"the limit of {self.max_tool_calls} tool calls")
                 continue
             if self.seen[key] > self.repeats:
                 self.trips += 1
-                plan.answers[call.id] = error(
+                plan.answers[call.id] = error_content(
                     "loop_guard",
                     f"not executed: this exact call was already made {self.seen[key] - 1} times in this turn; "
                     "use the earlier result or change the arguments",

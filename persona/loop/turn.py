@@ -24,8 +24,7 @@ from typing import Any
 
 import structlog
 
-from persona.audit import AuditEvent
-from persona.calls import CallContext, Dispatched
+from persona.calls import CallContext, Dispatched, call_event
 from persona.config import Limits, ModelSettings
 from persona.dispatcher import Dispatcher
 from persona.errors import ModelError
@@ -99,11 +98,7 @@ class _Turn:
 
     async def audit(self, event: Event, **fields: Any) -> None:
         """Queue the loop's own records; they are committed with the next flush (at the latest, the turn's end)."""
-        c = self.ctx
-        self.dispatcher.audit.record(
-            AuditEvent(event=event, source=c.source, user=c.user, persona=c.persona_name,
-                       conversation_id=c.conversation_id, **fields)
-        )  # fmt: skip
+        self.dispatcher.audit.record(call_event(self.ctx, event, **fields))
 
     async def run(self, messages: list[dict[str, Any]], first_new: int) -> TurnResult:
         deadline = self.clock() + self.limits.wall_clock_s
