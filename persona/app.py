@@ -157,6 +157,8 @@ class Runtime:
     """Injected model for flows (tests, replay); None means the configured LLM."""
     outbound_transport: httpx.AsyncBaseTransport | None = None
     """Injected transport for the outbound channel (tests); None means the network."""
+    checkpoint_transport: httpx.AsyncBaseTransport | None = None
+    """Injected transport for the checkpoint webhook (``audit.checkpoint_webhook_url``); None: the network."""
 
     def reviews(self) -> ReviewQueue:
         """The draft review queue with its outbound channel."""
@@ -182,6 +184,7 @@ class Runtime:
         store.create_all()
         audit = AuditLog(store, now=now)
         vault = Vault(store, master_keys or MasterKeySource.from_settings(settings), audit, now)
+        audit.use_keys(vault.audit_keys())
         if plisio is None:
             # Live mode with stored connections: the service's own reads use the vault, not PLISIO_API_KEY.
             vaulted = settings.plisio.mode == PlisioMode.LIVE and not vault.is_empty()

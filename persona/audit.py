@@ -28,7 +28,8 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Connection, Select, bindparam, select
 
-from persona.audit_chain import VerifyReport, verify_rows
+from persona.audit_chain import ChainStart, VerifyReport, verify_rows
+from persona.audit_keys import MacKeys
 from persona.errors import AuditIntegrityError, StoreError
 from persona.store.audit_tables import (
     HEAD_ID,
@@ -140,6 +141,8 @@ _COLUMNS = (
     audit_log.c.reason, audit_log.c.model, audit_log.c.usage, audit_log.c.latency_ms, audit_log.c.prev_hash,
     audit_log.c.hash,
 )  # fmt: skip
+_KEYED = (*_COLUMNS, audit_log.c.mac, audit_log.c.mac_kv)
+"""What ``verify`` reads: the record as hashed, then its MAC."""
 _COLUMN_NAMES = tuple(column.name for column in _COLUMNS)
 _FIELD_NAMES = tuple("user" if name == "user_id" else name for name in _COLUMN_NAMES)
 _HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
@@ -193,6 +196,16 @@ class AuditLog:
         """``record()``ed events not yet handed to the writer: they go with the next flush/append."""
         self._in_flight: set[Future[AuditRecord]] = set()
         """``record()``ed events handed to the writer and not yet committed (a flush waits for them too)."""
+        self._keys: MacKeys | None = None
+
+    def use_keys(self, keys: MacKeys) -> None:
+        """Key every record appended from now on, and check MACs in :meth:`verify` (the runtime does this
+        once the vault has the master key; after a re-key, with the new version)."""
+        self._keys = keys
+
+    @property
+    def keyed(self) -> bool:
+        return self._keys is not None
 
     # -- appending -----------------------------------------------------------------------------
 
@@ -332,11 +345,15 @@ class AuditLog:
                     " (fix: run `persona audit verify`; if the store is new, run create_all first)"
                 )
             seq, prev = int(head[0]), str(head[1])
+            keys = self._keys
             for item in batch:
                 seq += 1
                 ts = ts_text(self._now())
                 digest = record_hash(canonical_record(*(seq, ts, *item.hashed, prev)))
-                rows.append(dict(zip(_COLUMN_NAMES, (seq, ts, *item.hashed, prev, digest), strict=True)))
+                row = dict(zip(_COLUMN_NAMES, (seq, ts, *item.hashed, prev, digest), strict=True))
+                if keys is not None:
+                    row.update(mac=keys.sign(digest), mac_kv=keys.current)
+                rows.append(row)
                 moment = datetime.fromisoformat(ts)
                 records.append(
                     AuditRecord.model_construct(
@@ -360,15 +377,19 @@ class AuditLog:
 
     # -- verifying -----------------------------------------------------------------------------
 
-    def verify(self, *, expect_head: str | None = None) -> VerifyReport:
-        """Rehash every record in seq order, in bounded memory; name the first bad one and why.
+    def verify(self, *, expect_head: str | None = None, roots_at: Sequence[int] = ()) -> VerifyReport:
+        """Rehash every record in seq order and check its MAC, in bounded memory; name the first bad one.
 
         ``expect_head`` is a head hash written down earlier (e.g. printed by a previous verify): it
         must still be in the chain, which catches a tail cut off together with a rewritten head.
+        ``roots_at``: tree sizes whose Merkle root to report (signed checkpoints' sizes), same pass.
         """
         with self._store.read("verify the audit log") as conn:
             head = conn.execute(_HEAD).first()
-            report = verify_rows(_stream(conn, AuditFilter()), head, expect_head)
+            rows = _stream(conn, AuditFilter(), _KEYED)
+            report = verify_rows(
+                rows, head, expect_head, keys=self._keys, start=ChainStart(), roots_at=roots_at
+            )
         if not report.ok:
             log.warning("audit_verify_failed", first_bad_seq=report.first_bad_seq, problem=report.problem)
         return report
@@ -435,12 +456,12 @@ def _record(row: Sequence[Any]) -> AuditRecord:
     return AuditRecord.model_construct(**values)
 
 
-def _stream(conn: Connection, flt: AuditFilter) -> Iterator[Sequence[Any]]:
+def _stream(conn: Connection, flt: AuditFilter, columns: Sequence[Any] = _COLUMNS) -> Iterator[Sequence[Any]]:
     """Matching rows in seq order, a page at a time (keyset on seq): bounded memory on any driver."""
     after, remaining = flt.after_seq, flt.limit
     while remaining is None or remaining > 0:
         size = _PAGE if remaining is None else min(_PAGE, remaining)
-        rows = conn.execute(_select(dataclasses.replace(flt, after_seq=after, limit=size))).all()
+        rows = conn.execute(_select(dataclasses.replace(flt, after_seq=after, limit=size), columns)).all()
         yield from rows
         if len(rows) < size:
             return
@@ -448,8 +469,8 @@ def _stream(conn: Connection, flt: AuditFilter) -> Iterator[Sequence[Any]]:
         remaining = None if remaining is None else remaining - len(rows)
 
 
-def _select(flt: AuditFilter) -> Select[Any]:
-    stmt = select(*_COLUMNS).order_by(audit_log.c.seq)
+def _select(flt: AuditFilter, columns: Sequence[Any] = _COLUMNS) -> Select[Any]:
+    stmt = select(*columns).order_by(audit_log.c.seq)
     c = audit_log.c
     for column, value in (
         (c.user_id, flt.user), (c.persona, flt.persona), (c.conversation_id, flt.conversation_id),

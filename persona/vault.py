@@ -28,8 +28,10 @@ from sqlalchemy import Connection as SqlConnection
 from sqlalchemy import delete, func, select, update
 
 from persona.audit import AuditEvent, AuditLog
+from persona.audit_keys import MacKeys
 from persona.errors import Conflict, NotFound, VaultError
 from persona.masterkey import CHECK_PLAINTEXT, Keyring, MasterKeySource, blob_aad, check_aad, seal, unseal
+from persona.store.audit_tables import audit_mac_keys
 from persona.store.engine import Store
 from persona.store.vault_tables import connections, credential_blobs, grants, master_key_checks
 from persona.vault_types import (
@@ -125,16 +127,34 @@ class Vault:
         if keyring is not None:
             return keyring
         count = sum(self.blob_versions().values())
-        if count or not create:
+        with self.store.read("read the master-key checks") as conn:
+            checked = conn.execute(select(func.count()).select_from(master_key_checks)).scalar_one()
+        if count or checked or not create:
+            had = (
+                f", and the vault holds {count} encrypted credential(s)"
+                if count
+                else ", yet a master key was in use here (its check row exists; audit records are keyed with it)"
+                if checked
+                else ""
+            )
             raise VaultError(
-                f"there is no master key: neither PERSONA_MASTER_KEY nor {self.keys.path or 'a key file'}"
-                + (f", and the vault holds {count} encrypted credential(s)" if count else "")
-                + " (fix: restore the key file from your backup or set PERSONA_MASTER_KEY; a new key cannot"
-                " decrypt what an old one sealed)"
+                f"there is no master key: neither PERSONA_MASTER_KEY nor {self.keys.path or 'a key file'}{had}"
+                " (fix: restore the key file from your backup or set PERSONA_MASTER_KEY; a new key cannot"
+                " decrypt what an old one sealed, nor vouch for the records it keyed)"
             )
         keyring = self.keys.create()
         log.warning("vault_master_key_created", path=str(self.keys.path))
         return keyring
+
+    def audit_keys(self) -> MacKeys:
+        """The audit log's MAC keys: the current master version's, and every older one still openable.
+
+        Creates the master key (0600 file) on a store that never had one, like the first connection does."""
+        keyring = self.keyring(create=True)
+        with self.store.begin("check the master key") as conn:
+            self._ensure_check(conn, keyring, keyring.current)
+            sealed = conn.execute(select(audit_mac_keys)).all()
+        return MacKeys.of(keyring, sealed)
 
     def _ensure_check(self, conn: SqlConnection, keyring: Keyring, version: int) -> None:
         row = conn.execute(
@@ -386,6 +406,12 @@ class Vault:
         try:
             with self.store.begin("re-wrap the vault") as conn:
                 self._ensure_check(conn, new, new.current)
+                # The audit MAC keys of every version known so far, sealed under the new one: records keyed
+                # before the rotation keep verifying once the old master versions are dropped.
+                macs = MacKeys.of(new, conn.execute(select(audit_mac_keys)).all())
+                conn.execute(delete(audit_mac_keys))
+                if rows := macs.sealed_rows(new):
+                    conn.execute(audit_mac_keys.insert(), rows)
                 for row in conn.execute(select(credential_blobs)).all():
                     plaintext = self._open(conn, new, row)
                     conn.execute(update(credential_blobs).where(credential_blobs.c.id == row.id).values(
@@ -399,6 +425,7 @@ class Vault:
             self.keys.save(new.keep({new.current}))
             with self.store.begin("drop old master-key checks") as conn:
                 conn.execute(delete(master_key_checks).where(master_key_checks.c.key_version.in_(dropped)))
+        self.audit.use_keys(self.audit_keys())  # records from now on are keyed with the new version
         report = RekeyReport(tuple(sorted(before)), new.current, count, dropped)
         self.record(VaultEvent.MASTER_KEY_ROTATED, actor, f"{count} credential row(s) re-wrapped",
                     from_versions=list(report.from_versions), to_version=new.current, rows=count,

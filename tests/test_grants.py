@@ -133,7 +133,7 @@ async def test_env_only_path_keeps_working_with_an_empty_vault(kit: Kit) -> None
     done = await dispatch(kit, "finance", "plisio_get_balance", {"psys_cid": "BTC"})
     assert done.outcome.value == "succeeded"
     assert await kit.rt.access("finance") is kit.rt.plisio.client
-    assert not kit.key_file.exists(), "no vault use, no key file"
+    assert kit.rt.vault.blob_versions() == {}, "no credential stored: the key file only keys the audit log"
     # As soon as one connection exists, every persona needs a grant.
     await connect_key(kit)
     denied = await dispatch(kit, "growth", "plisio_get_balance", {"psys_cid": "BTC"})

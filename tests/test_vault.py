@@ -127,7 +127,7 @@ async def test_connect_verifies_with_shops_and_a_wrong_key_stores_nothing(kit: K
     with pytest.raises(VaultError, match="Plisio refused the key") as refused:
         await connect_key(kit, key=OTHER_KEY)
     assert OTHER_KEY not in str(refused.value)
-    assert kit.rt.vault.is_empty() and kit.blobs() == [] and not kit.key_file.exists()
+    assert kit.rt.vault.is_empty() and kit.blobs() == []  # (the master key exists: it keys the audit log)
     assert kit.paths() == ["/api/v1/shops"]
 
     info = await connect_key(kit)
@@ -143,7 +143,7 @@ async def test_connect_verifies_with_shops_and_a_wrong_key_stores_nothing(kit: K
 
 
 async def test_key_file_is_created_0600_on_first_use_and_refused_when_others_can_read_it(kit: Kit) -> None:
-    assert not kit.key_file.exists()
+    assert kit.key_file.stat().st_mode & 0o777 == 0o600  # first use: the runtime keys the audit log with it
     await connect_key(kit)
     grant(kit, "finance")
     assert kit.key_file.stat().st_mode & 0o777 == 0o600
@@ -185,17 +185,18 @@ async def test_wrong_master_key_fails_closed_and_is_not_called_tampering(
 ) -> None:
     await connect_key(kit)
     grant(kit, "finance")
-    wrong = make_kit(store, tmp_path, master=MasterKeySource(env=encode_key(secrets.token_bytes(32))))
-    try:
-        done = await dispatch(wrong, "finance", "plisio_get_balance", {"psys_cid": "BTC"})
-        message = error_of(done)["message"]
-        assert "is not the one the vault was encrypted with" in message and "PERSONA_MASTER_KEY" in message
-        assert wrong.paths() == []
-        assert kit.events("credential_tamper_detected") == []
-        with pytest.raises(VaultError, match="not the one the vault was encrypted with"):
-            await connect_key(wrong, "shop-two")
-    finally:
-        wrong.rt.audit.close()
+    # A runtime does not even start with another key: its audit records would be keyed with it.
+    with pytest.raises(VaultError, match=r"not the one the vault was encrypted with.*PERSONA_MASTER_KEY"):
+        make_kit(store, tmp_path, master=MasterKeySource(env=encode_key(secrets.token_bytes(32))))
+    # The key file swapped under a running one: every use fails closed, and it is not called tampering.
+    kit.key_file.write_text(encode_key(secrets.token_bytes(32)))
+    done = await dispatch(kit, "finance", "plisio_get_balance", {"psys_cid": "BTC"})
+    message = error_of(done)["message"]
+    assert "is not the one the vault was encrypted with" in message and str(kit.key_file) in message
+    assert "/api/v1/balances/BTC" not in kit.paths()
+    assert kit.events("credential_tamper_detected") == []
+    with pytest.raises(VaultError, match="not the one the vault was encrypted with"):
+        await connect_key(kit, "shop-two")
 
 
 def test_master_key_forms_and_bad_values() -> None:

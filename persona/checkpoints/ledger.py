@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persona.audit import AuditLog
+from persona.audit_chain import VerifyReport
 from persona.checkpoints import merkle
+from persona.checkpoints.merkle import ProofError
 from persona.checkpoints.note import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
 
 SUFFIX = ".checkpoint"
@@ -38,10 +40,24 @@ def _tree(hashes: list[bytes]) -> tuple[int, bytes]:
 def check(audit: AuditLog, checkpoint: Checkpoint) -> int:
     """Raise :class:`ProofError` unless the log's first ``checkpoint.size`` records are the signed ones;
     returns the log's size."""
-    hashes = leaves(audit)
-    merkle.check_prefix(hashes, checkpoint.size, checkpoint.root, what="the log",
-                        short="records were removed (a cut tail, an emptied table, or the database rolled back)")  # fmt: skip
-    return len(hashes)
+    report = audit.verify(roots_at=(checkpoint.size,))
+    check_report(report, checkpoint)
+    return report.size
+
+
+def check_report(report: VerifyReport, checkpoint: Checkpoint) -> None:
+    """The checkpoint half of a verify: the root the pass computed at the checkpoint's size is the signed one."""
+    if report.size < checkpoint.size:
+        raise ProofError(
+            f"the log has {report.size} records, and the checkpoint signed {checkpoint.size}: records were "
+            "removed (a cut tail, an emptied table, or the database rolled back)"
+        )
+    got = report.roots.get(checkpoint.size)
+    if got != checkpoint.root:
+        raise ProofError(
+            f"the first {checkpoint.size} records are not the ones the checkpoint signed: a record before "
+            f"{checkpoint.size + 1} was changed, removed, inserted or re-chained"
+        )
 
 
 @dataclass(frozen=True)

@@ -37,21 +37,53 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def root(leaves: Sequence[bytes]) -> bytes:
-    """MTH(D[n]) of leaf hashes, in O(n) hashes with a stack of perfect subtrees (no recursion)."""
-    if not leaves:
-        return EMPTY_ROOT
-    stack: list[tuple[int, bytes]] = []  # (height, hash) of perfect subtrees, left to right
-    for leaf in leaves:
+class TreeBuilder:
+    """An RFC 6962 tree built leaf by leaf in O(log n) memory: the compact range ``[0, size)``.
+
+    ``nodes`` are the roots of the perfect subtrees that make up the first ``size`` leaves, left to right
+    (one per set bit of ``size``, largest first), as transparency-dev/merkle's ``compact.Range`` keeps them.
+    They are all a pruned prefix of the log needs to keep for the root of any later tree to be computed.
+    """
+
+    __slots__ = ("_heights", "_nodes", "size")
+
+    def __init__(self, size: int = 0, nodes: Sequence[bytes] = ()) -> None:
+        heights = [bit for bit in range(size.bit_length() - 1, -1, -1) if size >> bit & 1]
+        if len(heights) != len(nodes) or any(len(n) != HASH_SIZE for n in nodes):
+            raise ProofError(f"a compact range of {size} leaves has {len(heights)} nodes of 32 bytes")
+        self.size, self._heights, self._nodes = size, heights, list(nodes)
+
+    @property
+    def nodes(self) -> tuple[bytes, ...]:
+        return tuple(self._nodes)
+
+    def append(self, leaf: bytes) -> None:
+        heights, nodes = self._heights, self._nodes
         height, node = 0, leaf
-        while stack and stack[-1][0] == height:
-            node = node_hash(stack.pop()[1], node)
+        while heights and heights[-1] == height:
+            heights.pop()
+            node = node_hash(nodes.pop(), node)
             height += 1
-        stack.append((height, node))
-    node = stack.pop()[1]
-    while stack:  # the ragged right edge: fold from the right, as MTH's recursion does
-        node = node_hash(stack.pop()[1], node)
-    return node
+        heights.append(height)
+        nodes.append(node)
+        self.size += 1
+
+    def root(self) -> bytes:
+        """MTH of the leaves so far: the ragged right edge folded from the right, as MTH's recursion does."""
+        if not self._nodes:
+            return EMPTY_ROOT
+        node = self._nodes[-1]
+        for left in reversed(self._nodes[:-1]):
+            node = node_hash(left, node)
+        return node
+
+
+def root(leaves: Sequence[bytes]) -> bytes:
+    """MTH(D[n]) of leaf hashes, in O(n) hashes (no recursion)."""
+    tree = TreeBuilder()
+    for leaf in leaves:
+        tree.append(leaf)
+    return tree.root()
 
 
 def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:

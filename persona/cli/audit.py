@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from persona.audit_chain import VerifyReport
 
 app = typer.Typer(
     rich_markup_mode=None, help="The append-only, hash-chained audit log.", no_args_is_help=True
@@ -146,7 +149,7 @@ def verify(
     from rich.console import Console
 
     from persona.app import Runtime
-    from persona.checkpoints.ledger import CheckpointDir, check, open_file
+    from persona.checkpoints.ledger import CheckpointDir, check_report, open_file
     from persona.checkpoints.note import NoteVerifier
     from persona.checkpoints.signing import load_signer
     from persona.cli.main import STATE
@@ -165,15 +168,24 @@ def verify(
     settings = STATE.settings()
 
     async def work(rt: Runtime) -> bool:
-        report = rt.audit.verify(expect_head=expect_head)
+        folder = CheckpointDir(settings.checkpoint_path())
+        path = Path(checkpoint) if checkpoint else folder.latest()
+        signed, verifier, unreadable = None, None, None
+        if path is not None:
+            try:
+                verifier = NoteVerifier.from_vkey(pubkey or load_signer(settings, create=False).vkey)
+                signed = open_file(path, verifier)
+            except AuditIntegrityError as exc:
+                unreadable = exc
+        report = rt.audit.verify(expect_head=expect_head, roots_at=() if signed is None else (signed.size,))
         if report.ok:
             console.print(
                 f"[green]✓ audit chain intact[/]: {report.records} records, head {report.head_hash}"
             )
         else:
             console.print(f"[red]✗ audit chain broken at record {report.first_bad_seq}[/]: {report.problem}")
-        folder = CheckpointDir(settings.checkpoint_path())
-        path = Path(checkpoint) if checkpoint else folder.latest()
+        if report.ok:
+            _print_keys(console, report)
         if path is None:
             console.print(
                 f"[yellow]! no signed checkpoint in {folder.path}[/]: a rewrite of the whole chain (every hash and "
@@ -182,20 +194,35 @@ def verify(
             )
             return report.ok
         try:
-            verifier = NoteVerifier.from_vkey(pubkey or load_signer(settings, create=False).vkey)
-            signed = open_file(path, verifier)
-            size = check(rt.audit, signed)
+            if unreadable is not None:
+                raise unreadable
+            assert signed is not None
+            assert verifier is not None
+            check_report(report, signed)
         except AuditIntegrityError as exc:
             console.print(f"[red]✗ checkpoint {path.name} does not match the log[/]: {exc}")
             return False
         console.print(
-            f"[green]✓ consistent with checkpoint {path.name}[/]: the first {signed.size} of {size} records are "
-            f"the ones {verifier.name} ({verifier.key_id.hex()}) signed"
+            f"[green]✓ consistent with checkpoint {path.name}[/]: the first {signed.size} of {report.size} records "
+            f"are the ones {verifier.name} ({verifier.key_id.hex()}) signed"
         )
         return report.ok
 
     if not with_runtime(work):
         raise typer.Exit(1)
+
+
+def _print_keys(console: Any, report: VerifyReport) -> None:
+    """The MAC half of a verify: every record keyed but a prefix written before records were keyed."""
+    if not report.macs_checked:
+        console.print("[yellow]! MACs not checked[/]: no master key in this process")
+    elif report.unkeyed == 0:
+        console.print(f"[green]✓ every record's MAC verifies[/] ({report.keyed} keyed with the master key)")
+    else:
+        console.print(
+            f"[yellow]! {report.unkeyed} record(s) carry no MAC[/] (the first {report.unkeyed}: written before "
+            f"records were keyed); {report.keyed} keyed record(s) verify. Only a checkpoint vouches for unkeyed ones"
+        )
 
 
 def _verify_offline(console: Any, export: Path, checkpoint: Path, pubkey: str) -> bool:

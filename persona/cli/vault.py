@@ -96,6 +96,7 @@ def vault_context() -> Iterator[VaultContext]:
             return datetime.now(UTC)
 
         vault = Vault(store, MasterKeySource.from_settings(settings), audit, now)
+        audit.use_keys(vault.audit_keys())
         yield VaultContext(settings, store, audit, vault, Grants(vault, settings), Users(store, audit, now))
     finally:
         audit.close()

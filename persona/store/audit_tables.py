@@ -9,6 +9,9 @@ correctly as text): no driver or time-zone round trip can change what ``verify``
 record hash covers, for append and verify alike: the stored form and the hashed form are
 defined once, here, next to the columns.
 
+``mac``/``mac_kv`` key each record: an HMAC of its hash with a key only the master key yields, so
+rewriting the chain (every hash recomputed) is still detected by whoever lacks the master key.
+
 ``audit_head`` is a single row (last seq, last hash) written in the same transaction as every
 batch of appends; a record deleted from the tail therefore no longer matches the head. Triggers
 refuse UPDATE/DELETE/TRUNCATE on ``audit_log`` and let the head only move forward.
@@ -29,7 +32,20 @@ from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import BigInteger, Column, Connection, Double, Index, Integer, String, Table, Text, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    inspect,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from persona.store.metadata import metadata
@@ -59,6 +75,10 @@ audit_log = Table(
     Column("latency_ms", Double),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # HMAC-SHA-256 of the hash with the audit MAC key of version ``mac_kv`` (see persona/audit_keys.py):
+    # NULL only on records written before records were keyed.
+    Column("mac", String(64)),
+    Column("mac_kv", Integer),
 )
 Index("ix_audit_log_conversation_id", audit_log.c.conversation_id)
 Index("ix_audit_log_user_id", audit_log.c.user_id)
@@ -72,6 +92,20 @@ audit_head = Table(
     Column("hash", String(64), nullable=False),
 )
 HEAD_ID = 1
+
+audit_mac_keys = Table(
+    "audit_mac_keys",
+    metadata,
+    # The MAC keys of master-key versions a rotation dropped, sealed (AES-GCM) under the current master
+    # key, so records keyed before a `persona connections rekey` still verify after it.
+    Column("key_version", Integer, primary_key=True, autoincrement=False),
+    Column("master_version", Integer, nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+)
+
+_KEYED_COLUMNS = (("mac", "VARCHAR(64)"), ("mac_kv", "INTEGER"))
+"""Added to an ``audit_log`` created before records were keyed (until migrations exist)."""
 
 _SQLITE_TRIGGERS = (
     f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
@@ -134,6 +168,10 @@ _PG_TRIGGERS = (
 
 def install(conn: Connection, dialect: str) -> None:
     """Install the triggers and the head row, idempotently, inside the caller's transaction."""
+    present = {column["name"] for column in inspect(conn).get_columns("audit_log")}
+    for name, kind in _KEYED_COLUMNS:
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE audit_log ADD COLUMN {name} {kind}")
     if dialect == "sqlite":
         for ddl in _SQLITE_TRIGGERS:
             conn.exec_driver_sql(ddl)
