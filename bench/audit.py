@@ -1,10 +1,12 @@
 """Audit: appends/s on durable SQLite, then the time and memory of ``verify`` over 1M records.
 
-Appends go through the public API (``AuditLog.append``, group commit, WAL + ``synchronous=FULL``):
-once one at a time (each append waits for its own commit), then with many in flight (what a busy
-server does), then the log is filled to 1M records the same way. ``verify`` runs in a fresh process
-(``python -m bench.audit verify DB``) so its memory is its own: peak RSS (``VmHWM``) of that process,
-and how much it grew during the verify.
+Appends go through the public API (``AuditLog.append``, group commit, WAL + ``synchronous=FULL``), keyed
+(each record's MAC, as the runtime writes them): once one at a time (each append waits for its own
+commit), then with many in flight (what a busy server does), then the log is filled to 1M records the
+same way, and a checkpoint of it is signed. ``verify`` is what ``persona audit verify`` runs
+(``verify_log``: the chain, every MAC and the Merkle root against the signed checkpoint, in one pass), in a
+fresh process (``python -m bench.audit verify DIR``) so its memory is its own: peak RSS (``VmHWM``) of that
+process, and how much it grew during the verify.
 """
 
 from __future__ import annotations
@@ -80,15 +82,37 @@ async def _append(log: Any, start: int, count: int, in_flight: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-async def _fill(db: Path, total: int, quick: bool) -> dict[str, Any]:
+def _keys(workdir: Path) -> Any:
+    from persona.audit_keys import MacKeys
+    from persona.masterkey import Keyring
+
+    return MacKeys.of(Keyring(1, {1: bytes.fromhex((workdir / "master.hex").read_text())}), [])
+
+
+def _signer(workdir: Path) -> Any:
+    from persona.checkpoints.note import NoteSigner
+
+    return NoteSigner.from_skey((workdir / "signing.key").read_text())
+
+
+async def _fill(workdir: Path, db: Path, total: int, quick: bool) -> dict[str, Any]:
+    import secrets
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from persona import log as plog
     from persona.audit import AuditLog
+    from persona.checkpoints.ledger import CheckpointDir, sign_current
+    from persona.checkpoints.signing import skey_of
     from persona.store.engine import Store
 
     plog.configure("warning")
+    (workdir / "master.hex").write_text(secrets.token_bytes(32).hex())
+    (workdir / "signing.key").write_text(skey_of("bench/audit", Ed25519PrivateKey.generate()))
     store = Store.open(f"sqlite:///{db}")
     store.create_all()
     log = AuditLog(store)
+    log.use_keys(_keys(workdir))
     done = 0
     out: dict[str, Any] = {}
     try:
@@ -101,6 +125,7 @@ async def _fill(db: Path, total: int, quick: bool) -> dict[str, Any]:
         rest = total - done
         out["fill"] = await _append(log, done, rest, 1024)
         done += rest
+        sign_current(log, _signer(workdir), CheckpointDir(workdir / "checkpoints"))
     finally:
         await log.aclose()
         store.close()
@@ -108,31 +133,29 @@ async def _fill(db: Path, total: int, quick: bool) -> dict[str, Any]:
     return out
 
 
-def _verify_child(db: str) -> None:
-    """In a fresh process: open, verify, report time and memory as one JSON line."""
+def _verify_child(workdir: Path) -> None:
+    """In a fresh process: open, verify (chain + MACs + checkpoint), report time and memory as one JSON line."""
     from persona import log as plog
     from persona.audit import AuditLog
+    from persona.checkpoints.ledger import CheckpointDir
+    from persona.checkpoints.note import NoteVerifier
+    from persona.checkpoints.verification import verify_log
     from persona.store.engine import Store
 
     plog.configure("warning")
-    store = Store.open(f"sqlite:///{db}")
+    store = Store.open(f"sqlite:///{workdir / 'audit.sqlite3'}")
     log = AuditLog(store)
+    log.use_keys(_keys(workdir))
+    folder = CheckpointDir(workdir / "checkpoints")
+    key = NoteVerifier.from_vkey(_signer(workdir).vkey)
     before = _vmrss_mb()
     started = time.perf_counter()
-    report = log.verify()
+    found = verify_log(log, checkpoint=folder.latest(), folder=folder.path, verifier=lambda: key)
     wall = time.perf_counter() - started
-    print(
-        json.dumps(
-            {
-                "wall_s": wall,
-                "ok": report.ok,
-                "records": report.records,
-                "problem": report.problem,
-                "rss_before_mb": before,
-                "peak_rss_mb": _vmhwm_mb(),
-            }
-        )
-    )
+    bad = [f"{f.title}: {f.detail}" for f in found if f.level != "ok"]
+    print(json.dumps({"wall_s": wall, "ok": not bad, "records": log.head()[0], "problem": "; ".join(bad) or None,
+                      "checked": [f.title for f in found], "rss_before_mb": before,
+                      "peak_rss_mb": _vmhwm_mb()}))  # fmt: skip
     store.close()
 
 
@@ -143,10 +166,12 @@ def run(*, quick: bool, workdir: Path) -> Table:
     db = workdir / "audit.sqlite3"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    rates = asyncio.run(_fill(db, total, quick))
+    for old in (workdir / "checkpoints").glob("*.checkpoint"):
+        old.unlink()
+    rates = asyncio.run(_fill(workdir, db, total, quick))
     size_mb = sum(Path(f"{db}{s}").stat().st_size for s in ("", "-wal") if Path(f"{db}{s}").exists()) / 2**20
     done = subprocess.run(
-        [sys.executable, "-m", "bench.audit", "verify", str(db)],
+        [sys.executable, "-m", "bench.audit", "verify", str(workdir)],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     v = json.loads(done.stdout.strip().splitlines()[-1])
@@ -175,9 +200,12 @@ def run(*, quick: bool, workdir: Path) -> Table:
         ["database size", f"{size_mb:,.0f} MB", "", ""],
     ]  # fmt: skip
     t.notes = [
-        f"Chain verified: {v['ok']} ({v['records']:,} records){'' if v['ok'] else ': ' + str(v['problem'])}.",
+        f"Verified: {v['ok']} ({v['records']:,} records: {'; '.join(v.get('checked', []))})"
+        f"{'' if v['ok'] else ': ' + str(v['problem'])}.",
         "Each event is a realistic `tool_call_succeeded` record (arguments, result, decision, latency), "
-        "appended through `AuditLog.append` and so scrubbed, canonicalised, hashed and chained.",
+        "appended through `AuditLog.append` and so scrubbed, canonicalised, hashed, chained and keyed (HMAC).",
+        "`verify` = `persona audit verify`: rehash and chain every record, check every MAC, and compute the "
+        "Merkle root the signed checkpoint must match, in one pass.",
     ]
     if quick:
         t.notes.append(f"--quick: {total:,} records; the 1M verify time is extrapolated linearly.")
@@ -187,6 +215,6 @@ def run(*, quick: bool, workdir: Path) -> Table:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "verify":
-        _verify_child(sys.argv[2])
+        _verify_child(Path(sys.argv[2]))
     else:
-        raise SystemExit("usage: python -m bench.audit verify DB")
+        raise SystemExit("usage: python -m bench.audit verify DIR")

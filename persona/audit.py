@@ -28,13 +28,14 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Connection, Select, bindparam, select
 
-from persona.audit_chain import ChainStart, VerifyReport, verify_rows
+from persona.audit_chain import ChainStart, PruneMark, VerifyReport, verify_rows
 from persona.audit_keys import MacKeys
 from persona.errors import AuditIntegrityError, StoreError
 from persona.store.audit_tables import (
     HEAD_ID,
     audit_head,
     audit_log,
+    audit_pruned,
     canonical_json,
     canonical_record,
     clean_text,
@@ -50,24 +51,6 @@ log = structlog.get_logger(__name__)
 
 SOURCES = frozenset({"chat", "webhook", "schedule", "replay", "cli", "http", "worker"})
 _PAGE = 10_000
-
-
-class Events:
-    """Event type names used across the service (flows may add their own ``flow.*`` names)."""
-
-    MODEL_REQUEST = "model_request"
-    MODEL_RESPONSE = "model_response"
-    TOOL_CALL_ATTEMPTED = "tool_call_attempted"
-    TOOL_CALL_DENIED = "tool_call_denied"
-    TOOL_CALL_SUCCEEDED = "tool_call_succeeded"
-    TOOL_CALL_FAILED = "tool_call_failed"
-    APPROVAL_REQUESTED = "approval_requested"
-    APPROVAL_GRANTED = "approval_granted"
-    APPROVAL_REJECTED = "approval_rejected"
-    WEBHOOK_RECEIVED = "webhook_received"
-    WEBHOOK_REJECTED = "webhook_rejected"
-    CREDENTIAL_CHANGED = "credential_changed"
-    GRANT_CHANGED = "grant_changed"
 
 
 class _EventFields(BaseModel):
@@ -146,6 +129,7 @@ _KEYED = (*_COLUMNS, audit_log.c.mac, audit_log.c.mac_kv)
 _COLUMN_NAMES = tuple(column.name for column in _COLUMNS)
 _FIELD_NAMES = tuple("user" if name == "user_id" else name for name in _COLUMN_NAMES)
 _HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
+_MARK = select(audit_pruned).order_by(audit_pruned.c.through_seq.desc()).limit(1)
 # The writer's statements, built once: a reused statement keeps its cache key, so SQLAlchemy goes
 # straight to the compiled form (rebuilding them per batch cost more CPU than SQLite's own commit).
 _HEAD_LOCKED = _HEAD.with_for_update()
@@ -385,11 +369,10 @@ class AuditLog:
         ``roots_at``: tree sizes whose Merkle root to report (signed checkpoints' sizes), same pass.
         """
         with self._store.read("verify the audit log") as conn:
-            head = conn.execute(_HEAD).first()
+            head, mark = conn.execute(_HEAD).first(), conn.execute(_MARK).first()
+            start = ChainStart() if mark is None else PruneMark.of(mark).start
             rows = _stream(conn, AuditFilter(), _KEYED)
-            report = verify_rows(
-                rows, head, expect_head, keys=self._keys, start=ChainStart(), roots_at=roots_at
-            )
+            report = verify_rows(rows, head, expect_head, keys=self._keys, start=start, roots_at=roots_at)
         if not report.ok:
             log.warning("audit_verify_failed", first_bad_seq=report.first_bad_seq, problem=report.problem)
         return report
@@ -433,6 +416,12 @@ class AuditLog:
                 if len(rows) < _PAGE * 10:
                     return out
                 after = int(rows[-1][0])
+
+    def pruned(self) -> PruneMark | None:
+        """The latest prune (the records up to it are gone), or None."""
+        with self._store.read("read the audit log's pruned range") as conn:
+            row = conn.execute(_MARK).first()
+        return None if row is None else PruneMark.of(row)
 
     def head(self) -> tuple[int, str | None]:
         """(last seq, last hash); ``(0, None)`` while the log is empty."""

@@ -27,6 +27,29 @@ class ChainStart:
 
 
 @dataclasses.dataclass(frozen=True)
+class PruneMark:
+    """The latest ``persona audit prune``: records 1..``through_seq`` are gone, vouched for by ``note``."""
+
+    through_seq: int
+    last_hash: str
+    nodes: tuple[bytes, ...]
+    note: str
+    before: str
+    pruned_at: str
+
+    @property
+    def start(self) -> ChainStart:
+        return ChainStart(self.through_seq + 1, self.last_hash, self.nodes)
+
+    @classmethod
+    def of(cls, row: Any) -> PruneMark:
+        raw = bytes(row.nodes)
+        nodes = tuple(raw[i : i + 32] for i in range(0, len(raw), 32))
+        return cls(int(row.through_seq), str(row.last_hash), nodes, str(row.note), str(row.before),
+                   str(row.pruned_at))  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
 class VerifyReport:
     ok: bool
     records: int
@@ -43,6 +66,8 @@ class VerifyReport:
     """Leaves of the records' Merkle tree: every record ever appended, pruned ones included."""
     roots: Mapping[int, bytes] = dataclasses.field(default_factory=dict)
     """The tree's root at each size asked for (computed past a chain problem too, for the checkpoint check)."""
+    pruned: int = 0
+    """Records pruned before the stored ones (their roots cannot be recomputed)."""
 
 
 @dataclasses.dataclass
@@ -77,7 +102,7 @@ def verify_rows(
 
     def report(first_bad: int, text: str) -> VerifyReport:
         return VerifyReport(False, first_bad - start.seq, first_bad, text, head_hash, tally.keyed, tally.unkeyed,
-                            keys is not None, tree.size, roots)  # fmt: skip
+                            keys is not None, tree.size, roots, start.seq - 1)  # fmt: skip
 
     for row in rows:
         stored = row[15]

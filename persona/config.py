@@ -172,11 +172,22 @@ class AuditSettings(Frozen):
     next to the SQLite store (``var/checkpoints``). Keep it outside the database's reach (another disk,
     a mounted bucket): a checkpoint there is what a rewrite of the database cannot match."""
     checkpoint_every_s: float | None = Field(300.0, ge=10, le=86_400)
-    """The worker signs a checkpoint this often when the log grew, and once more when it stops; null: only
-    ``persona audit checkpoint``."""
+    """The worker signs a checkpoint this often when the log grew, and once more when it stops; null: no
+    time schedule (with ``checkpoint_every_records`` null too, only ``persona audit checkpoint`` signs)."""
     signing_key_file: str | None = None
     """The Ed25519 checkpoint signing key (unless ``PERSONA_AUDIT_SIGNING_KEY`` is set); null:
     ``audit-signing.key`` next to the SQLite store. Created with mode 0600 on first use. Not the master key."""
+    checkpoint_every_records: int | None = Field(10_000, ge=1, le=10_000_000)
+    """The worker also signs a checkpoint once this many records were appended since the last one (checked
+    on every poll, one read of the log's head); null: only on the ``checkpoint_every_s`` schedule."""
+    checkpoint_webhook_url: str | None = Field(None, pattern=r"^https?://")
+    """Where the worker POSTs each new checkpoint (the signed note as text/plain): a witness or another
+    system outside the database's reach that keeps them; null: checkpoints stay in ``checkpoint_dir``."""
+    checkpoint_secret_env: str = Field("PERSONA_CHECKPOINT_SECRET", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    """The variable holding the secret that signs checkpoint deliveries (``X-Persona-Signature``, the scheme
+    of the outbound webhook); unset: deliveries go unsigned (the note itself is still Ed25519-signed)."""
+    checkpoint_timeout_s: float = Field(10.0, gt=0, le=120)
+    """One checkpoint delivery's timeout; a failed delivery is retried by the worker later."""
 
 
 class EffectSettings(Frozen):
@@ -266,6 +277,8 @@ class Settings(Frozen):
     """From ``PLISIO_PREVIOUS_API_KEY``: still accepted on callbacks during a key rotation."""
     outbound_secret: SecretStr | None = Field(None, exclude=True)
     """From the variable ``outbound.secret_env`` names: signs approved messages sent out."""
+    checkpoint_secret: SecretStr | None = Field(None, exclude=True)
+    """From the variable ``audit.checkpoint_secret_env`` names: signs checkpoints POSTed to the webhook."""
     audit_signing_key: SecretStr | None = Field(None, exclude=True)
     """From ``PERSONA_AUDIT_SIGNING_KEY``: ``PRIVATE+KEY+<name>+<id>+<key>`` (Go sumdb/note signer format)."""
     master_key: SecretStr | None = Field(None, exclude=True)
@@ -370,6 +383,7 @@ def load_settings(
         "llm_api_key": env.get(settings.llm.api_key_env),
         "plisio_previous_api_key": env.get(ENV_PLISIO_PREVIOUS_KEY),
         "outbound_secret": env.get(settings.outbound.secret_env),
+        "checkpoint_secret": env.get(settings.audit.checkpoint_secret_env),
         "master_key": env.get(ENV_MASTER_KEY),
         "audit_signing_key": env.get(ENV_AUDIT_SIGNING_KEY),
     }

@@ -10,8 +10,6 @@ re-sent; it is never silently dropped.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import uuid
 from collections.abc import Callable
@@ -27,10 +25,10 @@ from persona.config import Settings
 from persona.errors import Conflict, NotConfigured, NotFound
 from persona.store.engine import Store
 from persona.store.flow_tables import drafts
+from persona.webhook_signature import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 from tools.redaction import scrub
 
-SIGNATURE_HEADER = "X-Persona-Signature"
-DELIVERY_HEADER = "X-Persona-Delivery"
+__all__ = ["DELIVERY_HEADER", "SIGNATURE_HEADER", "Draft", "DraftStore", "Outbound", "ReviewQueue", "sign"]
 
 
 @dataclass(frozen=True)
@@ -79,10 +77,6 @@ def outbound_payload(draft: Draft) -> dict[str, Any]:
         "approved_by": draft.decided_by,
         "approved_at": draft.decided_at.isoformat() if draft.decided_at else None,
     }
-
-
-def sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 class DraftStore:

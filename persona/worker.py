@@ -19,6 +19,10 @@ about, ignoring those that ended more than ``reconcile_max_age`` ago (3 days by 
 first start on a long-lived shop does not draft messages for long-abandoned payments.
 On a schedule too (``effects.resolve_every_s``), the effects sweep looks up side effects whose
 answer was lost, so an invoice made by a process that died is found and one never made is released.
+Audit checkpoints are signed every ``audit.checkpoint_every_s``, once ``audit.checkpoint_every_records``
+records were appended since the last one, and at stop; each new one is POSTed to
+``audit.checkpoint_webhook_url`` when that is set (see the worker's ``checkpoints``, a
+:class:`~persona.checkpoints.publisher.CheckpointPublisher`).
 A worker killed mid-flow leaves its row ``processing``; when the
 lease lapses another worker takes it, and the flow's idempotency key (``recovery:<txn_id>``)
 turns the second attempt into a continuation, never a second draft.
@@ -41,6 +45,7 @@ import structlog
 
 from persona.app import Runtime
 from persona.audit import AuditEvent
+from persona.checkpoints.publisher import CheckpointPublisher
 from persona.events import Source
 from persona.inbox import Callback, Inbox, InboxRow, UnusableCallback, parse_callback
 from persona.invoices import SUCCESS_STATUSES, InvoiceStates, Transition, advance, rank
@@ -149,9 +154,14 @@ class Worker:
                     keep=timedelta(days=1)),
                 Job("resolve_effects", interval_slot(rt.settings.effects.resolve_every_s), self._resolve_job,
                     keep=timedelta(days=1))]  # fmt: skip
-        if rt.settings.audit.checkpoint_every_s:
-            jobs.append(Job("audit_checkpoint", interval_slot(rt.settings.audit.checkpoint_every_s),
-                            self._checkpoint_job, keep=timedelta(days=1)))  # fmt: skip
+        self.checkpoints = CheckpointPublisher(
+            rt.audit, rt.settings, now=self.now, poll_interval_s=self.settings.poll_interval_s,
+            enabled=schedules, transport=rt.checkpoint_transport,
+        )  # fmt: skip
+        audit = rt.settings.audit
+        if audit.checkpoint_every_s:
+            jobs.append(Job("audit_checkpoint", interval_slot(audit.checkpoint_every_s),
+                            self.checkpoints.on_schedule, keep=timedelta(days=1)))  # fmt: skip
         if churn is not None and rt.settings.flows.churn.schedule:
             scan = churn
             jobs.append(Job("churn_scan", cron_slot(rt.settings.flows.churn.schedule), lambda s: scan(rt, s)))
@@ -163,21 +173,20 @@ class Worker:
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop`` is set: run due schedules, drain the inbox, wait ``poll_interval_s``."""
+        """Until ``stop`` is set: run due schedules, sign and deliver audit checkpoints that are due (see
+        :meth:`CheckpointPublisher.step`), drain the inbox, wait ``poll_interval_s``. On the way out: a last
+        checkpoint and its delivery (:meth:`CheckpointPublisher.finish`)."""
         log.info("worker_started", owner=self.owner)
         while not stop.is_set():
             try:
                 await self.scheduler.tick()
+                await self.checkpoints.step()
                 await self.drain(stop=stop)
             except Exception as exc:  # the store may be down: keep polling, never die
                 log.error("worker_iteration_failed", error=scrub(f"{type(exc).__name__}: {exc}"))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
-        if self.rt.settings.audit.checkpoint_every_s and self.scheduler.jobs:
-            try:  # the last records before a shutdown get their checkpoint too
-                await asyncio.to_thread(self.checkpoint)
-            except Exception as exc:
-                log.error("audit_checkpoint_failed", error=scrub(f"{type(exc).__name__}: {exc}"))
+        await self.checkpoints.finish()
         log.info("worker_stopped", owner=self.owner)
 
     async def drain(self, *, limit: int = 1000, stop: asyncio.Event | None = None) -> list[Processed]:
@@ -367,26 +376,6 @@ class Worker:
             await self.rt.audit.flush()
         except Exception as exc:
             log.error("worker_audit_failed", audit_event="batch", error=f"{type(exc).__name__}: {exc}")
-
-    # -- audit checkpoints -----------------------------------------------------------------
-
-    async def _checkpoint_job(self, slot: datetime) -> str:
-        return await asyncio.to_thread(self.checkpoint)
-
-    def checkpoint(self) -> str:
-        """Sign the audit log's tree head into ``audit.checkpoint_dir`` if it grew since the last one."""
-        from persona.checkpoints.ledger import CheckpointDir, sign_current
-        from persona.checkpoints.signing import load_signer
-
-        settings = self.rt.settings
-        self.rt.audit.flush_sync()
-        folder = CheckpointDir(settings.checkpoint_path())
-        latest = folder.latest()
-        if latest is not None and folder.size_of(latest) >= self.rt.audit.head()[0]:
-            return "no new records since the last checkpoint"
-        signed, path = sign_current(self.rt.audit, load_signer(settings), folder)
-        log.info("audit_checkpoint_written", size=signed.size, path=str(path))
-        return f"checkpoint of {signed.size} records: {path.name}"
 
     # -- the effects sweep -----------------------------------------------------------------
 

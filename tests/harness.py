@@ -25,12 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def repo_settings(**env: str) -> Settings:
-    """The shipped config. Periodic audit checkpoints are off: the shipped paths would put them (and the
-    signing key) in the repository's var/; the tests that want them give a directory of their own."""
+    """The shipped config. Periodic audit checkpoints (on time and every N records) are off: the shipped
+    paths would put them (and the signing key) in the repository's var/; the tests that want them give a
+    directory of their own."""
     settings = load_settings(REPO / "config.yaml", env=env)
-    return settings.model_copy(
-        update={"audit": settings.audit.model_copy(update={"checkpoint_every_s": None})}
-    )
+    off = {"checkpoint_every_s": None, "checkpoint_every_records": None}
+    return settings.model_copy(update={"audit": settings.audit.model_copy(update=off)})
 
 
 def build_runtime(

@@ -258,8 +258,9 @@ async def test_the_worker_signs_checkpoints_on_its_schedule_and_when_it_stops(
         assert "audit_checkpoint" in [r.name for r in await worker.scheduler.tick()]
         first = folder.latest()
         assert first is not None and check(rt.audit, open_file(first, verifier)) >= 3
-        assert worker.checkpoint().startswith("checkpoint of")  # the tick's own records came after it
-        assert worker.checkpoint() == "no new records since the last checkpoint"
+        signed = worker.checkpoints.checkpoint()
+        assert signed.startswith("checkpoint of")  # the tick's own records came after it
+        assert worker.checkpoints.checkpoint() == "no new records since the last checkpoint"
         rt.audit.append_sync(event(9))
         stop = asyncio.Event()
         stop.set()  # the loop ends at once: the stop itself signs what came since

@@ -162,6 +162,30 @@ def test_every_proof_of_larger_trees_round_trips() -> None:
             )
 
 
+def test_a_pruned_prefix_kept_as_its_compact_range_gives_the_same_roots_and_proofs() -> None:
+    """After records 1..p are pruned, their compact range (one node per set bit of p) is all it takes: every
+    root of a tree no smaller than p, every stored record's inclusion proof and every consistency proof
+    from a size no smaller than p are the full tree's; a proof of a pruned record is refused."""
+    hashes = [merkle.leaf_hash(bytes([i, i * 5 % 256])) for i in range(25)]
+    for n in range(1, 26):
+        full = merkle.Tree(hashes[:n])
+        for p in range(0, n + 1):
+            kept = merkle.TreeBuilder()
+            for leaf in hashes[:p]:
+                kept.append(leaf)
+            assert len(kept.nodes) == bin(p).count("1")
+            tree = merkle.Tree(hashes[p:n], pruned=p, nodes=kept.nodes)
+            assert tree.root() == full.root()
+            for size in range(max(p, 1), n + 1):
+                for i in range(p, size):
+                    assert tree.inclusion_proof(i, size) == full.inclusion_proof(i, size), (n, p, size, i)
+                for m in range(p, size + 1):
+                    assert tree.consistency_proof(m, size) == full.consistency_proof(m, size), (n, p, m, size)
+            if p:
+                with pytest.raises(ProofError, match=f"record {p} was pruned"):
+                    tree.inclusion_proof(p - 1)
+
+
 def test_the_trivial_consistency_cases() -> None:
     some, other = merkle.leaf_hash(b"a"), merkle.leaf_hash(b"b")
     merkle.verify_consistency(0, 0, [], some, some)

@@ -26,15 +26,21 @@ _NAME = re.compile(r"[0-9]{12}\.checkpoint")
 
 
 def leaves(audit: AuditLog) -> list[bytes]:
+    """The stored records' leaves (after a pruned range, see :func:`tree`)."""
     return [merkle.leaf_hash(bytes.fromhex(h)) for h in audit.record_hashes()]
 
 
+def tree(audit: AuditLog) -> merkle.Tree:
+    """The whole log's tree: the stored records after the compact range a prune kept of the others."""
+    mark = audit.pruned()
+    if mark is None:
+        return merkle.Tree(leaves(audit))
+    return merkle.Tree(leaves(audit), pruned=mark.through_seq, nodes=mark.nodes)
+
+
 def current(audit: AuditLog, origin: str) -> Checkpoint:
-    return Checkpoint(origin, *_tree(leaves(audit)))
-
-
-def _tree(hashes: list[bytes]) -> tuple[int, bytes]:
-    return len(hashes), merkle.root(hashes)
+    whole = tree(audit)
+    return Checkpoint(origin, whole.size, whole.root())
 
 
 def check(audit: AuditLog, checkpoint: Checkpoint) -> int:
@@ -51,6 +57,11 @@ def check_report(report: VerifyReport, checkpoint: Checkpoint) -> None:
         raise ProofError(
             f"the log has {report.size} records, and the checkpoint signed {checkpoint.size}: records were "
             "removed (a cut tail, an emptied table, or the database rolled back)"
+        )
+    if checkpoint.size < report.pruned:
+        raise ProofError(
+            f"the checkpoint of {checkpoint.size} records predates the pruned range 1..{report.pruned}: check it "
+            "against an export taken before the prune (the prune's own checkpoint vouches for the range)"
         )
     got = report.roots.get(checkpoint.size)
     if got != checkpoint.root:

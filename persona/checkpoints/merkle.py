@@ -86,36 +86,98 @@ def root(leaves: Sequence[bytes]) -> bytes:
     return tree.root()
 
 
+class Tree:
+    """The log's tree for proofs: the leaves still stored, after a pruned prefix kept as its compact range.
+
+    Proof generation follows RFC 6962 §2.1.1-2.1.2 (PATH, SUBPROOF) over ranges ``[lo, hi)``. A range
+    inside the pruned prefix is available only as one of its compact-range nodes, which is every range a
+    proof of a stored leaf, or between trees no smaller than the prefix, ever needs; anything else is a
+    :class:`ProofError` naming the prune.
+    """
+
+    def __init__(self, leaves: Sequence[bytes], *, pruned: int = 0, nodes: Sequence[bytes] = ()) -> None:
+        TreeBuilder(pruned, nodes)  # validates the compact range
+        self.pruned, self._leaves = pruned, leaves
+        self.size = pruned + len(leaves)
+        self._nodes: dict[tuple[int, int], bytes] = {}
+        lo = 0
+        for bit, node in zip([b for b in range(pruned.bit_length() - 1, -1, -1) if pruned >> b & 1], nodes,
+                             strict=True):  # fmt: skip
+            self._nodes[(lo, lo + (1 << bit))] = node
+            lo += 1 << bit
+
+    def leaf(self, index: int) -> bytes:
+        if index < self.pruned:
+            raise ProofError(
+                f"record {index + 1} was pruned (records 1..{self.pruned}): it has no proof any more"
+            )
+        return self._leaves[index - self.pruned]
+
+    def hash(self, lo: int, hi: int) -> bytes:
+        """MTH of leaves ``[lo, hi)``."""
+        if hi <= self.pruned:
+            node = self._nodes.get((lo, hi))
+            if node is not None:
+                return node
+            if (hi - lo) & (hi - lo - 1) == 0:  # a perfect subtree inside one kept node: gone with the prune
+                raise ProofError(
+                    f"records {lo + 1}..{hi} lie inside the pruned range 1..{self.pruned}: this proof needs them"
+                )
+        elif lo >= self.pruned:
+            return root(self._leaves[lo - self.pruned : hi - self.pruned])
+        k = _split(hi - lo)
+        return node_hash(self.hash(lo, lo + k), self.hash(lo + k, hi))
+
+    def root(self, size: int | None = None) -> bytes:
+        size = self.size if size is None else size
+        if not self.pruned <= size <= self.size:
+            raise ProofError(
+                f"the tree of size {size} cannot be computed: the log holds {self.pruned}..{self.size}"
+            )
+        return EMPTY_ROOT if size == 0 else self.hash(0, size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """PATH(m, D[n]) (RFC 6962 §2.1.1): the audit path of leaf ``index`` in the tree of ``size``."""
+        size = self.size if size is None else size
+        if not 0 <= index < size <= self.size:
+            raise ValueError(f"leaf {index} is not in a tree of {size}")
+        self.leaf(index)
+        return self._path(index, 0, size)
+
+    def _path(self, m: int, lo: int, hi: int) -> list[bytes]:
+        if hi - lo == 1:
+            return []
+        k = _split(hi - lo)
+        if m < lo + k:
+            return [*self._path(m, lo, lo + k), self.hash(lo + k, hi)]
+        return [*self._path(m, lo + k, hi), self.hash(lo, lo + k)]
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> list[bytes]:
+        """PROOF(m, D[n]) (RFC 6962 §2.1.2) from the tree of ``size1`` leaves to the tree of ``size2``."""
+        size2 = self.size if size2 is None else size2
+        if not 0 <= size1 <= size2 <= self.size:
+            raise ValueError(f"a tree of {size1} is not a prefix of a tree of {size2}")
+        if size1 in (0, size2):
+            return []
+        return self._subproof(size1, 0, size2, True)
+
+    def _subproof(self, m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
+        if m == hi:
+            return [] if complete else [self.hash(lo, hi)]
+        k = _split(hi - lo)
+        if m <= lo + k:
+            return [*self._subproof(m, lo, lo + k, complete), self.hash(lo + k, hi)]
+        return [*self._subproof(m, lo + k, hi, False), self.hash(lo, lo + k)]
+
+
 def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
-    """PATH(m, D[n]) (RFC 6962 §2.1.1): the audit path of leaf ``index``."""
-    n = len(leaves)
-    if not 0 <= index < n:
-        raise ValueError(f"leaf {index} is not in a tree of {n}")
-    if n == 1:
-        return []
-    k = _split(n)
-    if index < k:
-        return [*inclusion_proof(index, leaves[:k]), root(leaves[k:])]
-    return [*inclusion_proof(index - k, leaves[k:]), root(leaves[:k])]
+    """PATH(m, D[n]) over all of ``leaves``."""
+    return Tree(leaves).inclusion_proof(index)
 
 
 def consistency_proof(size1: int, leaves: Sequence[bytes]) -> list[bytes]:
-    """PROOF(m, D[n]) (RFC 6962 §2.1.2) from the tree of ``size1`` leaves to the tree of all of them."""
-    if not 0 <= size1 <= len(leaves):
-        raise ValueError(f"a tree of {size1} is not a prefix of a tree of {len(leaves)}")
-    if size1 in (0, len(leaves)):
-        return []
-    return _subproof(size1, leaves, True)
-
-
-def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
-    n = len(leaves)
-    if m == n:
-        return [] if complete else [root(leaves)]
-    k = _split(n)
-    if m <= k:
-        return [*_subproof(m, leaves[:k], complete), root(leaves[k:])]
-    return [*_subproof(m - k, leaves[k:], False), root(leaves[:k])]
+    """PROOF(m, D[n]) from the tree of ``size1`` leaves to the tree of all of ``leaves``."""
+    return Tree(leaves).consistency_proof(size1)
 
 
 def root_from_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:

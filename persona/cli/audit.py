@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from persona.audit_chain import VerifyReport
+    from persona.checkpoints.verification import Finding
 
 app = typer.Typer(
     rich_markup_mode=None, help="The append-only, hash-chained audit log.", no_args_is_help=True
@@ -25,7 +25,7 @@ def _filter(**kw: Any) -> Any:
     return AuditFilter(**kw)
 
 
-def _when(value: str | None) -> datetime | None:
+def _when(value: str | None, key: str = "--since/--until") -> datetime | None:
     from persona.errors import ConfigError
 
     if value is None:
@@ -34,7 +34,7 @@ def _when(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         raise ConfigError(
-            f"{value!r} is not a date/time", key="--since/--until", fix="use ISO 8601, e.g. 2026-11-24T09:00"
+            f"{value!r} is not a date/time", key=key, fix="use ISO 8601, e.g. 2026-11-24T09:00"
         ) from None
 
 
@@ -149,12 +149,12 @@ def verify(
     from rich.console import Console
 
     from persona.app import Runtime
-    from persona.checkpoints.ledger import CheckpointDir, check_report, open_file
+    from persona.checkpoints.ledger import CheckpointDir
     from persona.checkpoints.note import NoteVerifier
     from persona.checkpoints.signing import load_signer
+    from persona.checkpoints.verification import verify_log
     from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
-    from persona.errors import AuditIntegrityError
 
     console = Console(highlight=False)
     if export is not None:
@@ -169,60 +169,25 @@ def verify(
 
     async def work(rt: Runtime) -> bool:
         folder = CheckpointDir(settings.checkpoint_path())
-        path = Path(checkpoint) if checkpoint else folder.latest()
-        signed, verifier, unreadable = None, None, None
-        if path is not None:
-            try:
-                verifier = NoteVerifier.from_vkey(pubkey or load_signer(settings, create=False).vkey)
-                signed = open_file(path, verifier)
-            except AuditIntegrityError as exc:
-                unreadable = exc
-        report = rt.audit.verify(expect_head=expect_head, roots_at=() if signed is None else (signed.size,))
-        if report.ok:
-            console.print(
-                f"[green]✓ audit chain intact[/]: {report.records} records, head {report.head_hash}"
-            )
-        else:
-            console.print(f"[red]✗ audit chain broken at record {report.first_bad_seq}[/]: {report.problem}")
-        if report.ok:
-            _print_keys(console, report)
-        if path is None:
-            console.print(
-                f"[yellow]! no signed checkpoint in {folder.path}[/]: a rewrite of the whole chain (every hash and "
-                "the head recomputed) would pass; run `persona audit checkpoint` and keep the checkpoints "
-                "outside the database's reach"
-            )
-            return report.ok
-        try:
-            if unreadable is not None:
-                raise unreadable
-            assert signed is not None
-            assert verifier is not None
-            check_report(report, signed)
-        except AuditIntegrityError as exc:
-            console.print(f"[red]✗ checkpoint {path.name} does not match the log[/]: {exc}")
-            return False
-        console.print(
-            f"[green]✓ consistent with checkpoint {path.name}[/]: the first {signed.size} of {report.size} records "
-            f"are the ones {verifier.name} ({verifier.key_id.hex()}) signed"
-        )
-        return report.ok
+        findings = verify_log(
+            rt.audit, checkpoint=Path(checkpoint) if checkpoint else folder.latest(), folder=folder.path,
+            verifier=lambda: NoteVerifier.from_vkey(pubkey or load_signer(settings, create=False).vkey),
+            expect_head=expect_head,
+        )  # fmt: skip
+        for finding in findings:
+            _print_finding(console, finding)
+        return all(finding.level != "bad" for finding in findings)
 
     if not with_runtime(work):
         raise typer.Exit(1)
 
 
-def _print_keys(console: Any, report: VerifyReport) -> None:
-    """The MAC half of a verify: every record keyed but a prefix written before records were keyed."""
-    if not report.macs_checked:
-        console.print("[yellow]! MACs not checked[/]: no master key in this process")
-    elif report.unkeyed == 0:
-        console.print(f"[green]✓ every record's MAC verifies[/] ({report.keyed} keyed with the master key)")
-    else:
-        console.print(
-            f"[yellow]! {report.unkeyed} record(s) carry no MAC[/] (the first {report.unkeyed}: written before "
-            f"records were keyed); {report.keyed} keyed record(s) verify. Only a checkpoint vouches for unkeyed ones"
-        )
+_MARKS = {"ok": "[green]✓", "warn": "[yellow]!", "bad": "[red]✗"}
+
+
+def _print_finding(console: Any, finding: Finding) -> None:
+    detail = f": {finding.detail}" if finding.detail else ""
+    console.print(f"{_MARKS[finding.level]} {finding.title}[/]{detail}")
 
 
 def _verify_offline(console: Any, export: Path, checkpoint: Path, pubkey: str) -> bool:
@@ -249,6 +214,14 @@ def _verify_offline(console: Any, export: Path, checkpoint: Path, pubkey: str) -
     return True
 
 
+def _signed(settings: Any, path: Path) -> Any:
+    from persona.checkpoints.ledger import open_file
+    from persona.checkpoints.note import NoteVerifier
+    from persona.checkpoints.signing import load_signer
+
+    return open_file(path, NoteVerifier.from_vkey(load_signer(settings, create=False).vkey))
+
+
 @app.command("prove")
 def prove(
     seq: Annotated[int, typer.Argument(help="The record's seq.", min=1)],
@@ -261,9 +234,7 @@ def prove(
 
     from persona.app import Runtime
     from persona.checkpoints import merkle
-    from persona.checkpoints.ledger import CheckpointDir, check, leaves, open_file
-    from persona.checkpoints.note import NoteVerifier
-    from persona.checkpoints.signing import load_signer
+    from persona.checkpoints.ledger import CheckpointDir, check, tree
     from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
     from persona.errors import NotFound
@@ -275,22 +246,100 @@ def prove(
         path = Path(checkpoint) if checkpoint else folder.latest()
         if path is None:
             raise NotFound(f"no signed checkpoint in {folder.path} (fix: run `persona audit checkpoint`)")
-        verifier = NoteVerifier.from_vkey(load_signer(settings, create=False).vkey)
-        signed = open_file(path, verifier)
+        signed = _signed(settings, path)
         check(rt.audit, signed)
         if seq > signed.size:
             raise NotFound(
                 f"record {seq} is after checkpoint {path.name} (size {signed.size}): sign a newer one"
             )
-        hashes = leaves(rt.audit)[: signed.size]
-        proof = merkle.inclusion_proof(seq - 1, hashes)
-        merkle.verify_inclusion(seq - 1, signed.size, hashes[seq - 1], proof, signed.root)
+        whole = tree(rt.audit)
+        proof = whole.inclusion_proof(seq - 1, signed.size)
+        leaf = whole.leaf(seq - 1)
+        merkle.verify_inclusion(seq - 1, signed.size, leaf, proof, signed.root)
         print(json_module.dumps({
-            "seq": seq, "leaf_index": seq - 1, "leaf_hash": hashes[seq - 1].hex(), "tree_size": signed.size,
+            "seq": seq, "leaf_index": seq - 1, "leaf_hash": leaf.hex(), "tree_size": signed.size,
             "root": signed.root.hex(), "checkpoint": path.name, "proof": [p.hex() for p in proof],
         }, indent=2))  # fmt: skip
 
     with_runtime(work)
+
+
+@app.command("consistency")
+def consistency(
+    older: Annotated[str, typer.Argument(help="The older signed checkpoint file.")],
+    newer: Annotated[
+        str | None, typer.Argument(help="The newer one (default: the latest in audit.checkpoint_dir).")
+    ] = None,
+) -> None:
+    """Print the RFC 6962 consistency proof from an older signed checkpoint to a newer one (JSON): the newer
+    tree extends the older, nothing before it was rewritten. Checked before it is printed; exit 1 if not."""
+    import json as json_module
+
+    from persona.app import Runtime
+    from persona.checkpoints import merkle
+    from persona.checkpoints.ledger import CheckpointDir, check, tree
+    from persona.cli.main import STATE
+    from persona.cli.runtime import with_runtime
+    from persona.errors import NotFound
+
+    settings = STATE.settings()
+
+    async def work(rt: Runtime) -> None:
+        folder = CheckpointDir(settings.checkpoint_path())
+        new_path = Path(newer) if newer else folder.latest()
+        if new_path is None:
+            raise NotFound(f"no signed checkpoint in {folder.path} (fix: run `persona audit checkpoint`)")
+        first, second = _signed(settings, Path(older)), _signed(settings, new_path)
+        if first.size > second.size:
+            raise typer.BadParameter(
+                f"{older} ({first.size} records) is newer than {new_path.name} ({second.size}): swap them"
+            )
+        check(rt.audit, second)
+        proof = tree(rt.audit).consistency_proof(first.size, second.size)
+        merkle.verify_consistency(first.size, second.size, proof, first.root, second.root)
+        print(json_module.dumps({
+            "size1": first.size, "root1": first.root.hex(), "size2": second.size, "root2": second.root.hex(),
+            "checkpoints": [Path(older).name, new_path.name], "proof": [p.hex() for p in proof],
+        }, indent=2))  # fmt: skip
+
+    with_runtime(work)
+
+
+@app.command("prune")
+def prune_cmd(
+    before: Annotated[str, Opt("--before", help="Prune the records stamped before this time (ISO 8601).")],
+    by: Annotated[str, Opt("--by", help="Who prunes (recorded in the audit log).")],
+    yes: Annotated[bool, Opt("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete old audit records, only after signing a checkpoint that records the pruned range (kept in
+    audit.checkpoint_dir), so what remains still verifies against it."""
+    from datetime import UTC
+
+    from rich.console import Console
+
+    from persona.app import Runtime
+    from persona.checkpoints.ledger import CheckpointDir
+    from persona.checkpoints.retention import prune
+    from persona.checkpoints.signing import load_signer
+    from persona.cli.main import STATE
+    from persona.cli.runtime import with_runtime
+
+    moment = _when(before, "--before")
+    assert moment is not None
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if not yes:
+        typer.confirm(f"Delete every audit record stamped before {moment.isoformat()}?", abort=True)
+    settings = STATE.settings()
+
+    async def work(rt: Runtime) -> str:
+        folder = CheckpointDir(settings.checkpoint_path())
+        done = prune(rt.audit, rt.store, load_signer(settings), folder, before=moment, by=by, now=rt.now)
+        return (
+            f"pruned records 1..{done.through_seq} ({done.removed} deleted); the range is recorded in the signed "
+            f"checkpoint of {done.checkpoint.size} records, {done.path}"
+        )
+
+    Console(highlight=False).print(with_runtime(work))
 
 
 @app.command("checkpoint")

@@ -14,7 +14,8 @@ rewriting the chain (every hash recomputed) is still detected by whoever lacks t
 
 ``audit_head`` is a single row (last seq, last hash) written in the same transaction as every
 batch of appends; a record deleted from the tail therefore no longer matches the head. Triggers
-refuse UPDATE/DELETE/TRUNCATE on ``audit_log`` and let the head only move forward.
+refuse UPDATE/DELETE/TRUNCATE on ``audit_log`` (DELETE only of records a prune recorded in
+``audit_pruned``) and let the head only move forward.
 """
 
 from __future__ import annotations
@@ -104,14 +105,30 @@ audit_mac_keys = Table(
     Column("ciphertext", LargeBinary, nullable=False),
 )
 
+audit_pruned = Table(
+    "audit_pruned",
+    metadata,
+    # One row per `persona audit prune`: records 1..through_seq are gone; what verifying the rest needs of
+    # them is kept here (the last hash, the compact range of their Merkle leaves), and ``note`` is the signed
+    # checkpoint that recorded the prune (its extension line names through_seq and last_hash).
+    Column("through_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("last_hash", String(64), nullable=False),
+    Column("nodes", LargeBinary, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("before", String(32), nullable=False),
+    Column("pruned_at", String(32), nullable=False),
+)
+
 _KEYED_COLUMNS = (("mac", "VARCHAR(64)"), ("mac_kv", "INTEGER"))
 """Added to an ``audit_log`` created before records were keyed (until migrations exist)."""
 
 _SQLITE_TRIGGERS = (
     f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}: UPDATE refused'); END""",
-    f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
-    BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}: DELETE refused'); END""",
+    "DROP TRIGGER IF EXISTS audit_log_no_delete",  # before pruning existed: refused every DELETE
+    f"""CREATE TRIGGER IF NOT EXISTS audit_log_no_delete_unpruned BEFORE DELETE ON audit_log
+    WHEN OLD.seq > (SELECT coalesce(max(through_seq), 0) FROM audit_pruned)
+    BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY_MESSAGE}: DELETE refused'); END""",  # noqa: S608 - constants
     f"""CREATE TRIGGER IF NOT EXISTS audit_head_forward_only BEFORE UPDATE ON audit_head
     WHEN NEW.seq <= OLD.seq OR NEW.id <> OLD.id
     BEGIN SELECT RAISE(ABORT, '{HEAD_MESSAGE}'); END""",
@@ -122,9 +139,12 @@ _SQLITE_TRIGGERS = (
 _PG_FUNCTIONS = (
     f"""CREATE OR REPLACE FUNCTION audit_log_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+        IF TG_OP = 'DELETE' AND OLD.seq <= (SELECT coalesce(max(through_seq), 0) FROM audit_pruned) THEN
+            RETURN OLD;  -- a range `persona audit prune` recorded (and signed) first
+        END IF;
         RAISE EXCEPTION USING MESSAGE = '{APPEND_ONLY_MESSAGE}: ' || TG_OP || ' refused';
         RETURN NULL;
-    END $$""",
+    END $$""",  # noqa: S608 - constants
     f"""CREATE OR REPLACE FUNCTION audit_head_forward_only() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP <> 'UPDATE' THEN

@@ -1,0 +1,118 @@
+"""``persona audit verify`` as one function: the chain, the MACs, the latest prune and a signed checkpoint,
+checked in one pass over the log, each outcome a :class:`Finding` (what the CLI prints, what tests read)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from persona.audit import AuditLog
+from persona.audit_chain import PruneMark, VerifyReport
+from persona.checkpoints.ledger import check_report, open_file
+from persona.checkpoints.note import Checkpoint, NoteVerifier
+from persona.checkpoints.retention import check_prune
+from persona.errors import AuditIntegrityError
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Literal["ok", "warn", "bad"]
+    title: str
+    detail: str = ""
+
+
+def verify_log(
+    audit: AuditLog,
+    *,
+    checkpoint: Path | None,
+    folder: Path,
+    verifier: Callable[[], NoteVerifier],
+    expect_head: str | None = None,
+) -> list[Finding]:
+    """Every finding, in order; the log verifies when none is ``bad``. ``checkpoint`` None: no checkpoint was
+    found in ``folder``; ``verifier`` is asked for only when a checkpoint or a prune needs it."""
+    mark = audit.pruned()
+    found: list[Finding] = []
+    signed: Checkpoint | None = None
+    sizes: list[int] = []
+    problems: dict[str, AuditIntegrityError] = {}
+    key: NoteVerifier | None = None
+    if checkpoint is not None or mark is not None:
+        try:
+            key = verifier()
+        except AuditIntegrityError as exc:
+            problems["key"] = exc
+    if key is not None and checkpoint is not None:
+        try:
+            signed = open_file(checkpoint, key)
+            sizes.append(signed.size)
+        except AuditIntegrityError as exc:
+            problems["checkpoint"] = exc
+    if key is not None and mark is not None:
+        with contextlib.suppress(AuditIntegrityError):  # check_prune below names the problem
+            sizes.append(key.open(mark.note).size)
+    report = audit.verify(expect_head=expect_head, roots_at=sizes)
+    if report.ok:
+        found.append(
+            Finding("ok", "audit chain intact", f"{report.records} records, head {report.head_hash}")
+        )
+        found.append(_keys(report))
+    else:
+        found.append(
+            Finding("bad", f"audit chain broken at record {report.first_bad_seq}", str(report.problem))
+        )
+    if mark is not None:
+        found.append(_prune(report, mark, key, problems.get("key")))
+    if checkpoint is None:
+        found.append(Finding(
+            "warn", f"no signed checkpoint in {folder}",
+            "a rewrite of the whole chain (every hash and the head recomputed) would pass; run `persona audit "
+            "checkpoint` and keep the checkpoints outside the database's reach",
+        ))  # fmt: skip
+        return found
+    try:
+        if (problem := problems.get("key") or problems.get("checkpoint")) is not None:
+            raise problem
+        assert signed is not None
+        assert key is not None
+        check_report(report, signed)
+    except AuditIntegrityError as exc:
+        found.append(Finding("bad", f"checkpoint {checkpoint.name} does not match the log", str(exc)))
+        return found
+    found.append(Finding(
+        "ok", f"consistent with checkpoint {checkpoint.name}",
+        f"the first {signed.size} of {report.size} records are the ones {key.name} ({key.key_id.hex()}) signed",
+    ))  # fmt: skip
+    return found
+
+
+def _keys(report: VerifyReport) -> Finding:
+    if not report.macs_checked:
+        return Finding("warn", "MACs not checked", "no master key in this process")
+    if report.unkeyed == 0:
+        return Finding("ok", "every record's MAC verifies", f"{report.keyed} keyed with the master key")
+    return Finding(
+        "warn", f"{report.unkeyed} record(s) carry no MAC",
+        f"the first {report.unkeyed}, written before records were keyed; {report.keyed} keyed record(s) verify. Only "
+        "a checkpoint vouches for the unkeyed ones",
+    )  # fmt: skip
+
+
+def _prune(
+    report: VerifyReport, mark: PruneMark, key: NoteVerifier | None, problem: Exception | None
+) -> Finding:
+    title = f"records 1..{mark.through_seq} were pruned"
+    if key is None:
+        return Finding("bad", title, f"and nothing here can check the prune's signed checkpoint: {problem}")
+    try:
+        vouch = check_prune(report, mark, key)
+    except AuditIntegrityError as exc:
+        return Finding("bad", title + " without a valid signed checkpoint", str(exc))
+    return Finding(
+        "ok", title,
+        f"(before {mark.before}, on {mark.pruned_at}), vouched for by the checkpoint of {vouch.size} records "
+        f"{key.name} signed; what is left still gives its root",
+    )  # fmt: skip
