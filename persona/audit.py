@@ -28,8 +28,9 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Connection, Select, bindparam, select
 
-from persona.audit_chain import ChainStart, PruneMark, VerifyReport, verify_rows
+from persona.audit_chain import ChainStart, PruneMark, VerifyReport, combine
 from persona.audit_keys import MacKeys
+from persona.audit_segments import PARALLEL_FROM, ExecutorFactory, cores, scan_all, spawned_processes
 from persona.errors import AuditIntegrityError, StoreError
 from persona.store.audit_tables import (
     HEAD_ID,
@@ -124,8 +125,6 @@ _COLUMNS = (
     audit_log.c.reason, audit_log.c.model, audit_log.c.usage, audit_log.c.latency_ms, audit_log.c.prev_hash,
     audit_log.c.hash,
 )  # fmt: skip
-_KEYED = (*_COLUMNS, audit_log.c.mac, audit_log.c.mac_kv)
-"""What ``verify`` reads: the record as hashed, then its MAC."""
 _COLUMN_NAMES = tuple(column.name for column in _COLUMNS)
 _FIELD_NAMES = tuple("user" if name == "user_id" else name for name in _COLUMN_NAMES)
 _HEAD = select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
@@ -169,9 +168,16 @@ class AuditLog:
         now: Callable[[], datetime] = _utc_now,
         redact: Callable[[Any], Any] | None = None,
         max_batch: int = 512,
+        verify_workers: int | None = None,
+        segment_executor: ExecutorFactory = spawned_processes,
+        parallel_from: int = PARALLEL_FROM,
     ) -> None:
+        """``verify_workers``: how many processes a :meth:`verify` of ``parallel_from`` records or more uses
+        (None: every core this process may use); ``segment_executor`` runs them (tests pass threads)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        self._workers = cores() if verify_workers is None else verify_workers
+        self._segment_executor, self._parallel_from = segment_executor, parallel_from
         self._store, self._now, self._redact, self._max_batch = store, now, redact, max_batch
         self._writer = BatchWriter(self._write_batch, name="audit-writer", max_batch=max_batch)
         self._lock = threading.Lock()
@@ -371,8 +377,12 @@ class AuditLog:
         with self._store.read("verify the audit log") as conn:
             head, mark = conn.execute(_HEAD).first(), conn.execute(_MARK).first()
             start = ChainStart() if mark is None else PruneMark.of(mark).start
-            rows = _stream(conn, AuditFilter(), _KEYED)
-            report = verify_rows(rows, head, expect_head, keys=self._keys, start=start, roots_at=roots_at)
+            scans = scan_all(
+                self._store, conn, start, None if head is None else int(head[0]), expect_head=expect_head,
+                keys=self._keys, roots_at=roots_at, workers=self._workers, executor=self._segment_executor,
+                parallel_from=self._parallel_from,
+            )  # fmt: skip
+        report = combine(scans, head, expect_head, keys=self._keys, start=start, roots_at=roots_at)
         if not report.ok:
             log.warning("audit_verify_failed", first_bad_seq=report.first_bad_seq, problem=report.problem)
         return report
@@ -392,19 +402,24 @@ class AuditLog:
         return self.query(AuditFilter(conversation_id=conversation_id))
 
     def export_jsonl(self, out: IO[str], flt: AuditFilter) -> int:
-        """Write matching records as canonical JSON lines (``hash`` included); return how many."""
+        """Write matching records as canonical JSON lines (``hash`` included); return how many.
+
+        A whole export (no filter) of a pruned log starts with one ``{"pruned": ...}`` line: what checking
+        the rest needs of the pruned records (see ``checkpoints/offline.py``)."""
         count = 0
         with self._store.read("export the audit log") as conn:
+            mark = conn.execute(_MARK).first() if flt == AuditFilter() else None
+            if mark is not None:
+                out.write(PruneMark.of(mark).export_line() + "\n")
             for row in _stream(conn, flt):
                 out.write(canonical_record(*row) + "\n")  # the 16th column is the hash
                 count += 1
         return count
 
-    def record_hashes(self) -> list[str]:
-        """Every record's chain hash in seq order: the leaves of the checkpoints' Merkle tree."""
+    def record_hashes(self, after: int = 0) -> list[str]:
+        """Every stored record's chain hash in seq order (after seq ``after``): the checkpoints' Merkle leaves."""
         out: list[str] = []
         with self._store.read("read the audit log's hashes") as conn:
-            after = 0
             while True:
                 rows = conn.execute(
                     select(audit_log.c.seq, audit_log.c.hash)
@@ -445,12 +460,12 @@ def _record(row: Sequence[Any]) -> AuditRecord:
     return AuditRecord.model_construct(**values)
 
 
-def _stream(conn: Connection, flt: AuditFilter, columns: Sequence[Any] = _COLUMNS) -> Iterator[Sequence[Any]]:
+def _stream(conn: Connection, flt: AuditFilter) -> Iterator[Sequence[Any]]:
     """Matching rows in seq order, a page at a time (keyset on seq): bounded memory on any driver."""
     after, remaining = flt.after_seq, flt.limit
     while remaining is None or remaining > 0:
         size = _PAGE if remaining is None else min(_PAGE, remaining)
-        rows = conn.execute(_select(dataclasses.replace(flt, after_seq=after, limit=size), columns)).all()
+        rows = conn.execute(_select(dataclasses.replace(flt, after_seq=after, limit=size))).all()
         yield from rows
         if len(rows) < size:
             return
@@ -458,8 +473,8 @@ def _stream(conn: Connection, flt: AuditFilter, columns: Sequence[Any] = _COLUMN
         remaining = None if remaining is None else remaining - len(rows)
 
 
-def _select(flt: AuditFilter, columns: Sequence[Any] = _COLUMNS) -> Select[Any]:
-    stmt = select(*columns).order_by(audit_log.c.seq)
+def _select(flt: AuditFilter) -> Select[Any]:
+    stmt = select(*_COLUMNS).order_by(audit_log.c.seq)
     c = audit_log.c
     for column, value in (
         (c.user_id, flt.user), (c.persona, flt.persona), (c.conversation_id, flt.conversation_id),

@@ -5,15 +5,20 @@ second read of the log."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from persona.audit_keys import MacKeys
-from persona.checkpoints.merkle import TreeBuilder, leaf_hash
-from persona.store.audit_tables import GENESIS_HASH, canonical_record
+from persona.checkpoints.merkle import ProofError, RangeBuilder, TreeBuilder, leaf_hash
+from persona.store.audit_tables import GENESIS_HASH, canonical_json, canonical_record
+
+_hmac: Callable[[bytes, bytes, str], bytes] = hmac.digest
+with contextlib.suppress(ImportError):  # the C function hmac.digest wraps: verify calls it once per record
+    from _hashlib import hmac_digest as _hmac
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +45,11 @@ class PruneMark:
     @property
     def start(self) -> ChainStart:
         return ChainStart(self.through_seq + 1, self.last_hash, self.nodes)
+
+    def export_line(self) -> str:
+        """The first line of a whole export of a pruned log."""
+        return canonical_json({"pruned": {"last_hash": self.last_hash, "nodes": [n.hex() for n in self.nodes],
+                                          "note": self.note, "through_seq": self.through_seq}})  # fmt: skip
 
     @classmethod
     def of(cls, row: Any) -> PruneMark:
@@ -70,71 +80,149 @@ class VerifyReport:
     """Records pruned before the stored ones (their roots cannot be recomputed)."""
 
 
-@dataclasses.dataclass
-class _Tally:
-    keyed: int = 0
-    unkeyed: int = 0
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """A run of records one scan checks: seq ``first`` to ``last`` (None: to the end of the table), with what
+    the records before it left (their last two hashes as stored, whether one of them is keyed)."""
+
+    first: int
+    last: int | None
+    prev: str
+    prev2: str | None = None
+    keyed_before: bool = False
 
 
-def verify_rows(
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """What one segment's scan found; :func:`combine` joins the scans of a log, in order."""
+
+    problem: tuple[int, str] | None
+    expected: int
+    """The seq after the last record that verified."""
+    prev: str
+    """The hash of the last record that verified."""
+    keyed: int
+    unkeyed: int
+    anchored: bool
+    """The expected head was among the records that verified."""
+    nodes: tuple[tuple[int, bytes], ...]
+    """The compact range of the segment's leaves (one per row, from the stored hash)."""
+    snapshots: Mapping[int, tuple[tuple[int, bytes], ...]]
+    """The compact range at each tree size asked for that falls inside the segment."""
+
+
+def scan(
     rows: Iterable[Sequence[Any]],
-    head: Sequence[Any] | None,
-    expect_head: str | None,
+    segment: Segment,
     *,
-    keys: MacKeys | None = None,
-    start: ChainStart = ChainStart(),
+    head_seq: int | None,
+    expect_head: str | None,
+    keys: MacKeys | None,
     roots_at: Collection[int] = (),
-) -> VerifyReport:
-    """The chain check proper: the first problem wins; ``records`` counts those before it.
+) -> Scan:
+    """Check one segment's rows: the first problem wins; leaves are kept past it (the checkpoint check).
 
     A row is ``(seq, ts, ..., prev_hash, hash, mac, mac_kv)`` in the order of ``canonical_record``."""
-    head_seq = None if head is None else int(head[0])
-    head_hash = None if head is None else str(head[1])
-    anchored = expect_head is None or expect_head == start.prev_hash
-    expected, prev, prev2 = start.seq, start.prev_hash, None
-    tree = TreeBuilder(start.seq - 1, start.nodes)
-    wanted, roots = set(roots_at), {}
-    if tree.size in wanted:
-        roots[tree.size] = tree.root()
-    tally, mac_keys = _Tally(), None if keys is None else keys.keys
-    sha256, digest, same = hashlib.sha256, hmac.digest, hmac.compare_digest
+    expected, prev, prev2 = segment.first, segment.prev, segment.prev2
+    keyed = unkeyed = 0
+    seen_keyed, anchored = segment.keyed_before, False
+    tree = RangeBuilder(segment.first - 1)
+    wanted, snapshots = set(roots_at), {}
+    if tree.end in wanted:
+        snapshots[tree.end] = tree.nodes
+    mac_keys = None if keys is None else keys.keys
+    canonical, sha, mac_of, same = canonical_record, hashlib.sha256, _hmac, hmac.compare_digest
     problem: tuple[int, str] | None = None
-
-    def report(first_bad: int, text: str) -> VerifyReport:
-        return VerifyReport(False, first_bad - start.seq, first_bad, text, head_hash, tally.keyed, tally.unkeyed,
-                            keys is not None, tree.size, roots, start.seq - 1)  # fmt: skip
-
     for row in rows:
         stored = row[15]
         if problem is None:
-            problem = _check(row, expected, prev, prev2, head_seq, sha256)
-            if problem is None:
-                mac, version = row[16], row[17]
+            digest = sha(canonical(*row[:15]).encode("utf-8", "surrogatepass")).digest()
+            if (
+                row[0] != expected
+                or row[14] != prev
+                or digest.hex() != stored
+                or (head_seq is not None and expected > head_seq)
+            ):
+                problem = _check(row, expected, prev, prev2, head_seq, sha)
+            else:
+                mac = row[16]
                 if mac is None:
-                    if tally.keyed:
+                    if seen_keyed:
                         problem = (expected, f"record {expected} has no MAC although records before it are keyed: it "
                                              "was written or rewritten by someone without the master key")  # fmt: skip
                     else:
-                        tally.unkeyed += 1
+                        unkeyed += 1
                 elif mac_keys is not None:
-                    key = mac_keys.get(version)
+                    key = mac_keys.get(row[17])
                     if key is None:
                         assert keys is not None
-                        problem = (expected, f"record {expected}: {keys.why_missing(version)}")
-                    elif not same(digest(key, bytes.fromhex(stored), "sha256").hex(), mac):
-                        problem = (expected, f"record {expected}: its MAC does not verify (key version {version}): it "
-                                             "was changed or re-chained by someone without the master key")  # fmt: skip
+                        problem = (expected, f"record {expected}: {keys.why_missing(row[17])}")
+                    elif not same(mac_of(key, digest, "sha256").hex(), mac):
+                        problem = (expected, f"record {expected}: its MAC does not verify (key version {row[17]}): "
+                                             "it was changed or re-chained by someone without the master key")  # fmt: skip
                     else:
-                        tally.keyed += 1
+                        keyed += 1
+                        seen_keyed = True
                 else:
-                    tally.keyed += 1
+                    keyed += 1
+                    seen_keyed = True
             if problem is None:
                 if stored == expect_head:
                     anchored = True
                 prev2, prev, expected = prev, stored, expected + 1
-        tree.append(leaf_hash(bytes.fromhex(stored)))
-        if tree.size in wanted:
-            roots[tree.size] = tree.root()
+                tree.append(sha(b"\x00" + digest).digest())
+            else:
+                tree.append(leaf_hash(_raw(stored)))
+        else:  # past the first problem: only the leaves, for the checkpoint's root
+            tree.append(leaf_hash(_raw(stored)))
+        if tree.end in wanted:
+            snapshots[tree.end] = tree.nodes
+    if problem is None and segment.last is not None and expected <= segment.last:
+        problem = (expected, f"record {expected} is missing (no record follows record {expected - 1})")
+    return Scan(problem, expected, prev, keyed, unkeyed, anchored, tree.nodes, snapshots)
+
+
+def combine(
+    scans: Sequence[Scan],
+    head: Sequence[Any] | None,
+    expect_head: str | None,
+    *,
+    keys: MacKeys | None,
+    start: ChainStart,
+    roots_at: Collection[int],
+) -> VerifyReport:
+    """Join the scans of consecutive segments: the first problem wins (``records`` counts those before it),
+    then the head's checks; the Merkle tree is the pruned prefix's with every segment's range appended."""
+    head_seq = None if head is None else int(head[0])
+    head_hash = None if head is None else str(head[1])
+    tree = TreeBuilder(start.seq - 1, start.nodes)
+    wanted, roots = set(roots_at), {}
+    if tree.size in wanted:
+        roots[tree.size] = tree.root()
+    problem: tuple[int, str] | None = None
+    keyed = unkeyed = 0
+    anchored = expect_head is None or expect_head == start.prev_hash
+    expected, prev, joined = start.seq, start.prev_hash, True
+    for part in scans:
+        if problem is None:
+            keyed, unkeyed = keyed + part.keyed, unkeyed + part.unkeyed
+            anchored = anchored or part.anchored
+            expected, prev, problem = part.expected, part.prev, part.problem
+        for size, nodes in part.snapshots.items():
+            if joined and size not in roots:
+                with contextlib.suppress(ProofError):  # pieces that do not join (gaps): no root, a mismatch
+                    roots[size] = _joined(tree.copy(), nodes).root()
+        if joined:
+            try:
+                _joined(tree, part.nodes)
+            except ProofError:
+                joined = False
+    size = tree.size if joined else start.seq - 1 + sum(sum(1 << h for h, _ in part.nodes) for part in scans)
+
+    def report(first_bad: int, text: str) -> VerifyReport:
+        return VerifyReport(False, first_bad - start.seq, first_bad, text, head_hash, keyed, unkeyed,
+                            keys is not None, size, roots, start.seq - 1)  # fmt: skip
+
     if problem is not None:
         return report(*problem)
     last = expected - 1
@@ -154,6 +242,20 @@ def verify_rows(
     done = report(last + 1, "")
     return dataclasses.replace(done, ok=True, first_bad_seq=None, problem=None,
                                head_hash=None if last == 0 else prev)  # fmt: skip
+
+
+def _joined(tree: TreeBuilder, nodes: Sequence[tuple[int, bytes]]) -> TreeBuilder:
+    for height, node in nodes:
+        tree.append_node(height, node)
+    return tree
+
+
+def _raw(stored: Any) -> bytes:
+    """A stored hash as bytes; a value that is not one (only a tampered row has it) hashes as its text."""
+    try:
+        return bytes.fromhex(stored)
+    except (TypeError, ValueError):
+        return hashlib.sha256(str(stored).encode("utf-8", "surrogatepass")).digest()
 
 
 def _check(

@@ -158,8 +158,11 @@ async def _tell(story: Story, rt: Runtime, sandbox: Sandbox, say: Callable[[str]
     say(f"     Fresh payment link: {d.payment_link}")
     story.chain = [r for r in records if r.event in {"webhook_received", "inbox_processed", "draft_created"}]
     story.report = rt.audit.verify()
+    keyed = (
+        "every MAC verifies" if story.report.keyed == story.report.records else f"{story.report.keyed} keyed"
+    )
     say(f"6. persona audit verify: {'chain intact' if story.report.ok else 'BROKEN'}, {story.report.records} records, "
-        f"head {str(story.report.head_hash)[:16]}…")  # fmt: skip
+        f"{keyed}, head {str(story.report.head_hash)[:16]}…")  # fmt: skip
     say(f"   webhook_received -> {len(story.tool_calls)} tool calls -> draft_created -> inbox_processed")
 
 

@@ -8,8 +8,11 @@ PostgreSQL when PERSONA_TEST_POSTGRES_URL is set."""
 
 from __future__ import annotations
 
+import io
+import json
 import struct
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,10 +21,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from persona.audit import AuditLog
+from persona.audit import AuditFilter, AuditLog
 from persona.checkpoints import merkle
-from persona.checkpoints.ledger import CheckpointDir, current, sign_current, tree
+from persona.checkpoints.ledger import CheckpointDir, LiveTree, current, sign_current, tree
 from persona.checkpoints.note import NoteSigner, NoteVerifier
+from persona.checkpoints.offline import verify_export
 from persona.checkpoints.retention import extension_line, prune
 from persona.checkpoints.verification import Finding, verify_log
 from persona.errors import AuditIntegrityError, Conflict
@@ -47,9 +51,12 @@ class Log:
         return [f"{f.title}: {f.detail}" for f in self.verify(**kw) if f.level == "bad"]
 
 
-@pytest.fixture
-def log(store: Store, tmp_path: Path) -> Iterator[Log]:
-    audit = AuditLog(store, now=Clock())
+@pytest.fixture(params=[1, 3], ids=["one-pass", "3-segments"])
+def log(request: pytest.FixtureRequest, store: Store, tmp_path: Path) -> Iterator[Log]:
+    """A keyed log of 10 records with a checkpoint; verified in one pass, or in 3 segments (records 1-3, 4-6,
+    7-) scanned by threads standing in for processes, so every probe also lands on a segment boundary."""
+    audit = AuditLog(store, now=Clock(), verify_workers=request.param, parallel_from=1,
+                     segment_executor=lambda n: ThreadPoolExecutor(n))  # fmt: skip
     audit.use_keys(keys_of())
     made = Log(
         audit, store, NoteSigner(ORIGIN, Ed25519PrivateKey.generate()), CheckpointDir(tmp_path / "cps")
@@ -214,6 +221,28 @@ def test_a_prune_signs_for_the_range_first_and_what_remains_still_verifies(log: 
     assert (again.through_seq, again.removed) == (8, 3) and log.bad() == []
 
 
+def test_the_export_of_a_pruned_log_verifies_offline_with_its_prune_checkpoint(log: Log) -> None:
+    prune_before(log, 5.5)
+    latest, _ = sign_current(log.audit, log.signer, log.folder)
+    out = io.StringIO()
+    assert log.audit.export_jsonl(out, AuditFilter()) == 6  # records 6..11
+    lines = out.getvalue().splitlines(keepends=True)
+    header = json.loads(lines[0])["pruned"]
+    assert header["through_seq"] == 5 and len(header["nodes"]) == 2  # 5 = 4 + 1: two perfect subtrees
+    key = NoteVerifier.from_vkey(log.signer.vkey)
+    assert verify_export(lines, latest, key) == 6
+    with pytest.raises(AuditIntegrityError, match="needs --pubkey"):
+        verify_export(lines, latest)
+    widened = json.dumps({"pruned": {**header, "through_seq": 6}}) + "\n"
+    with pytest.raises(AuditIntegrityError, match="records another range"):
+        verify_export([widened, *lines[1:]], latest, key)
+    edited = lines[3].replace('"decision":"allow"', '"decision":"deny"')
+    with pytest.raises(AuditIntegrityError, match="record 8: its content does not match its hash"):
+        verify_export([*lines[:3], edited, *lines[4:]], latest, key)
+    before = CheckpointDir(log.folder.path).path / "000000000010.checkpoint"
+    assert verify_export(lines, key.open(before.read_text()), key) == 6, "sizes past the range still check"
+
+
 def current_root(log: Log, size: int) -> bytes:
     (path,) = [p for p in log.folder.path.iterdir() if p.name == f"{size:012d}.checkpoint"]
     return NoteVerifier.from_vkey(log.signer.vkey).open(path.read_text()).root
@@ -239,3 +268,36 @@ def test_a_deletion_nobody_signed_for_or_a_widened_range_is_named(log: Log) -> N
     mallory = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
     raw(log.store, "UPDATE audit_pruned SET note = :n", n=mallory.sign(current(log.audit, ORIGIN)))
     assert "the checkpoint kept for that prune does not verify" in log.bad()[0]
+
+
+def test_a_long_log_is_verified_by_spawned_processes_as_by_one_pass(store: Store) -> None:
+    """The real thing: the segments after the first are scanned in ``spawn``-ed processes that open the same
+    database; the report equals one pass's, and a rewrite in the last segment is named the same way."""
+    audit = AuditLog(store, now=Clock(), verify_workers=2, parallel_from=1)
+    audit.use_keys(keys_of())
+    try:
+        fill(audit, 12)
+        whole = tree(audit)
+        one = AuditLog(store, verify_workers=1)
+        one.use_keys(keys_of())
+        assert audit.verify(roots_at=(5, 12)) == one.verify(roots_at=(5, 12))
+        assert audit.verify(roots_at=(12,)).roots[12] == whole.root()
+        drop_triggers(store)
+        rewrite_from(store, 10)
+        split = audit.verify()
+        assert (split.first_bad_seq, split.problem) == (10, one.verify().problem)
+        one.close()
+    finally:
+        audit.close()
+
+
+def test_the_signers_live_tree_reads_only_new_records_and_keeps_its_view_of_the_prefix(log: Log) -> None:
+    live = LiveTree(log.audit)
+    assert live.current(ORIGIN) == current(log.audit, ORIGIN)
+    fill(log.audit, 5)
+    assert live.current(ORIGIN) == current(log.audit, ORIGIN)
+    prune_before(log, 3.5)  # pruning deletes leaves the tree already holds: the same head
+    assert live.current(ORIGIN) == current(log.audit, ORIGIN)
+    drop_triggers(log.store)
+    rewrite_from(log.store, 8)  # a rewrite under a running signer: it keeps signing what it saw
+    assert live.current(ORIGIN).root != current(log.audit, ORIGIN).root

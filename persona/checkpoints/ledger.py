@@ -9,6 +9,7 @@ all give another root or too few records.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -41,6 +42,28 @@ def tree(audit: AuditLog) -> merkle.Tree:
 def current(audit: AuditLog, origin: str) -> Checkpoint:
     whole = tree(audit)
     return Checkpoint(origin, whole.size, whole.root())
+
+
+class LiveTree:
+    """The log's tree head for a long-running signer: built once, then extended with only the records
+    appended since (a checkpoint every N records must not reread a million hashes). It also keeps its own
+    view of the prefix: a rewrite of records it has already taken in cannot make it sign another root."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+        self._tree: merkle.TreeBuilder | None = None
+
+    def current(self, origin: str) -> Checkpoint:
+        built = self._tree
+        if built is None:
+            mark = self._audit.pruned()
+            built = merkle.TreeBuilder(
+                0 if mark is None else mark.through_seq, () if mark is None else mark.nodes
+            )
+        for digest in self._audit.record_hashes(after=built.size):
+            built.append(merkle.leaf_hash(bytes.fromhex(digest)))
+        self._tree = built
+        return Checkpoint(origin, built.size, built.root())
 
 
 def check(audit: AuditLog, checkpoint: Checkpoint) -> int:
@@ -102,9 +125,18 @@ class CheckpointDir:
         return int(path.name.split(".", 1)[0])
 
 
-def sign_current(audit: AuditLog, signer: NoteSigner, where: CheckpointDir) -> tuple[Checkpoint, Path]:
-    """Sign the log as it is now and keep the checkpoint in ``where``."""
-    checkpoint = current(audit, signer.name)
+def sign_current(
+    audit: AuditLog, signer: NoteSigner, where: CheckpointDir, live: LiveTree | None = None
+) -> tuple[Checkpoint, Path]:
+    """Sign the log as it is now and keep the checkpoint in ``where``; a checkpoint of this very tree that is
+    there already (e.g. the one a prune wrote, with its extension line) is the answer instead."""
+    checkpoint = current(audit, signer.name) if live is None else live.current(signer.name)
+    there = where.path / f"{checkpoint.size:012d}{SUFFIX}"
+    if there.exists():
+        with contextlib.suppress(CheckpointError):  # anything else there: write() refuses to overwrite it
+            kept = open_file(there, NoteVerifier.from_vkey(signer.vkey))
+            if (kept.size, kept.root) == (checkpoint.size, checkpoint.root):
+                return kept, there
     return checkpoint, where.write(signer.sign(checkpoint), checkpoint.size)
 
 

@@ -68,6 +68,22 @@ class TreeBuilder:
         nodes.append(node)
         self.size += 1
 
+    def append_node(self, height: int, node: bytes) -> None:
+        """Append a whole perfect subtree of ``2**height`` leaves (a :class:`RangeBuilder`'s node)."""
+        if self.size % (1 << height):
+            raise ProofError(f"a subtree of {1 << height} leaves cannot follow {self.size} leaves")
+        self.size += 1 << height
+        heights, nodes = self._heights, self._nodes
+        while heights and heights[-1] == height:
+            heights.pop()
+            node = node_hash(nodes.pop(), node)
+            height += 1
+        heights.append(height)
+        nodes.append(node)
+
+    def copy(self) -> TreeBuilder:
+        return TreeBuilder(self.size, self._nodes)
+
     def root(self) -> bytes:
         """MTH of the leaves so far: the ragged right edge folded from the right, as MTH's recursion does."""
         if not self._nodes:
@@ -76,6 +92,38 @@ class TreeBuilder:
         for left in reversed(self._nodes[:-1]):
             node = node_hash(left, node)
         return node
+
+
+class RangeBuilder:
+    """The compact range ``[begin, begin + count)`` of leaves appended one by one: the maximal perfect subtrees
+    that lie inside it, left to right, as ``(height, hash)`` (transparency-dev/merkle's ``compact.Range``
+    with any ``begin``). Pieces of one tree built apart (a parallel verify's segments) are joined by appending
+    each range's nodes, in order, to the :class:`TreeBuilder` of everything before it."""
+
+    __slots__ = ("_heights", "_nodes", "_starts", "begin", "end")
+
+    def __init__(self, begin: int) -> None:
+        self.begin = self.end = begin
+        self._heights: list[int] = []
+        self._starts: list[int] = []
+        self._nodes: list[bytes] = []
+
+    def append(self, leaf: bytes) -> None:
+        heights, starts, nodes = self._heights, self._starts, self._nodes
+        height, start, node = 0, self.end, leaf
+        while heights and heights[-1] == height and not starts[-1] >> height & 1:
+            heights.pop()
+            start = starts.pop()
+            node = node_hash(nodes.pop(), node)
+            height += 1
+        heights.append(height)
+        starts.append(start)
+        nodes.append(node)
+        self.end += 1
+
+    @property
+    def nodes(self) -> tuple[tuple[int, bytes], ...]:
+        return tuple(zip(self._heights, self._nodes, strict=True))
 
 
 def root(leaves: Sequence[bytes]) -> bytes:

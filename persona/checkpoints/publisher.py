@@ -19,6 +19,7 @@ import httpx
 import structlog
 
 from persona.audit import AuditLog
+from persona.checkpoints.ledger import LiveTree
 from persona.checkpoints.sinks import WebhookSink
 from persona.config import Settings
 from persona.errors import PersonaError
@@ -57,6 +58,8 @@ class CheckpointPublisher:
         self._sink = WebhookSink.from_settings(settings, transport=transport) if enabled else None
         self._retry = timedelta(seconds=max(CHECKPOINT_RETRY_S, poll_interval_s))
         self._latest_checkpoint: tuple[int, Path] | None = None
+        self._tree = LiveTree(audit)
+        """The tree head kept between checkpoints: each reads only the records appended since."""
         self._looked = False
         """Whether the checkpoint directory was listed (once); ``checkpoint()`` keeps the latest up to date."""
         self._delivered: int | None = None
@@ -82,7 +85,7 @@ class CheckpointPublisher:
             self._remember(folder.size_of(latest), latest)
             if self.audit.head()[0] - folder.size_of(latest) < min_new:
                 return "no new records since the last checkpoint"
-        signed, path = sign_current(self.audit, load_signer(self.settings), folder)
+        signed, path = sign_current(self.audit, load_signer(self.settings), folder, self._tree)
         self._remember(signed.size, path)
         log.info("audit_checkpoint_written", size=signed.size, path=str(path))
         return f"checkpoint of {signed.size} records: {path.name}"

@@ -200,7 +200,7 @@ def _verify_offline(console: Any, export: Path, checkpoint: Path, pubkey: str) -
         verifier = NoteVerifier.from_vkey(pubkey)
         signed = open_file(checkpoint, verifier)
         with export.open(encoding="utf-8") as lines:
-            count = verify_export(lines, signed)
+            count = verify_export(lines, signed, verifier)
     except OSError as exc:
         console.print(f"[red]✗ cannot read {export}[/]: {exc.strerror or exc}")
         return False
@@ -344,24 +344,29 @@ def prune_cmd(
 
 @app.command("checkpoint")
 def checkpoint_cmd() -> None:
-    """Sign the log's current Merkle tree head and keep it in audit.checkpoint_dir (never overwritten)."""
+    """Sign the log's current Merkle tree head and keep it in audit.checkpoint_dir (never overwritten);
+    POST it to audit.checkpoint_webhook_url too when that is set."""
     from rich.console import Console
 
     from persona.app import Runtime
     from persona.checkpoints.ledger import CheckpointDir, sign_current
     from persona.checkpoints.signing import load_signer
+    from persona.checkpoints.sinks import WebhookSink
     from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
 
     settings = STATE.settings()
+    console = Console(highlight=False)
 
     async def work(rt: Runtime) -> None:
         await rt.audit.flush()
         folder = CheckpointDir(settings.checkpoint_path())
         signed, path = sign_current(rt.audit, load_signer(settings), folder)
-        Console(highlight=False).print(
-            f"checkpoint {signed.size} records, root {signed.root.hex()[:16]}…, written to {path}"
-        )
+        console.print(f"checkpoint {signed.size} records, root {signed.root.hex()[:16]}…, written to {path}")
+        sink = WebhookSink.from_settings(settings, transport=rt.checkpoint_transport)
+        if sink is not None:
+            status = await sink.deliver(path.read_text(encoding="utf-8"), size=signed.size)
+            console.print(f"sent to {sink.shown} ({status})")
 
     with_runtime(work)
 

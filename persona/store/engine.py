@@ -110,6 +110,16 @@ class Store:
             metadata.create_all(conn)
             audit_tables.install(conn, self.dialect)
 
+    @property
+    def shareable(self) -> bool:
+        """Whether another process can open this database (not an in-memory SQLite)."""
+        return self.dialect != "sqlite" or self.engine.url.database not in (None, "", ":memory:")
+
+    def url_for_another_process(self) -> str:
+        """The full URL, password included, for a process of ours that opens the same database (a parallel
+        verify's workers): a secret, passed to the process and never printed."""
+        return self.engine.url.render_as_string(hide_password=False)
+
     def close(self) -> None:
         self.engine.dispose()
 
