@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Select, bindparam, select
 
 from persona.audit_chain import ChainStart, PruneMark, VerifyReport, combine
 from persona.audit_keys import MacKeys
-from persona.audit_segments import PARALLEL_FROM, ExecutorFactory, cores, scan_all, spawned_processes
+from persona.audit_segments import PARALLEL_FROM, ExecutorFactory, cores, scan_all, spawned_processes, strays
 from persona.errors import AuditIntegrityError, StoreError
 from persona.store.audit_tables import (
     HEAD_ID,
@@ -377,12 +377,14 @@ class AuditLog:
         with self._store.read("verify the audit log") as conn:
             head, mark = conn.execute(_HEAD).first(), conn.execute(_MARK).first()
             start = ChainStart() if mark is None else PruneMark.of(mark).start
+            before, beyond = strays(conn, start, None if head is None else int(head[0]))
             scans = scan_all(
                 self._store, conn, start, None if head is None else int(head[0]), expect_head=expect_head,
                 keys=self._keys, roots_at=roots_at, workers=self._workers, executor=self._segment_executor,
                 parallel_from=self._parallel_from,
             )  # fmt: skip
-        report = combine(scans, head, expect_head, keys=self._keys, start=start, roots_at=roots_at)
+        report = combine(scans, head, expect_head, keys=self._keys, start=start, roots_at=roots_at, before=before,
+                         beyond=beyond)  # fmt: skip
         if not report.ok:
             log.warning("audit_verify_failed", first_bad_seq=report.first_bad_seq, problem=report.problem)
         return report

@@ -53,10 +53,17 @@ class PruneMark:
 
     @classmethod
     def of(cls, row: Any) -> PruneMark:
-        raw = bytes(row.nodes)
-        nodes = tuple(raw[i : i + 32] for i in range(0, len(raw), 32))
-        return cls(int(row.through_seq), str(row.last_hash), nodes, str(row.note), str(row.before),
-                   str(row.pruned_at))  # fmt: skip
+        try:
+            raw = bytes(row.nodes)
+            nodes = tuple(raw[i : i + 32] for i in range(0, len(raw), 32))
+            mark = cls(int(row.through_seq), str(row.last_hash), nodes, str(row.note), str(row.before),
+                       str(row.pruned_at))  # fmt: skip
+            TreeBuilder(mark.through_seq, nodes)  # a compact range of that many leaves, or ProofError
+        except (TypeError, ValueError):
+            raise ProofError(
+                "the audit_pruned row was altered: it does not describe a pruned range"
+            ) from None
+        return mark
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +85,8 @@ class VerifyReport:
     """The tree's root at each size asked for (computed past a chain problem too, for the checkpoint check)."""
     pruned: int = 0
     """Records pruned before the stored ones (their roots cannot be recomputed)."""
+    ranges: Mapping[int, tuple[bytes, ...]] = dataclasses.field(default_factory=dict)
+    """The tree's compact range at each size asked for: what a prune keeps of the records it deletes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +99,8 @@ class Segment:
     prev: str
     prev2: str | None = None
     keyed_before: bool = False
+    tail: bool = True
+    """The log's last segment: a shortfall at its end is the head's to name (a cut tail)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +165,12 @@ def scan(
                         unkeyed += 1
                 elif mac_keys is not None:
                     key = mac_keys.get(row[17])
-                    if key is None:
+                    if type(mac) is not str or len(mac) != 64 or not mac.isascii():
+                        problem = (
+                            expected,
+                            f"record {expected}: its MAC is not a MAC (altered in the database)",
+                        )
+                    elif key is None:
                         assert keys is not None
                         problem = (expected, f"record {expected}: {keys.why_missing(row[17])}")
                     elif not same(mac_of(key, digest, "sha256").hex(), mac):
@@ -177,7 +193,7 @@ def scan(
             tree.append(leaf_hash(_raw(stored)))
         if tree.end in wanted:
             snapshots[tree.end] = tree.nodes
-    if problem is None and segment.last is not None and expected <= segment.last:
+    if problem is None and not segment.tail and segment.last is not None and expected <= segment.last:
         problem = (expected, f"record {expected} is missing (no record follows record {expected - 1})")
     return Scan(problem, expected, prev, keyed, unkeyed, anchored, tree.nodes, snapshots)
 
@@ -190,15 +206,19 @@ def combine(
     keys: MacKeys | None,
     start: ChainStart,
     roots_at: Collection[int],
+    before: tuple[int, str] | None = None,
+    beyond: tuple[int, str] | None = None,
 ) -> VerifyReport:
     """Join the scans of consecutive segments: the first problem wins (``records`` counts those before it),
-    then the head's checks; the Merkle tree is the pruned prefix's with every segment's range appended."""
+    then the head's checks; the Merkle tree is the pruned prefix's with every segment's range appended.
+
+    ``before``/``beyond``: a row stored before the log's start or past its head (no scan reads those)."""
     head_seq = None if head is None else int(head[0])
     head_hash = None if head is None else str(head[1])
     tree = TreeBuilder(start.seq - 1, start.nodes)
-    wanted, roots = set(roots_at), {}
+    wanted, roots, ranges = set(roots_at), {}, {}
     if tree.size in wanted:
-        roots[tree.size] = tree.root()
+        roots[tree.size], ranges[tree.size] = tree.root(), tree.nodes
     problem: tuple[int, str] | None = None
     keyed = unkeyed = 0
     anchored = expect_head is None or expect_head == start.prev_hash
@@ -211,7 +231,8 @@ def combine(
         for size, nodes in part.snapshots.items():
             if joined and size not in roots:
                 with contextlib.suppress(ProofError):  # pieces that do not join (gaps): no root, a mismatch
-                    roots[size] = _joined(tree.copy(), nodes).root()
+                    there = _joined(tree.copy(), nodes)
+                    roots[size], ranges[size] = there.root(), there.nodes
         if joined:
             try:
                 _joined(tree, part.nodes)
@@ -221,10 +242,14 @@ def combine(
 
     def report(first_bad: int, text: str) -> VerifyReport:
         return VerifyReport(False, first_bad - start.seq, first_bad, text, head_hash, keyed, unkeyed,
-                            keys is not None, size, roots, start.seq - 1)  # fmt: skip
+                            keys is not None, size, roots, start.seq - 1, ranges)  # fmt: skip
 
+    if before is not None:
+        return report(*before)
     if problem is not None:
         return report(*problem)
+    if beyond is not None:
+        return report(*beyond)
     last = expected - 1
     if head_seq is None:
         return dataclasses.replace(

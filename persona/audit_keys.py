@@ -42,7 +42,7 @@ class MacKeys:
     """The MAC key that keys new records (``current``) and every older one that can still be opened."""
 
     current: int
-    keys: Mapping[int, bytes]
+    keys: Mapping[int, bytes] = field(repr=False)
     unavailable: Mapping[int, str] = field(default_factory=dict)
     """Versions that exist but cannot be opened, and why (named by ``verify``)."""
 

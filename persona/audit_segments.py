@@ -21,11 +21,11 @@ from multiprocessing import get_context
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, select
 
 from persona.audit_chain import ChainStart, Scan, Segment, scan
 from persona.audit_keys import MacKeys
-from persona.store.audit_tables import audit_log
+from persona.store.audit_tables import HEAD_ID, audit_head, audit_log
 from persona.store.engine import Store
 from tools.redaction import scrub
 
@@ -74,22 +74,41 @@ def rows_of(conn: Connection, first: int, last: int | None) -> Iterator[Sequence
 
 
 def segments(conn: Connection, start: ChainStart, head_seq: int, parts: int) -> list[Segment]:
-    """``parts`` segments from ``start`` to the head (the last one open-ended: records past the head count)."""
+    """``parts`` segments from ``start`` to the head, each starting from the stored hashes before it."""
     span = head_seq - start.seq + 1
-    firsts = [start.seq + span * i // parts for i in range(parts)]
-    out = [Segment(start.seq, firsts[1] - 1 if parts > 1 else None, start.prev_hash)]
-    for i, first in enumerate(firsts[1:], start=1):
+    firsts = [start.seq + span * i // parts for i in range(parts)] + [head_seq + 1]
+    out = [Segment(start.seq, firsts[1] - 1, start.prev_hash, tail=parts == 1)]
+    for i, first in enumerate(firsts[1:-1], start=1):
         before = conn.execute(
-            select(audit_log.c.hash, audit_log.c.mac)
-            .where(audit_log.c.seq < first)
+            select(audit_log.c.seq, audit_log.c.hash, audit_log.c.mac)
+            .where(audit_log.c.seq < first, audit_log.c.seq >= start.seq)
             .order_by(audit_log.c.seq.desc())
             .limit(2)
         ).all()
-        prev = str(before[0][0]) if before else start.prev_hash
-        prev2 = str(before[1][0]) if len(before) > 1 else None
-        last = firsts[i + 1] - 1 if i + 1 < parts else None
-        out.append(Segment(first, last, prev, prev2, bool(before) and before[0][1] is not None))
+        prev = str(before[0][1]) if before else start.prev_hash
+        prev2 = str(before[1][1]) if len(before) > 1 else start.prev_hash if len(before) == 1 else None
+        out.append(Segment(first, firsts[i + 1] - 1, prev, prev2, bool(before) and before[0][2] is not None,
+                           tail=i == parts - 1))  # fmt: skip
     return out
+
+
+def strays(conn: Connection, start: ChainStart, head_seq: int | None) -> tuple[tuple[int, str] | None, ...]:
+    """Rows no scan reads: stored before the log's start (or inside a pruned range), or past its head. A row
+    past the head the head has reached since (an append during the verify) is no stray."""
+    seq = audit_log.c.seq
+    low = conn.execute(select(func.min(seq)).where(seq < start.seq)).scalar()
+    below = None if low is None else (int(low), (
+        f"record {low} lies before the start of the log (record {start.seq}"
+        + (", after the pruned range" if start.seq > 1 else "") + "): it was not appended by the log"))  # fmt: skip
+    beyond = None
+    if head_seq is not None:
+        now = conn.execute(select(audit_head.c.seq).where(audit_head.c.id == HEAD_ID)).scalar()
+        reached = max(head_seq, int(now or 0))
+        high = conn.execute(select(func.min(seq)).where(seq > reached)).scalar()
+        if high is not None:
+            beyond = (int(high), f"record {high} lies beyond the audit head (seq {reached}): it was not appended "
+                                 "by the log")  # fmt: skip
+    return below, beyond
 
 
 def scan_segment(
@@ -129,8 +148,8 @@ def scan_all(
     """The scans of the whole log, in order: one pass, or ``workers`` segments from ``parallel_from`` records."""
     span = 0 if head_seq is None else head_seq - start.seq + 1
     if workers < 2 or span < max(parallel_from, workers) or not store.shareable:
-        return [scan(rows_of(conn, start.seq, None), Segment(start.seq, None, start.prev_hash), head_seq=head_seq,
-                     expect_head=expect_head, keys=keys, roots_at=roots_at)]  # fmt: skip
+        return [scan(rows_of(conn, start.seq, head_seq), Segment(start.seq, head_seq, start.prev_hash),
+                     head_seq=head_seq, expect_head=expect_head, keys=keys, roots_at=roots_at)]  # fmt: skip
     assert head_seq is not None
     parts = segments(conn, start, head_seq, min(workers, MAX_WORKERS))
     url = store.url_for_another_process()

@@ -31,7 +31,7 @@ from persona.audit import AuditEvent, AuditLog
 from persona.audit_keys import MacKeys
 from persona.errors import Conflict, NotFound, VaultError
 from persona.masterkey import CHECK_PLAINTEXT, Keyring, MasterKeySource, blob_aad, check_aad, seal, unseal
-from persona.store.audit_tables import audit_mac_keys
+from persona.store.audit_tables import audit_log, audit_mac_keys
 from persona.store.engine import Store
 from persona.store.vault_tables import connections, credential_blobs, grants, master_key_checks
 from persona.vault_types import (
@@ -129,11 +129,17 @@ class Vault:
         count = sum(self.blob_versions().values())
         with self.store.read("read the master-key checks") as conn:
             checked = conn.execute(select(func.count()).select_from(master_key_checks)).scalar_one()
+            # Keyed audit records, or sealed MAC keys, mean a master key was in use even if its check row is gone.
+            checked += conn.execute(select(func.count()).select_from(audit_mac_keys)).scalar_one()
+            checked += (
+                conn.execute(select(audit_log.c.seq).where(audit_log.c.mac.is_not(None)).limit(1)).first()
+                is not None
+            )
         if count or checked or not create:
             had = (
                 f", and the vault holds {count} encrypted credential(s)"
                 if count
-                else ", yet a master key was in use here (its check row exists; audit records are keyed with it)"
+                else ", yet a master key was in use here (audit records are keyed with it)"
                 if checked
                 else ""
             )
@@ -409,7 +415,10 @@ class Vault:
                 # The audit MAC keys of every version known so far, sealed under the new one: records keyed
                 # before the rotation keep verifying once the old master versions are dropped.
                 macs = MacKeys.of(new, conn.execute(select(audit_mac_keys)).all())
-                conn.execute(delete(audit_mac_keys))
+                # Rows it cannot open stay as they are: a restored master version may open them later.
+                conn.execute(
+                    delete(audit_mac_keys).where(audit_mac_keys.c.key_version.not_in(list(macs.unavailable)))
+                )
                 if rows := macs.sealed_rows(new):
                     conn.execute(audit_mac_keys.insert(), rows)
                 for row in conn.execute(select(credential_blobs)).all():

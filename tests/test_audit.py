@@ -90,7 +90,7 @@ def drop_triggers(store: Store) -> None:
     rows = raw(
         store,
         "SELECT tgname, tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal"
-        " AND tgrelid IN ('audit_log'::regclass, 'audit_head'::regclass)",
+        " AND tgrelid IN ('audit_log'::regclass, 'audit_head'::regclass, 'audit_pruned'::regclass)",
     )
     assert rows
     for name, table in rows:

@@ -60,19 +60,20 @@ def test_consistency_prune_and_verify_on_the_command_line(tmp_path: Path) -> Non
         assert "'last tuesday' is not a date/time" in flat(bad_date.stderr) and "--before" in bad_date.stderr
         pruned = flat(run_cli(cfg, "audit", "prune", "--before", "2026-11-24T12:00:05.5+00:00", "--by",
                               "ops@example.com", "--yes").stdout)  # fmt: skip
-        assert "pruned records 1..5 (5 deleted)" in pruned and "checkpoint of 13 records" in pruned
+        assert "pruned records 1..5 (5 deleted)" in pruned and "checkpoint of 12 records" in pruned
         after = flat(run_cli(cfg, "audit", "verify").stdout)
         assert (
-            "✓ records 1..5 were pruned" in after and "vouched for by the checkpoint of 13 records" in after
+            "✓ records 1..5 were pruned" in after and "vouched for by the checkpoint of 12 records" in after
         )
-        assert "✓ consistent with checkpoint 000000000013.checkpoint" in after
+        assert "✓ consistent with checkpoint 000000000012.checkpoint" in after
         gone = run_cli(cfg, "audit", "prove", "3", check=1)
         assert "record 3 was pruned" in flat(gone.stdout + gone.stderr)
-        assert json.loads(run_cli(cfg, "audit", "prove", "7").stdout)["tree_size"] == 13
+        assert json.loads(run_cli(cfg, "audit", "prove", "7").stdout)["tree_size"] == 12
 
         export = tmp_path / "audit.jsonl"
         run_cli(cfg, "audit", "export", "--out", str(export))
         vkey = run_cli(cfg, "audit", "pubkey").stdout.strip()
+        run_cli(cfg, "audit", "checkpoint")  # the prune's own record (13) gets its checkpoint too
         latest = tmp_path / "checkpoints" / "000000000013.checkpoint"
         offline = flat(run_cli(tmp_path / "none.yaml", "audit", "verify", "--export", str(export), "--checkpoint",
                                str(latest), "--pubkey", vkey).stdout)  # fmt: skip

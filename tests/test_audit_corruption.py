@@ -30,7 +30,7 @@ from persona.checkpoints.retention import extension_line, prune
 from persona.checkpoints.verification import Finding, verify_log
 from persona.errors import AuditIntegrityError, Conflict
 from persona.store.engine import Store
-from tests.test_audit import T0, Clock, drop_triggers, fill, forge, hash_of, raw
+from tests.test_audit import T0, Clock, drop_triggers, event, fill, forge, hash_of, raw
 from tests.test_audit_checkpoints import ORIGIN, rechain
 from tests.test_audit_keys import keys_of
 
@@ -149,6 +149,20 @@ ATTACKS: dict[str, tuple[Callable[[Store], None], str]] = {
                        "verify"),
     "empty": (lambda s: (raw(s, "DELETE FROM audit_log"), rechain(s, 1)),
               "checkpoint 000000000010.checkpoint does not match the log: the log has 0 records"),
+    "mac-garbage": (lambda s: raw(s, "UPDATE audit_log SET mac = 'é' WHERE seq = 4"),
+                    "audit chain broken at record 4: record 4: its MAC is not a MAC"),
+    "row-before-the-start": (
+        lambda s: raw(s, "INSERT INTO audit_log (seq, ts, user_id, persona, conversation_id, source, event, tool,"
+                         " payload, decision, reason, model, usage, latency_ms, prev_hash, hash, mac, mac_kv) SELECT 0,"
+                         " ts, user_id, persona, conversation_id, source, 'refund_approved', tool, payload, decision,"
+                         " reason, model, usage, latency_ms, prev_hash, hash, mac, mac_kv FROM audit_log WHERE seq = 1"),
+        "audit chain broken at record 0: record 0 lies before the start of the log (record 1)"),
+    "row-beyond-the-head": (
+        lambda s: raw(s, "INSERT INTO audit_log (seq, ts, user_id, persona, conversation_id, source, event, tool,"
+                         " payload, decision, reason, model, usage, latency_ms, prev_hash, hash, mac, mac_kv) SELECT 11,"
+                         " ts, user_id, persona, conversation_id, source, event, tool, payload, decision, reason,"
+                         " model, usage, latency_ms, hash, hash, mac, mac_kv FROM audit_log WHERE seq = 10"),
+        "audit chain broken at record 11: record 11 lies beyond the audit head (seq 10)"),
     "mac-stripped-rechain": (
         lambda s: (raw(s, "UPDATE audit_log SET mac = NULL, mac_kv = NULL"), rewrite_from(s, 2)),
         "checkpoint 000000000010.checkpoint does not match the log: the first 10 records are not the ones"),
@@ -196,7 +210,8 @@ def prune_before(log: Log, seconds: float) -> Any:
 
 def test_a_prune_signs_for_the_range_first_and_what_remains_still_verifies(log: Log) -> None:
     done = prune_before(log, 5.5)  # the Clock stamps record n at T0 + n s
-    assert (done.through_seq, done.removed, done.checkpoint.size) == (5, 5, 11)
+    assert (done.through_seq, done.removed, done.checkpoint.size) == (5, 5, 10)
+    assert done.path.name == "000000000010-pruned.checkpoint", "beside the plain checkpoint of the same size"
     mark = log.audit.pruned()
     assert mark is not None and done.checkpoint.extensions == (extension_line(5, mark.last_hash),)
     assert [r[0] for r in raw(log.store, "SELECT seq FROM audit_log ORDER BY seq")] == list(range(6, 12))
@@ -204,7 +219,7 @@ def test_a_prune_signs_for_the_range_first_and_what_remains_still_verifies(log: 
     assert record[:2] == ("audit_pruned", "ops@x") and '"through_seq":5' in record[2]
     found = log.verify()
     assert [f.level for f in found] == ["ok", "ok", "ok", "ok"], found
-    assert found[2].title == "records 1..5 were pruned" and "checkpoint of 11 records" in found[2].detail
+    assert found[2].title == "records 1..5 were pruned" and "checkpoint of 10 records" in found[2].detail
     # Checkpoints signed before the prune still verify (their size is past the range), later ones too.
     assert log.bad(checkpoint=log.folder.path / "000000000010.checkpoint") == []
     fill(log.audit, 3)
@@ -268,6 +283,13 @@ def test_a_deletion_nobody_signed_for_or_a_widened_range_is_named(log: Log) -> N
     mallory = NoteSigner(ORIGIN, Ed25519PrivateKey.generate())
     raw(log.store, "UPDATE audit_pruned SET note = :n", n=mallory.sign(current(log.audit, ORIGIN)))
     assert "the checkpoint kept for that prune does not verify" in log.bad()[0]
+    with pytest.raises(
+        AuditIntegrityError,
+        match=r"nothing was pruned \(pruning would erase the evidence\): records 1\.\.5 were pruned without",
+    ):
+        prune_before(log, 8.5)  # the next routine prune does not launder the forged one
+    raw(log.store, "UPDATE audit_pruned SET nodes = :n", n=b"\x00" * 5)
+    assert log.bad()[0].startswith("the audit log cannot be checked: "), "an altered compact range is named"
 
 
 def test_a_long_log_is_verified_by_spawned_processes_as_by_one_pass(store: Store) -> None:
@@ -301,3 +323,18 @@ def test_the_signers_live_tree_reads_only_new_records_and_keeps_its_view_of_the_
     drop_triggers(log.store)
     rewrite_from(log.store, 8)  # a rewrite under a running signer: it keeps signing what it saw
     assert live.current(ORIGIN).root != current(log.audit, ORIGIN).root
+
+
+def test_records_appended_during_a_segmented_verify_are_no_strays(store: Store) -> None:
+    """The head is read first; a record the writer appends while the segments are scanned (here: when the
+    executor is started) is past that head but within the head's reach by then: no false alarm."""
+    audit = AuditLog(store, now=Clock(), verify_workers=2, parallel_from=1,
+                     segment_executor=lambda n: (audit.append_sync(event(99)), ThreadPoolExecutor(n))[1])  # fmt: skip
+    audit.use_keys(keys_of())
+    try:
+        fill(audit, 6)
+        report = audit.verify()
+        assert report.ok and report.records == 6, report
+        assert audit.head()[0] == 7
+    finally:
+        audit.close()

@@ -22,6 +22,9 @@ from persona.checkpoints.merkle import ProofError
 from persona.checkpoints.note import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
 
 SUFFIX = ".checkpoint"
+PRUNED_SUFFIX = "-pruned.checkpoint"
+"""A prune's checkpoint: kept beside the others under a name of its own (the worker may have signed a plain
+checkpoint of the same size), never taken for the latest."""
 _NAME = re.compile(r"[0-9]{12}\.checkpoint")
 """The files this directory writes: other files beside them are never taken for the latest."""
 
@@ -100,9 +103,9 @@ class CheckpointDir:
 
     path: Path
 
-    def write(self, note: str, size: int) -> Path:
+    def write(self, note: str, size: int, suffix: str = SUFFIX) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)
-        target = self.path / f"{size:012d}{SUFFIX}"
+        target = self.path / f"{size:012d}{suffix}"
         if target.exists():
             if target.read_text(encoding="utf-8") != note:
                 raise CheckpointError(

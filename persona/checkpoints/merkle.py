@@ -49,7 +49,7 @@ class TreeBuilder:
 
     def __init__(self, size: int = 0, nodes: Sequence[bytes] = ()) -> None:
         heights = [bit for bit in range(size.bit_length() - 1, -1, -1) if size >> bit & 1]
-        if len(heights) != len(nodes) or any(len(n) != HASH_SIZE for n in nodes):
+        if size < 0 or len(heights) != len(nodes) or any(len(n) != HASH_SIZE for n in nodes):
             raise ProofError(f"a compact range of {size} leaves has {len(heights)} nodes of 32 bytes")
         self.size, self._heights, self._nodes = size, heights, list(nodes)
 

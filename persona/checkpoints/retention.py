@@ -1,12 +1,13 @@
 """Retention: ``persona audit prune --before DATE`` removes old records only by signing for them first.
 
-A prune (1) refuses a log that does not verify, or that does not match its latest checkpoint (pruning would
-erase the evidence); (2) appends an ``audit_pruned`` record; (3) signs a checkpoint of the whole log, that
-record included, with the extension line ``persona-pruned <through seq> <hash of that record>`` and writes it
-to the checkpoint directory; only then (4) deletes records 1..through in the transaction that keeps, in
-``audit_pruned``, what verifying the rest needs of them: the last hash (the next record's ``prev_hash``) and
-the compact range of their Merkle leaves (one hash per set bit of ``through``), so every later root,
-inclusion and consistency proof is still computed exactly.
+A prune (1) runs the whole of ``persona audit verify`` (chain, MACs, the latest checkpoint and any earlier
+prune) and refuses if anything is bad: pruning would erase the evidence; (2) from that same pass, takes the
+root of the log and the compact range of the records to delete (one hash per set bit of their count: all
+that every later root, inclusion and consistency proof needs of them); (3) signs a checkpoint of the log
+with the extension line ``persona-pruned <through seq> <hash of that record>`` and writes it beside the
+others as ``<size>-pruned.checkpoint``; only then (4) deletes records 1..through in the transaction that
+keeps, in ``audit_pruned``, the last hash (the next record's ``prev_hash``), the compact range and the
+signed note; and (5) appends an ``audit_pruned`` record.
 
 ``persona audit verify`` then checks the signed note of the latest prune: its extension must name the range
 the database says was pruned, and its root must be the root the stored records give with the kept range. A
@@ -23,9 +24,8 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 
 from persona.audit import AuditEvent, AuditLog
-from persona.audit_chain import PruneMark, VerifyReport
-from persona.checkpoints import merkle
-from persona.checkpoints.ledger import CheckpointDir, check_report, open_file
+from persona.audit_chain import PruneMark
+from persona.checkpoints.ledger import PRUNED_SUFFIX, CheckpointDir
 from persona.checkpoints.note import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
 from persona.errors import AuditIntegrityError, Conflict
 from persona.store.audit_tables import audit_log, audit_pruned, ts_text
@@ -57,6 +57,8 @@ def prune(
     now: Callable[[], datetime],
 ) -> Pruned:
     """Prune the records stamped before ``before`` (see the module docstring for the order of the steps)."""
+    from persona.checkpoints.verification import check_log
+
     audit.flush_sync()
     mark = audit.pruned()
     done = 0 if mark is None else mark.through_seq
@@ -66,50 +68,38 @@ def prune(
         ).scalar()
     if through is None or int(through) <= done:
         raise Conflict(f"no audit record before {before.isoformat()} is left to prune")
-    through = int(through)
-    _refuse_unless_verified(audit, folder, NoteVerifier.from_vkey(signer.vkey))
-    audit.append_sync(AuditEvent(
-        event="audit_pruned", source="cli", user=by, reason=f"records {done + 1}..{through} pruned",
-        payload={"from_seq": done + 1, "through_seq": through, "before": before.isoformat()},
-    ))  # fmt: skip
-    stored = [bytes.fromhex(h) for h in audit.record_hashes()]
-    kept = merkle.TreeBuilder(done, () if mark is None else mark.nodes)
-    for digest in stored[: through - done]:
-        kept.append(merkle.leaf_hash(digest))
-    nodes = kept.nodes
-    for digest in stored[through - done :]:
-        kept.append(merkle.leaf_hash(digest))
-    last_hash = stored[through - done - 1].hex()
-    signed = Checkpoint(signer.name, kept.size, kept.root(), (extension_line(through, last_hash),))
+    through, size = int(through), audit.head()[0]
+    key = NoteVerifier.from_vkey(signer.vkey)
+    found, report = check_log(audit, checkpoint=folder.latest(), folder=folder.path, verifier=lambda: key,
+                              also_at=(through, size))  # fmt: skip
+    bad = [f"{f.title}: {f.detail}" for f in found if f.level == "bad"]
+    if bad or through not in report.ranges or size not in report.roots:
+        raise AuditIntegrityError(
+            f"the audit log does not verify, so nothing was pruned (pruning would erase the evidence): "
+            f"{bad[0] if bad else 'the records to prune could not be read'} (fix: investigate with "
+            "`persona audit verify` first)"
+        )
+    with store.read("read the last record to prune") as conn:
+        last_hash = str(conn.execute(select(audit_log.c.hash).where(audit_log.c.seq == through)).scalar_one())
+    signed = Checkpoint(signer.name, size, report.roots[size], (extension_line(through, last_hash),))
     note = signer.sign(signed)
-    path = folder.write(note, signed.size)  # kept outside the database before anything is deleted
+    path = folder.write(note, size, PRUNED_SUFFIX)  # kept outside the database before anything is deleted
     with store.begin("prune the audit log") as conn:
         conn.execute(audit_pruned.insert().values(
-            through_seq=through, last_hash=last_hash, nodes=b"".join(nodes), note=note,
+            through_seq=through, last_hash=last_hash, nodes=b"".join(report.ranges[through]), note=note,
             before=ts_text(before), pruned_at=ts_text(now()),
         ))  # fmt: skip
         removed = conn.execute(delete(audit_log).where(audit_log.c.seq <= through)).rowcount
+    audit.append_sync(AuditEvent(
+        event="audit_pruned", source="cli", user=by, reason=f"records {done + 1}..{through} pruned",
+        payload={"from_seq": done + 1, "through_seq": through, "before": before.isoformat(), "checkpoint": path.name},
+    ))  # fmt: skip
     return Pruned(through, int(removed), signed, path)
 
 
-def _refuse_unless_verified(audit: AuditLog, folder: CheckpointDir, verifier: NoteVerifier) -> None:
-    latest = folder.latest()
-    signed = None if latest is None else open_file(latest, verifier)
-    report = audit.verify(roots_at=() if signed is None else (signed.size,))
-    try:
-        if not report.ok:
-            raise AuditIntegrityError(f"record {report.first_bad_seq}: {report.problem}")
-        if signed is not None:
-            check_report(report, signed)
-    except AuditIntegrityError as exc:
-        raise AuditIntegrityError(
-            f"the audit log does not verify, so nothing was pruned (pruning would erase the evidence): {exc} "
-            "(fix: investigate with `persona audit verify` first)"
-        ) from None
-
-
-def check_prune(report: VerifyReport, mark: PruneMark, verifier: NoteVerifier) -> Checkpoint:
-    """The latest prune is one the signing key recorded, and the stored records still give its root."""
+def prune_checkpoint(mark: PruneMark, verifier: NoteVerifier) -> Checkpoint:
+    """The signed checkpoint the latest prune wrote, if the signing key signed it and it names the range the
+    database says was pruned; else :class:`CheckpointError` (records were deleted nobody signed for)."""
     try:
         signed = verifier.open(mark.note)
     except CheckpointError as exc:
@@ -122,5 +112,4 @@ def check_prune(report: VerifyReport, mark: PruneMark, verifier: NoteVerifier) -
             f"records 1..{mark.through_seq} were deleted, but the signed prune checkpoint records another range "
             f"({', '.join(signed.extensions) or 'none'}): the pruned range was altered"
         )
-    check_report(report, signed)
     return signed

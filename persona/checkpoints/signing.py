@@ -43,8 +43,9 @@ def load_signer(settings: Settings, *, create: bool = True) -> NoteSigner:
     if not path.exists():
         if not create:
             raise CheckpointError(
-                f"no checkpoint signing key at {path} (fix: run `persona audit checkpoint` once on the server, "
-                "or pass --pubkey with the key `persona audit pubkey` printed there)"
+                f"no checkpoint signing key at {path} (fix: on the server that signs, set PERSONA_AUDIT_SIGNING_KEY or "
+                "audit.signing_key_file to its key; elsewhere, pass --pubkey with the key `persona audit pubkey` "
+                "printed there)"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         text = skey_of(settings.audit.origin, Ed25519PrivateKey.generate())

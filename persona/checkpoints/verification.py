@@ -4,7 +4,7 @@ checked in one pass over the log, each outcome a :class:`Finding` (what the CLI 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,8 +12,8 @@ from typing import Literal
 from persona.audit import AuditLog
 from persona.audit_chain import PruneMark, VerifyReport
 from persona.checkpoints.ledger import check_report, open_file
-from persona.checkpoints.note import Checkpoint, NoteVerifier
-from persona.checkpoints.retention import check_prune
+from persona.checkpoints.note import Checkpoint, CheckpointError, NoteVerifier
+from persona.checkpoints.retention import prune_checkpoint
 from persona.errors import AuditIntegrityError
 
 
@@ -34,10 +34,30 @@ def verify_log(
 ) -> list[Finding]:
     """Every finding, in order; the log verifies when none is ``bad``. ``checkpoint`` None: no checkpoint was
     found in ``folder``; ``verifier`` is asked for only when a checkpoint or a prune needs it."""
-    mark = audit.pruned()
+    return check_log(audit, checkpoint=checkpoint, folder=folder, verifier=verifier, expect_head=expect_head)[
+        0
+    ]
+
+
+def check_log(
+    audit: AuditLog,
+    *,
+    checkpoint: Path | None,
+    folder: Path,
+    verifier: Callable[[], NoteVerifier],
+    expect_head: str | None = None,
+    also_at: Sequence[int] = (),
+) -> tuple[list[Finding], VerifyReport]:
+    """:func:`verify_log`, and the report of its pass (with roots and compact ranges ``also_at`` those sizes)."""
+    try:
+        mark = audit.pruned()
+    except AuditIntegrityError as exc:
+        return [Finding("bad", "the audit log cannot be checked", str(exc))], VerifyReport(
+            False, 0, None, str(exc), None
+        )
     found: list[Finding] = []
     signed: Checkpoint | None = None
-    sizes: list[int] = []
+    sizes: list[int] = list(also_at)
     problems: dict[str, AuditIntegrityError] = {}
     key: NoteVerifier | None = None
     if checkpoint is not None or mark is not None:
@@ -52,12 +72,17 @@ def verify_log(
         except AuditIntegrityError as exc:
             problems["checkpoint"] = exc
     if key is not None and mark is not None:
-        with contextlib.suppress(AuditIntegrityError):  # check_prune below names the problem
+        with contextlib.suppress(AuditIntegrityError):  # _prune below names the problem
             sizes.append(key.open(mark.note).size)
-    report = audit.verify(expect_head=expect_head, roots_at=sizes)
+    try:
+        report = audit.verify(expect_head=expect_head, roots_at=sizes)
+    except AuditIntegrityError as exc:  # what a prune kept is unreadable: no pass can start from it
+        report = VerifyReport(False, 0, None, f"the pruned range's row cannot be used: {exc}", None)
+        return [Finding("bad", "the audit log cannot be checked", str(report.problem))], report
     if report.ok:
+        span = f" (seq {report.pruned + 1}..{report.pruned + report.records})" if report.pruned else ""
         found.append(
-            Finding("ok", "audit chain intact", f"{report.records} records, head {report.head_hash}")
+            Finding("ok", "audit chain intact", f"{report.records} records{span}, head {report.head_hash}")
         )
         found.append(_keys(report))
     else:
@@ -72,7 +97,7 @@ def verify_log(
             "a rewrite of the whole chain (every hash and the head recomputed) would pass; run `persona audit "
             "checkpoint` and keep the checkpoints outside the database's reach",
         ))  # fmt: skip
-        return found
+        return found, report
     try:
         if (problem := problems.get("key") or problems.get("checkpoint")) is not None:
             raise problem
@@ -81,12 +106,12 @@ def verify_log(
         check_report(report, signed)
     except AuditIntegrityError as exc:
         found.append(Finding("bad", f"checkpoint {checkpoint.name} does not match the log", str(exc)))
-        return found
+        return found, report
     found.append(Finding(
         "ok", f"consistent with checkpoint {checkpoint.name}",
         f"the first {signed.size} of {report.size} records are the ones {key.name} ({key.key_id.hex()}) signed",
     ))  # fmt: skip
-    return found
+    return found, report
 
 
 def _keys(report: VerifyReport) -> Finding:
@@ -108,11 +133,12 @@ def _prune(
     if key is None:
         return Finding("bad", title, f"and nothing here can check the prune's signed checkpoint: {problem}")
     try:
-        vouch = check_prune(report, mark, key)
-    except AuditIntegrityError as exc:
+        vouch = prune_checkpoint(mark, key)
+    except CheckpointError as exc:
         return Finding("bad", title + " without a valid signed checkpoint", str(exc))
-    return Finding(
-        "ok", title,
-        f"(before {mark.before}, on {mark.pruned_at}), vouched for by the checkpoint of {vouch.size} records "
-        f"{key.name} signed; what is left still gives its root",
-    )  # fmt: skip
+    signed = f"vouched for by the checkpoint of {vouch.size} records {key.name} signed"
+    try:
+        check_report(report, vouch)
+    except AuditIntegrityError as exc:
+        return Finding("bad", title, f"{signed}, which the log no longer matches: {exc}")
+    return Finding("ok", title, f"those stamped before {mark.before} (on {mark.pruned_at}), {signed}")

@@ -186,8 +186,10 @@ _MARKS = {"ok": "[green]✓", "warn": "[yellow]!", "bad": "[red]✗"}
 
 
 def _print_finding(console: Any, finding: Finding) -> None:
-    detail = f": {finding.detail}" if finding.detail else ""
-    console.print(f"{_MARKS[finding.level]} {finding.title}[/]{detail}")
+    from rich.markup import escape  # findings quote database text: never markup
+
+    detail = f": {escape(finding.detail)}" if finding.detail else ""
+    console.print(f"{_MARKS[finding.level]} {escape(finding.title)}[/]{detail}")
 
 
 def _verify_offline(console: Any, export: Path, checkpoint: Path, pubkey: str) -> bool:
@@ -204,6 +206,9 @@ def _verify_offline(console: Any, export: Path, checkpoint: Path, pubkey: str) -
     except OSError as exc:
         console.print(f"[red]✗ cannot read {export}[/]: {exc.strerror or exc}")
         return False
+    except UnicodeDecodeError as exc:
+        console.print(f"[red]✗ {export} is not an export[/]: not UTF-8 text (byte {exc.start})")
+        return False
     except AuditIntegrityError as exc:
         console.print(f"[red]✗ the export does not verify[/]: {exc}")
         return False
@@ -214,12 +219,18 @@ def _verify_offline(console: Any, export: Path, checkpoint: Path, pubkey: str) -
     return True
 
 
-def _signed(settings: Any, path: Path) -> Any:
+PubkeyOpt = Annotated[
+    str | None,
+    Opt("--pubkey", help="The verifier key `persona audit pubkey` printed (default: this server's own key)."),
+]
+
+
+def _signed(settings: Any, path: Path, pubkey: str | None) -> Any:
     from persona.checkpoints.ledger import open_file
     from persona.checkpoints.note import NoteVerifier
     from persona.checkpoints.signing import load_signer
 
-    return open_file(path, NoteVerifier.from_vkey(load_signer(settings, create=False).vkey))
+    return open_file(path, NoteVerifier.from_vkey(pubkey or load_signer(settings, create=False).vkey))
 
 
 @app.command("prove")
@@ -228,6 +239,7 @@ def prove(
     checkpoint: Annotated[
         str | None, Opt("--checkpoint", help="Against this checkpoint (default: the latest).")
     ] = None,
+    pubkey: PubkeyOpt = None,
 ) -> None:
     """Print the inclusion proof of one record against a signed checkpoint (JSON), checked before it is printed."""
     import json as json_module
@@ -246,7 +258,7 @@ def prove(
         path = Path(checkpoint) if checkpoint else folder.latest()
         if path is None:
             raise NotFound(f"no signed checkpoint in {folder.path} (fix: run `persona audit checkpoint`)")
-        signed = _signed(settings, path)
+        signed = _signed(settings, path, pubkey)
         check(rt.audit, signed)
         if seq > signed.size:
             raise NotFound(
@@ -270,6 +282,7 @@ def consistency(
     newer: Annotated[
         str | None, typer.Argument(help="The newer one (default: the latest in audit.checkpoint_dir).")
     ] = None,
+    pubkey: PubkeyOpt = None,
 ) -> None:
     """Print the RFC 6962 consistency proof from an older signed checkpoint to a newer one (JSON): the newer
     tree extends the older, nothing before it was rewritten. Checked before it is printed; exit 1 if not."""
@@ -289,7 +302,7 @@ def consistency(
         new_path = Path(newer) if newer else folder.latest()
         if new_path is None:
             raise NotFound(f"no signed checkpoint in {folder.path} (fix: run `persona audit checkpoint`)")
-        first, second = _signed(settings, Path(older)), _signed(settings, new_path)
+        first, second = _signed(settings, Path(older), pubkey), _signed(settings, new_path, pubkey)
         if first.size > second.size:
             raise typer.BadParameter(
                 f"{older} ({first.size} records) is newer than {new_path.name} ({second.size}): swap them"
@@ -333,7 +346,8 @@ def prune_cmd(
 
     async def work(rt: Runtime) -> str:
         folder = CheckpointDir(settings.checkpoint_path())
-        done = prune(rt.audit, rt.store, load_signer(settings), folder, before=moment, by=by, now=rt.now)
+        done = prune(rt.audit, rt.store, load_signer(settings, create=False), folder, before=moment, by=by,
+                     now=rt.now)  # fmt: skip
         return (
             f"pruned records 1..{done.through_seq} ({done.removed} deleted); the range is recorded in the signed "
             f"checkpoint of {done.checkpoint.size} records, {done.path}"

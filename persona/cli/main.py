@@ -114,8 +114,9 @@ def main() -> None:
 
 def _fail(message: str, code: int) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     from tools.redaction import scrub
 
-    Console(stderr=True).print(f"[bold red]error:[/] {scrub(message)}", highlight=False, markup=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(scrub(message))}", highlight=False, markup=True)
     sys.exit(code)

@@ -55,6 +55,7 @@ GENESIS_HASH = "0" * 64
 """``prev_hash`` of record 1, and the head's hash while the log is empty."""
 APPEND_ONLY_MESSAGE = "audit log is append-only"
 HEAD_MESSAGE = "audit head only moves forward"
+PRUNED_MESSAGE = "the record of pruned audit ranges is append-only"
 
 audit_log = Table(
     "audit_log",
@@ -134,9 +135,18 @@ _SQLITE_TRIGGERS = (
     BEGIN SELECT RAISE(ABORT, '{HEAD_MESSAGE}'); END""",
     f"""CREATE TRIGGER IF NOT EXISTS audit_head_no_delete BEFORE DELETE ON audit_head
     BEGIN SELECT RAISE(ABORT, '{HEAD_MESSAGE}: DELETE refused'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_pruned_no_update BEFORE UPDATE ON audit_pruned
+    BEGIN SELECT RAISE(ABORT, '{PRUNED_MESSAGE}: UPDATE refused'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS audit_pruned_no_delete BEFORE DELETE ON audit_pruned
+    BEGIN SELECT RAISE(ABORT, '{PRUNED_MESSAGE}: DELETE refused'); END""",
 )
 
 _PG_FUNCTIONS = (
+    f"""CREATE OR REPLACE FUNCTION audit_pruned_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION USING MESSAGE = '{PRUNED_MESSAGE}: ' || TG_OP || ' refused';
+        RETURN NULL;
+    END $$""",
     f"""CREATE OR REPLACE FUNCTION audit_log_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         IF TG_OP = 'DELETE' AND OLD.seq <= (SELECT coalesce(max(through_seq), 0) FROM audit_pruned) THEN
@@ -182,6 +192,18 @@ _PG_TRIGGERS = (
         "audit_head",
         "CREATE TRIGGER audit_head_no_truncate BEFORE TRUNCATE ON audit_head"
         " FOR EACH STATEMENT EXECUTE FUNCTION audit_head_forward_only()",
+    ),
+    (
+        "audit_pruned_append_only",
+        "audit_pruned",
+        "CREATE TRIGGER audit_pruned_append_only BEFORE UPDATE OR DELETE ON audit_pruned"
+        " FOR EACH ROW EXECUTE FUNCTION audit_pruned_refuse_change()",
+    ),
+    (
+        "audit_pruned_no_truncate",
+        "audit_pruned",
+        "CREATE TRIGGER audit_pruned_no_truncate BEFORE TRUNCATE ON audit_pruned"
+        " FOR EACH STATEMENT EXECUTE FUNCTION audit_pruned_refuse_change()",
     ),
 )
 
