@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import structlog
 
 from persona.approvals import ApprovalStore
 from persona.audit import AuditLog
@@ -23,7 +24,7 @@ from persona.credentials import PersonaAccess, service_key_source
 from persona.dispatcher import Dispatcher
 from persona.effects.executor import EffectExecutor
 from persona.effects.ledger import EffectLedger
-from persona.errors import NotConfigured
+from persona.errors import NoMasterKey, NotConfigured
 from persona.events import Source
 from persona.grants import GrantGate, Grants
 from persona.llm import ChatModel
@@ -176,7 +177,10 @@ class Runtime:
         plisio: PlisioConnection | None = None,
         now: Callable[[], datetime] = _utcnow,
         master_keys: MasterKeySource | None = None,
+        keys_optional: bool = False,
     ) -> Runtime:
+        """``keys_optional``: a read-only command (``persona audit verify``) on a host without the master key
+        runs unkeyed (MACs not checked, nothing created) instead of failing."""
         from persona import log
 
         log.ensure_configured(settings.log.level, settings.log.format)
@@ -184,7 +188,14 @@ class Runtime:
         store.create_all()
         audit = AuditLog(store, now=now)
         vault = Vault(store, master_keys or MasterKeySource.from_settings(settings), audit, now)
-        audit.use_keys(vault.audit_keys())
+        try:
+            audit.use_keys(vault.audit_keys(create=not keys_optional))
+        except NoMasterKey:
+            if not keys_optional:
+                raise
+            structlog.get_logger(__name__).warning(
+                "audit_unkeyed", reason="no master key: MACs are not checked"
+            )
         if plisio is None:
             # Live mode with stored connections: the service's own reads use the vault, not PLISIO_API_KEY.
             vaulted = settings.plisio.mode == PlisioMode.LIVE and not vault.is_empty()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -25,14 +24,23 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Connection, Select, bindparam, select
 
-from persona.audit_chain import ChainStart, PruneMark, VerifyReport, combine
+from persona.audit_chain import ChainStart, PruneMark, Scan, Segment, VerifyReport, combine, scan
 from persona.audit_keys import MacKeys
-from persona.audit_segments import PARALLEL_FROM, ExecutorFactory, cores, scan_all, spawned_processes, strays
+from persona.audit_records import AuditEvent, AuditFilter, AuditRecord
+from persona.audit_segments import (
+    PARALLEL_FROM,
+    ExecutorFactory,
+    cores,
+    rows_of,
+    scan_all,
+    spawned_processes,
+    strays,
+)  # fmt: skip
 from persona.errors import AuditIntegrityError, StoreError
 from persona.store.audit_tables import (
+    GENESIS_HASH,
     HEAD_ID,
     audit_head,
     audit_log,
@@ -50,70 +58,9 @@ from tools.redaction import scrub, scrub_data
 
 log = structlog.get_logger(__name__)
 
-SOURCES = frozenset({"chat", "webhook", "schedule", "replay", "cli", "http", "worker"})
+__all__ = ["AuditEvent", "AuditFilter", "AuditLog", "AuditRecord"]
+
 _PAGE = 10_000
-
-
-class _EventFields(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    event: str
-    source: str
-    user: str | None = None
-    persona: str | None = None
-    conversation_id: str | None = None
-    tool: str | None = None
-    payload: dict[str, Any] = Field(default_factory=dict)
-    decision: str | None = None
-    reason: str | None = None
-    model: str | None = None
-    usage: dict[str, int] | None = None
-    latency_ms: float | None = Field(None, allow_inf_nan=False)
-
-
-class AuditEvent(_EventFields):
-    """What a caller appends; the log adds seq, ts and the hashes."""
-
-    @field_validator("source")
-    @classmethod
-    def _known_source(cls, value: str) -> str:
-        if value not in SOURCES:
-            raise ValueError(f"source must be one of {', '.join(sorted(SOURCES))}")
-        return value
-
-    @field_validator("event")
-    @classmethod
-    def _event_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9_.]{0,63}", value):
-            raise ValueError("event must be a short snake_case name (letters, digits, '_', '.')")
-        return value
-
-
-class AuditRecord(_EventFields):
-    """One stored record, as it was hashed (redacted)."""
-
-    seq: int
-    ts: datetime
-    prev_hash: str
-    hash: str
-
-
-@dataclasses.dataclass(frozen=True)
-class AuditFilter:
-    user: str | None = None
-    persona: str | None = None
-    conversation_id: str | None = None
-    event: str | None = None
-    tool: str | None = None
-    source: str | None = None
-    since: datetime | None = None
-    """Inclusive; a naive datetime is taken as UTC."""
-    until: datetime | None = None
-    """Exclusive; a naive datetime is taken as UTC."""
-    limit: int | None = None
-    after_seq: int | None = None
-    newest: bool = False
-    """With ``limit``: the last ``limit`` matching records (still returned in seq order)."""
 
 
 # -- the log ------------------------------------------------------------------------------------
@@ -433,6 +380,31 @@ class AuditLog:
                 if len(rows) < _PAGE * 10:
                     return out
                 after = int(rows[-1][0])
+
+    def scan_after(self, size: int, prev: str, *, keyed_before: bool) -> tuple[Scan, int]:
+        """Check the records after seq ``size`` up to the head, chained to ``prev`` (a signer's increment);
+        returns the scan and the head's seq."""
+        with self._store.read("check the newest audit records") as conn:
+            head = conn.execute(_HEAD).first()
+            head_seq = size if head is None else int(head[0])
+            segment = Segment(size + 1, head_seq, prev, keyed_before=keyed_before, tail=False)
+            found = scan(rows_of(conn, size + 1, head_seq), segment, head_seq=head_seq, expect_head=None,
+                         keys=self._keys)  # fmt: skip
+        return found, head_seq
+
+    def hash_of(self, seq: int) -> str:
+        """The stored hash of record ``seq`` (the genesis hash for 0, the prune's last hash at its end)."""
+        if seq == 0:
+            return GENESIS_HASH
+        with self._store.read("read an audit record's hash") as conn:
+            found = conn.execute(select(audit_log.c.hash).where(audit_log.c.seq == seq)).scalar()
+            if found is None and (mark := conn.execute(_MARK).first()) is not None:
+                found = mark.last_hash if int(mark.through_seq) == seq else None
+        if found is None:
+            raise AuditIntegrityError(
+                f"audit record {seq} is missing (fix: run `persona audit verify`)", seq=seq
+            )
+        return str(found)
 
     def pruned(self) -> PruneMark | None:
         """The latest prune (the records up to it are gone), or None."""

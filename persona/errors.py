@@ -19,6 +19,7 @@ stack trace. Bugs are not in this tree: they raise whatever they raise.
     │   └── ScriptExhausted      a scripted model was called past the end of its script
     ├── ScriptUnfinished         a scripted model's steps were left unused
     ├── VaultError               credentials cannot be decrypted / stored (fails closed)
+    │   └── NoMasterKey          there is no master key here (and one may not be created)
     └── ScenarioError            a replay scenario file is invalid (file, line, field)
 """
 
@@ -100,6 +101,10 @@ class ScriptUnfinished(PersonaError):
 
 class VaultError(PersonaError):
     pass
+
+
+class NoMasterKey(VaultError):
+    """Neither ``PERSONA_MASTER_KEY`` nor the key file is there, and none may be made now."""
 
 
 class ScenarioError(PersonaError):

@@ -29,7 +29,7 @@ from sqlalchemy import delete, func, select, update
 
 from persona.audit import AuditEvent, AuditLog
 from persona.audit_keys import MacKeys
-from persona.errors import Conflict, NotFound, VaultError
+from persona.errors import Conflict, NoMasterKey, NotFound, VaultError
 from persona.masterkey import CHECK_PLAINTEXT, Keyring, MasterKeySource, blob_aad, check_aad, seal, unseal
 from persona.store.audit_tables import audit_log, audit_mac_keys
 from persona.store.engine import Store
@@ -143,7 +143,7 @@ class Vault:
                 if checked
                 else ""
             )
-            raise VaultError(
+            raise NoMasterKey(
                 f"there is no master key: neither PERSONA_MASTER_KEY nor {self.keys.path or 'a key file'}{had}"
                 " (fix: restore the key file from your backup or set PERSONA_MASTER_KEY; a new key cannot"
                 " decrypt what an old one sealed, nor vouch for the records it keyed)"
@@ -152,11 +152,12 @@ class Vault:
         log.warning("vault_master_key_created", path=str(self.keys.path))
         return keyring
 
-    def audit_keys(self) -> MacKeys:
+    def audit_keys(self, *, create: bool = True) -> MacKeys:
         """The audit log's MAC keys: the current master version's, and every older one still openable.
 
-        Creates the master key (0600 file) on a store that never had one, like the first connection does."""
-        keyring = self.keyring(create=True)
+        Creates the master key (0600 file) on a store that never had one, like the first connection does,
+        unless ``create`` is false (a read-only command): then :class:`NoMasterKey`."""
+        keyring = self.keyring(create=create)
         with self.store.begin("check the master key") as conn:
             self._ensure_check(conn, keyring, keyring.current)
             sealed = conn.execute(select(audit_mac_keys)).all()

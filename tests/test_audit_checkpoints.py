@@ -142,7 +142,9 @@ def test_a_checkpoint_file_is_never_overwritten(audit: AuditLog, signer: NoteSig
     _, path = sign_current(audit, signer, folder)
     path.write_text(path.read_text(encoding="utf-8").replace("\n2\n", "\n2 \n"), encoding="utf-8")
     with pytest.raises(CheckpointError, match="never overwritten"):
-        sign_current(audit, signer, folder)
+        folder.write(signer.sign(current(audit, ORIGIN)), 2)
+    with pytest.raises(CheckpointError, match="does not verify, so no checkpoint was signed"):
+        sign_current(audit, signer, folder)  # the latest one is altered: the signer stops and says so
 
 
 def test_the_command_line_signs_checks_and_names_a_rewrite(tmp_path: Path) -> None:

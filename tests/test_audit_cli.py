@@ -27,7 +27,7 @@ def flat(text: str) -> str:
 
 def test_consistency_prune_and_verify_on_the_command_line(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
-    run_cli(cfg, "audit", "verify")  # a first start: the master key and the signing key are created
+    run_cli(cfg, "audit", "checkpoint")  # a first start: the master key and the signing key are created
     keys = MacKeys.of(parse_keyring((tmp_path / "master.key").read_text(), "test"), [])
     store = Store.open(f"sqlite:///{tmp_path / 'persona.sqlite3'}")
     log = AuditLog(store, now=Clock())  # records stamped T0 + n seconds
@@ -129,3 +129,25 @@ def test_the_checkpoint_command_also_posts_to_the_configured_webhook(tmp_path: P
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_verify_runs_unkeyed_without_the_master_key_and_creates_none(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    fresh = flat(run_cli(cfg, "audit", "verify").stdout)
+    assert "! MACs not checked: no master key in this process" in fresh
+    assert not (tmp_path / "master.key").exists(), "a read-only command creates no master key"
+    run_cli(cfg, "users", "add", "alice@example.com", "--role", "viewer", "--by", "admin@example.com")
+    run_cli(cfg, "audit", "checkpoint")
+    keyed = flat(run_cli(cfg, "audit", "verify").stdout)
+    assert "✓ every record's MAC verifies: 1 keyed" in keyed
+    (tmp_path / "master.key").rename(tmp_path / "master.key.away")
+    auditor = flat(run_cli(cfg, "audit", "verify").stdout)  # an auditor's host: the database, not the key
+    assert (
+        "! MACs not checked" in auditor and "✓ consistent with checkpoint 000000000001.checkpoint" in auditor
+    )
+    refused = run_cli(cfg, "users", "add", "bob@example.com", "--role", "viewer", "--by", "admin@example.com",
+                      check=1)  # fmt: skip
+    assert "there is no master key" in flat(refused.stderr) and "audit records are keyed with it" in flat(
+        refused.stderr
+    )
+    assert not (tmp_path / "master.key").exists(), "never a new key over records the old one keyed"

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from persona.audit import AuditFilter, AuditLog
 from persona.checkpoints import merkle
 from persona.checkpoints.ledger import CheckpointDir, LiveTree, current, sign_current, tree
-from persona.checkpoints.note import NoteSigner, NoteVerifier
+from persona.checkpoints.note import CheckpointError, NoteSigner, NoteVerifier
 from persona.checkpoints.offline import verify_export
 from persona.checkpoints.retention import extension_line, prune
 from persona.checkpoints.verification import Finding, verify_log
@@ -163,6 +163,9 @@ ATTACKS: dict[str, tuple[Callable[[Store], None], str]] = {
                          " ts, user_id, persona, conversation_id, source, event, tool, payload, decision, reason,"
                          " model, usage, latency_ms, hash, hash, mac, mac_kv FROM audit_log WHERE seq = 10"),
         "audit chain broken at record 11: record 11 lies beyond the audit head (seq 10)"),
+    "mac-stripped": (lambda s: raw(s, "UPDATE audit_log SET mac = NULL, mac_kv = NULL"),
+                     "checkpoint 000000000010.checkpoint does not match the log: records from 1 on were keyed when "
+                     "it was signed, and records up to 10 carry no MAC now"),
     "mac-stripped-rechain": (
         lambda s: (raw(s, "UPDATE audit_log SET mac = NULL, mac_kv = NULL"), rewrite_from(s, 2)),
         "checkpoint 000000000010.checkpoint does not match the log: the first 10 records are not the ones"),
@@ -315,14 +318,38 @@ def test_a_long_log_is_verified_by_spawned_processes_as_by_one_pass(store: Store
 
 def test_the_signers_live_tree_reads_only_new_records_and_keeps_its_view_of_the_prefix(log: Log) -> None:
     live = LiveTree(log.audit)
-    assert live.current(ORIGIN) == current(log.audit, ORIGIN)
+    first = live.current(log.signer, log.folder)
+    assert (first.size, first.root) == (10, current(log.audit, ORIGIN).root)
+    assert first.extensions == ("persona-keyed-from 1",)
     fill(log.audit, 5)
-    assert live.current(ORIGIN) == current(log.audit, ORIGIN)
+    assert live.current(log.signer, log.folder).root == current(log.audit, ORIGIN).root
     prune_before(log, 3.5)  # pruning deletes leaves the tree already holds: the same head
-    assert live.current(ORIGIN) == current(log.audit, ORIGIN)
+    assert live.current(log.signer, log.folder).root == current(log.audit, ORIGIN).root
     drop_triggers(log.store)
     rewrite_from(log.store, 8)  # a rewrite under a running signer: it keeps signing what it saw
-    assert live.current(ORIGIN).root != current(log.audit, ORIGIN).root
+    assert live.current(log.signer, log.folder).root != current(log.audit, ORIGIN).root
+
+
+def test_a_signer_never_launders_a_rewrite_into_a_newer_checkpoint(log: Log) -> None:
+    drop_triggers(log.store)
+    raw(log.store, "UPDATE audit_log SET mac = NULL, mac_kv = NULL")
+    rewrite_from(log.store, 3)  # MACs gone, chain and head recomputed: waiting for the next checkpoint
+    with pytest.raises(CheckpointError, match="does not verify, so no checkpoint was signed"):
+        sign_current(log.audit, log.signer, log.folder)
+    fresh = LiveTree(log.audit)
+    with pytest.raises(CheckpointError, match="no checkpoint was signed"):
+        fresh.current(log.signer, log.folder)
+    assert [p.name for p in log.folder.path.iterdir()] == ["000000000010.checkpoint"]
+
+
+def test_a_running_signer_checks_each_new_record_before_it_signs(log: Log) -> None:
+    live = LiveTree(log.audit)
+    live.current(log.signer, log.folder)
+    fill(log.audit, 3)
+    drop_triggers(log.store)
+    raw(log.store, "UPDATE audit_log SET mac = NULL, mac_kv = NULL WHERE seq = 12")
+    with pytest.raises(CheckpointError, match="record 12 has no MAC although records before it are keyed"):
+        live.current(log.signer, log.folder)
 
 
 def test_records_appended_during_a_segmented_verify_are_no_strays(store: Store) -> None:

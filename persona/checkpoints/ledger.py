@@ -20,6 +20,7 @@ from persona.audit_chain import VerifyReport
 from persona.checkpoints import merkle
 from persona.checkpoints.merkle import ProofError
 from persona.checkpoints.note import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
+from persona.store.audit_tables import GENESIS_HASH
 
 SUFFIX = ".checkpoint"
 PRUNED_SUFFIX = "-pruned.checkpoint"
@@ -47,26 +48,79 @@ def current(audit: AuditLog, origin: str) -> Checkpoint:
     return Checkpoint(origin, whole.size, whole.root())
 
 
+KEYED_FROM = "persona-keyed-from"
+"""Checkpoint extension ``persona-keyed-from <seq>``: records from that seq on carry MACs. Verify holds the log
+to it, so stripping every MAC (and re-chaining) cannot pass for a log that was never keyed."""
+
+
+def keyed_from(checkpoint: Checkpoint) -> int | None:
+    for line in checkpoint.extensions:
+        name, _, value = line.partition(" ")
+        if name == KEYED_FROM and value.isdigit():
+            return int(value)
+    return None
+
+
 class LiveTree:
-    """The log's tree head for a long-running signer: built once, then extended with only the records
-    appended since (a checkpoint every N records must not reread a million hashes). It also keeps its own
-    view of the prefix: a rewrite of records it has already taken in cannot make it sign another root."""
+    """The signer's view of the log: it signs only what verifies, and between checkpoints reads only what was
+    appended since.
+
+    The first checkpoint a signer makes runs the whole of ``persona audit verify`` (chain, MACs, the latest
+    checkpoint, any prune) and refuses to sign a log that does not verify: a rewrite is never laundered into
+    a newer checkpoint. After that the records appended since are checked (chain and MACs, from the last hash
+    it holds) and added to its tree; records it has already taken in are never reread, so a rewrite under a
+    running signer cannot make it sign another root either."""
 
     def __init__(self, audit: AuditLog) -> None:
         self._audit = audit
         self._tree: merkle.TreeBuilder | None = None
+        self._last = GENESIS_HASH
+        self._keyed_from: int | None = None
 
-    def current(self, origin: str) -> Checkpoint:
-        built = self._tree
-        if built is None:
-            mark = self._audit.pruned()
-            built = merkle.TreeBuilder(
-                0 if mark is None else mark.through_seq, () if mark is None else mark.nodes
+    def current(self, signer: NoteSigner, where: CheckpointDir) -> Checkpoint:
+        if self._tree is None:
+            self._start(NoteVerifier.from_vkey(signer.vkey), where)
+        else:
+            self._extend()
+        assert self._tree is not None
+        marks = () if self._keyed_from is None else (f"{KEYED_FROM} {self._keyed_from}",)
+        return Checkpoint(signer.name, self._tree.size, self._tree.root(), marks)
+
+    def _start(self, verifier: NoteVerifier, where: CheckpointDir) -> None:
+        from persona.checkpoints.verification import check_log
+
+        size = self._audit.head()[0]
+        latest = where.latest()
+        found, report = check_log(self._audit, checkpoint=latest, folder=where.path, verifier=lambda: verifier,
+                                  also_at=(size,))  # fmt: skip
+        bad = [f"{f.title}: {f.detail}" for f in found if f.level == "bad"]
+        if bad or size not in report.ranges:
+            raise CheckpointError(
+                "the audit log does not verify, so no checkpoint was signed: "
+                f"{bad[0] if bad else 'its records could not be read'} (fix: investigate with `persona audit verify`)"
             )
-        for digest in self._audit.record_hashes(after=built.size):
-            built.append(merkle.leaf_hash(bytes.fromhex(digest)))
-        self._tree = built
-        return Checkpoint(origin, built.size, built.root())
+        earlier = None if latest is None else keyed_from(open_file(latest, verifier))
+        first_keyed = report.pruned + report.unkeyed + 1 if report.keyed else None
+        self._keyed_from = earlier or (
+            first_keyed if first_keyed is not None and first_keyed <= size else None
+        )
+        self._tree = merkle.TreeBuilder(size, report.ranges[size])
+        self._last = self._audit.hash_of(size)
+
+    def _extend(self) -> None:
+        assert self._tree is not None
+        size = self._tree.size
+        found, _ = self._audit.scan_after(size, self._last, keyed_before=self._keyed_from is not None)
+        if found.problem is not None:
+            raise CheckpointError(
+                f"record {found.problem[0]}: {found.problem[1]}: no checkpoint was signed (fix: investigate with "
+                "`persona audit verify`)"
+            )
+        for height, node in found.nodes:
+            self._tree.append_node(height, node)
+        if self._keyed_from is None and found.keyed:
+            self._keyed_from = size + found.unkeyed + 1
+        self._last = found.prev
 
 
 def check(audit: AuditLog, checkpoint: Checkpoint) -> int:
@@ -131,9 +185,9 @@ class CheckpointDir:
 def sign_current(
     audit: AuditLog, signer: NoteSigner, where: CheckpointDir, live: LiveTree | None = None
 ) -> tuple[Checkpoint, Path]:
-    """Sign the log as it is now and keep the checkpoint in ``where``; a checkpoint of this very tree that is
-    there already (e.g. the one a prune wrote, with its extension line) is the answer instead."""
-    checkpoint = current(audit, signer.name) if live is None else live.current(signer.name)
+    """Sign the log as it is now, if it verifies (see :class:`LiveTree`), and keep the checkpoint in ``where``;
+    a checkpoint of this very tree that is there already is the answer instead."""
+    checkpoint = (live or LiveTree(audit)).current(signer, where)
     there = where.path / f"{checkpoint.size:012d}{SUFFIX}"
     if there.exists():
         with contextlib.suppress(CheckpointError):  # anything else there: write() refuses to overwrite it

@@ -43,6 +43,8 @@ def verify_export(lines: Iterable[str], checkpoint: Checkpoint, verifier: NoteVe
             raise ProofError(f"line {number} of the export is not an audit record", seq=number) from None
         if number == 1 and isinstance(record, dict) and "pruned" in record:
             prune, seq_next, prev, tree = _pruned(record["pruned"], verifier)
+            if prune.origin != checkpoint.origin:
+                raise CheckpointError(f"the prune's checkpoint is of another log ({prune.origin!r})")
             signed.append((prune, "the prune's checkpoint"))
             roots = {tree.size: tree.root()}
             continue
@@ -90,7 +92,7 @@ def _pruned(header: Any, verifier: NoteVerifier | None) -> tuple[Checkpoint, int
             "the export is of a pruned log: its prune checkpoint needs --pubkey to be checked"
         )
     signed = verifier.open(note)
-    if signed.extensions != (extension_line(through, last),):
+    if extension_line(through, last) not in signed.extensions:
         raise CheckpointError(
             f"the export says records 1..{through} were pruned, and the prune's signed checkpoint records "
             f"another range ({', '.join(signed.extensions) or 'none'})"

@@ -11,7 +11,8 @@ from typing import Literal
 
 from persona.audit import AuditLog
 from persona.audit_chain import PruneMark, VerifyReport
-from persona.checkpoints.ledger import check_report, open_file
+from persona.checkpoints.ledger import check_report, keyed_from, open_file
+from persona.checkpoints.merkle import ProofError
 from persona.checkpoints.note import Checkpoint, CheckpointError, NoteVerifier
 from persona.checkpoints.retention import prune_checkpoint
 from persona.errors import AuditIntegrityError
@@ -86,9 +87,8 @@ def check_log(
         )
         found.append(_keys(report))
     else:
-        found.append(
-            Finding("bad", f"audit chain broken at record {report.first_bad_seq}", str(report.problem))
-        )
+        where = "" if report.first_bad_seq is None else f" at record {report.first_bad_seq}"
+        found.append(Finding("bad", f"audit chain broken{where}", str(report.problem)))
     if mark is not None:
         found.append(_prune(report, mark, key, problems.get("key")))
     if checkpoint is None:
@@ -104,6 +104,12 @@ def check_log(
         assert signed is not None
         assert key is not None
         check_report(report, signed)
+        since = keyed_from(signed)
+        if since is not None and report.unkeyed and report.pruned + report.unkeyed >= since:
+            raise ProofError(
+                f"records from {since} on were keyed when it was signed, and records up to "
+                f"{report.pruned + report.unkeyed} carry no MAC now: MACs were stripped"
+            )
     except AuditIntegrityError as exc:
         found.append(Finding("bad", f"checkpoint {checkpoint.name} does not match the log", str(exc)))
         return found, report

@@ -172,13 +172,13 @@ def verify(
         findings = verify_log(
             rt.audit, checkpoint=Path(checkpoint) if checkpoint else folder.latest(), folder=folder.path,
             verifier=lambda: NoteVerifier.from_vkey(pubkey or load_signer(settings, create=False).vkey),
-            expect_head=expect_head,
+            expect_head=None if expect_head is None else expect_head.strip().lower(),
         )  # fmt: skip
         for finding in findings:
             _print_finding(console, finding)
         return all(finding.level != "bad" for finding in findings)
 
-    if not with_runtime(work):
+    if not with_runtime(work, keys_optional=True):
         raise typer.Exit(1)
 
 

@@ -10,12 +10,15 @@ from persona.app import Runtime
 T = TypeVar("T")
 
 
-def with_runtime(work: Callable[[Runtime], Awaitable[T]], *, plisio: Any = None) -> T:
-    """Run ``work`` with a runtime built from the CLI's settings, always closing it."""
+def with_runtime(
+    work: Callable[[Runtime], Awaitable[T]], *, plisio: Any = None, keys_optional: bool = False
+) -> T:
+    """Run ``work`` with a runtime built from the CLI's settings, always closing it (``keys_optional``: see
+    :meth:`Runtime.build`)."""
     from persona.cli.main import STATE
 
     async def main() -> T:
-        runtime = Runtime.build(STATE.settings(), plisio=plisio)
+        runtime = Runtime.build(STATE.settings(), plisio=plisio, keys_optional=keys_optional)
         try:
             return await work(runtime)
         finally:
