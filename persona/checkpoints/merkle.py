@@ -58,15 +58,7 @@ class TreeBuilder:
         return tuple(self._nodes)
 
     def append(self, leaf: bytes) -> None:
-        heights, nodes = self._heights, self._nodes
-        height, node = 0, leaf
-        while heights and heights[-1] == height:
-            heights.pop()
-            node = node_hash(nodes.pop(), node)
-            height += 1
-        heights.append(height)
-        nodes.append(node)
-        self.size += 1
+        self.append_node(0, leaf)
 
     def append_node(self, height: int, node: bytes) -> None:
         """Append a whole perfect subtree of ``2**height`` leaves (a :class:`RangeBuilder`'s node)."""

@@ -225,6 +225,20 @@ PubkeyOpt = Annotated[
 ]
 
 
+def _checkpoint_file(settings: Any, given: str | None) -> Path:
+    """The checkpoint file named, else the latest in audit.checkpoint_dir."""
+    from persona.checkpoints.ledger import CheckpointDir
+    from persona.errors import NotFound
+
+    if given:
+        return Path(given)
+    folder = CheckpointDir(settings.checkpoint_path())
+    latest = folder.latest()
+    if latest is None:
+        raise NotFound(f"no signed checkpoint in {folder.path} (fix: run `persona audit checkpoint`)")
+    return latest
+
+
 def _signed(settings: Any, path: Path, pubkey: str | None) -> Any:
     from persona.checkpoints.ledger import open_file
     from persona.checkpoints.note import NoteVerifier
@@ -246,7 +260,7 @@ def prove(
 
     from persona.app import Runtime
     from persona.checkpoints import merkle
-    from persona.checkpoints.ledger import CheckpointDir, check, tree
+    from persona.checkpoints.ledger import check, tree
     from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
     from persona.errors import NotFound
@@ -254,10 +268,7 @@ def prove(
     settings = STATE.settings()
 
     async def work(rt: Runtime) -> None:
-        folder = CheckpointDir(settings.checkpoint_path())
-        path = Path(checkpoint) if checkpoint else folder.latest()
-        if path is None:
-            raise NotFound(f"no signed checkpoint in {folder.path} (fix: run `persona audit checkpoint`)")
+        path = _checkpoint_file(settings, checkpoint)
         signed = _signed(settings, path, pubkey)
         check(rt.audit, signed)
         if seq > signed.size:
@@ -290,18 +301,14 @@ def consistency(
 
     from persona.app import Runtime
     from persona.checkpoints import merkle
-    from persona.checkpoints.ledger import CheckpointDir, check, tree
+    from persona.checkpoints.ledger import check, tree
     from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
-    from persona.errors import NotFound
 
     settings = STATE.settings()
 
     async def work(rt: Runtime) -> None:
-        folder = CheckpointDir(settings.checkpoint_path())
-        new_path = Path(newer) if newer else folder.latest()
-        if new_path is None:
-            raise NotFound(f"no signed checkpoint in {folder.path} (fix: run `persona audit checkpoint`)")
+        new_path = _checkpoint_file(settings, newer)
         first, second = _signed(settings, Path(older), pubkey), _signed(settings, new_path, pubkey)
         if first.size > second.size:
             raise typer.BadParameter(
