@@ -74,6 +74,10 @@ class ApprovalStore:
     def get(self, approval_id: str) -> Approval:
         return self.view(self.effect(approval_id))
 
+    def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Ids of approvals that start with ``prefix`` (taken literally), in order, at most ``limit``."""
+        return self._ledger.ids_starting(prefix, limit, approvals=True)
+
     def find(self, status: str | None = "pending", limit: int = 100) -> list[Approval]:
         """Approvals, newest first; ``status`` is one of :data:`STATUSES` or None for all."""
         if status is not None and status not in _STATES:

@@ -53,7 +53,7 @@ from persona.store.audit_tables import (
     ts_text,
 )
 from persona.store.batching import BatchWriter, all_done
-from persona.store.engine import Store
+from persona.store.engine import Store, like_prefix
 from tools.redaction import scrub, scrub_data
 
 log = structlog.get_logger(__name__)
@@ -346,6 +346,30 @@ class AuditLog:
         with self._store.read("read the audit log") as conn:
             row = conn.execute(select(*_COLUMNS).where(audit_log.c.seq == seq)).first()
         return None if row is None else _record(row)
+
+    def known(self, field: str) -> list[str]:
+        """The distinct values of ``field`` ("event" or "tool") in the log, sorted: what a filter may name."""
+        column = {"event": audit_log.c.event, "tool": audit_log.c.tool}[field]
+        with self._store.read("read the audit log's event names") as conn:
+            return [
+                str(v)
+                for (v,) in conn.execute(
+                    select(column).where(column.is_not(None)).distinct().order_by(column)
+                )
+            ]
+
+    def conversations_starting(self, prefix: str, limit: int) -> list[str]:
+        """Conversation ids that start with ``prefix`` (an id given by its first characters)."""
+        column = audit_log.c.conversation_id
+        with self._store.read("find a conversation") as conn:
+            rows = conn.execute(
+                select(column)
+                .where(column.like(like_prefix(prefix), escape="\\"))
+                .distinct()
+                .order_by(column)
+                .limit(limit)
+            )
+            return [str(v) for (v,) in rows]
 
     def conversation(self, conversation_id: str) -> list[AuditRecord]:
         return self.query(AuditFilter(conversation_id=conversation_id))

@@ -129,6 +129,19 @@ class DraftStore:
             raise NotFound(f"no draft with id {draft_id!r}; `persona drafts list` shows them")
         return _draft(row)
 
+    def ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Ids of drafts that start with ``prefix`` (taken literally), in order, at most ``limit``."""
+        from persona.store.engine import like_prefix
+
+        query = (
+            select(drafts.c.id)
+            .where(drafts.c.id.like(like_prefix(prefix), escape="\\"))
+            .order_by(drafts.c.id)
+            .limit(limit)
+        )
+        with self._store.read("read drafts") as conn:
+            return [str(r.id) for r in conn.execute(query)]
+
     def by_key(self, flow_key: str) -> Draft | None:
         with self._store.read("read drafts") as conn:
             row = conn.execute(select(drafts).where(drafts.c.flow_key == flow_key)).first()

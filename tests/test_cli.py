@@ -65,8 +65,8 @@ def test_chat_approve_and_audit_from_the_command_line(cfg: Path, tmp_path: Path)
     assert "0 effect(s) due" in persona(cfg, "effects", "resolve").stdout
     settled = persona(cfg, "effects", "resolve", approval_id.group(0), check=1)
     assert "nothing to resolve" in settled.stderr and "Traceback" not in settled.stderr
-    bogus = persona(cfg, "effects", "list", "--state", "bogus", check=1)
-    assert "no effect state 'bogus'" in bogus.stderr
+    bogus = persona(cfg, "effects", "list", "--state", "bogus", check=2)
+    assert "--state: unknown value 'bogus'" in bogus.stderr and "unresolved" in bogus.stderr
 
     show = persona(cfg, "audit", "show", conversation.group(0)).stdout
     assert "alice@example.com > bill ACME 400" in show and "approval granted" in show

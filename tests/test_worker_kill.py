@@ -165,7 +165,7 @@ async def test_killed_worker_loses_nothing_and_doubles_nothing(
         second.send_signal(signal.SIGTERM)  # a graceful stop
         assert second.wait(timeout=20) == 0, log.read_text(errors="replace")
 
-        listed = subprocess.run(cli(cfg, "inbox", "list", "--state", "done", "--json"), capture_output=True,
+        listed = subprocess.run(cli(cfg, "inbox", "list", "--state", "done", "--jsonl"), capture_output=True,
                                 text=True, timeout=60, cwd=tmp_path, check=True)  # fmt: skip
         [entry] = [json.loads(line) for line in listed.stdout.splitlines()]
         assert (entry["id"], entry["txn_id"], entry["action"]) == (row.id, txn_id, "recovery")

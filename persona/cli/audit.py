@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from persona.cli.options import choice
+from persona.cli.output import AsJson, AsJsonl
+
 if TYPE_CHECKING:
     from persona.checkpoints.verification import Finding
 
@@ -42,78 +45,93 @@ def _when(value: str | None, key: str = "--since/--until") -> datetime | None:
 def list_records(
     user: Annotated[str | None, Opt(help="Only this user.")] = None,
     persona: Annotated[str | None, Opt(help="Only this persona.")] = None,
-    conversation: Annotated[str | None, Opt(help="Only this conversation id.")] = None,
+    conversation: Annotated[
+        str | None, Opt(help="Only this conversation id (or its first characters).")
+    ] = None,
     event: Annotated[str | None, Opt(help="Only this event type, e.g. tool_call_denied.")] = None,
     tool: Annotated[str | None, Opt(help="Only this tool.")] = None,
     since: Annotated[str | None, Opt(help="From this time (ISO 8601).")] = None,
     until: Annotated[str | None, Opt(help="Up to this time (ISO 8601).")] = None,
-    limit: Annotated[int, Opt(help="At most this many records (newest).")] = 50,
+    limit: Annotated[int, Opt(help="At most this many records (newest).", min=1)] = 50,
+    as_json: AsJson = False,
+    as_jsonl: AsJsonl = False,
 ) -> None:
     """List audit records, newest last."""
-    from rich.console import Console
-    from rich.table import Table
-
     from persona.app import Runtime
+    from persona.cli.options import resolve_id
+    from persona.cli.output import emit_list
     from persona.cli.runtime import with_runtime
 
-    flt = _filter(user=user, persona=persona, conversation_id=conversation, event=event, tool=tool,
-                  since=_when(since), until=_when(until), limit=limit, newest=True)  # fmt: skip
-
     async def work(rt: Runtime) -> None:
+        for flag, field, value in (("--event", "event", event), ("--tool", "tool", tool)):
+            if value is not None:
+                _known(rt, flag, field, value)
+        if persona is not None:
+            choice(persona, sorted(rt.settings.personas), "--persona")
+        conv = (
+            None
+            if conversation is None
+            else resolve_id(conversation, rt.audit.conversations_starting, "conversation")
+        )
+        flt = _filter(user=user, persona=persona, conversation_id=conv, event=event, tool=tool, since=_when(since),
+                      until=_when(until), limit=limit, newest=True)  # fmt: skip
         records = rt.audit.query(flt)
-        table = Table(title=f"{len(records)} audit record(s)", title_justify="left")
-        for col in (
-            "seq",
-            "time (UTC)",
-            "user",
-            "persona",
-            "conversation",
-            "event",
-            "tool",
-            "decision",
-            "reason",
-        ):
-            table.add_column(col, overflow="fold")
-        for r in records:
-            table.add_row(
-                str(r.seq), r.ts.strftime("%Y-%m-%d %H:%M:%S"), r.user or "", r.persona or "",
-                r.conversation_id or "", r.event, r.tool or "", r.decision or "", (r.reason or "")[:80],
-            )  # fmt: skip
-        Console().print(table)
+        rows = [(r.seq, r.ts, r.user, r.persona, r.conversation_id, r.event, r.tool, r.decision, r.reason)
+                for r in records]  # fmt: skip
+        emit_list(f"{len(records)} audit record(s)",
+                  ("seq", "time", "user", "persona", "conversation", "event", "tool", "decision", "reason"),
+                  rows, records, as_json=as_json, as_jsonl=as_jsonl)  # fmt: skip
 
-    with_runtime(work)
+    with_runtime(work, keys_optional=True)
+
+
+def _known(rt: Any, flag: str, field: str, value: str) -> None:
+    """An event or tool filter names one the log holds, or the error lists those it does."""
+    from persona.errors import ConfigError
+
+    held = rt.audit.known(field)
+    if value not in held:
+        raise ConfigError(
+            f"no audit record has {field} {value!r}", key=flag,
+            fix=f"use one this log holds: {', '.join(held) or '(none yet)'}",
+        )  # fmt: skip
 
 
 @app.command("show")
-def show(target: Annotated[str, typer.Argument(help="A record's seq, or a conversation id.")]) -> None:
-    """Show one record in full, or a conversation as a readable transcript."""
-    from rich.console import Console
-    from rich.json import JSON
-
+def show(
+    target: Annotated[
+        str, typer.Argument(help="A record's seq, or a conversation id (or its first characters).")
+    ],
+    as_json: AsJson = False,
+) -> None:
+    """Show one record in full (JSON), or a conversation as a readable transcript (``--json``: its records)."""
     from persona.app import Runtime
+    from persona.cli.options import resolve_id
+    from persona.cli.output import print_json
     from persona.cli.runtime import with_runtime
     from persona.errors import NotFound
     from persona.transcript import transcript
-
-    console = Console(highlight=False)
 
     async def work(rt: Runtime) -> None:
         if target.isdigit():
             record = rt.audit.get(int(target))
             if record is None:
                 raise NotFound(f"no audit record with seq {target}")
-            console.print(JSON(record.model_dump_json()))
+            print_json(record)
             return
-        records = rt.audit.conversation(target)
-        if not records:
-            raise NotFound(f"no audit records for conversation {target!r}; `persona audit list` shows ids")
+        conversation = resolve_id(target, rt.audit.conversations_starting, "conversation")
+        records = rt.audit.conversation(conversation)
+        if as_json:
+            print_json(records)
+            return
         first = records[0]
-        console.print(f"[bold]conversation {target}[/] · persona {first.persona} · user {first.user} · "
-                      f"{len(records)} records")  # fmt: skip
+        typer.echo(
+            f"conversation {conversation} · persona {first.persona} · user {first.user} · {len(records)} records"
+        )
         for line in transcript(records):
-            console.print(line, markup=False)
+            typer.echo(line)
 
-    with_runtime(work)
+    with_runtime(work, keys_optional=True)
 
 
 @app.command("verify")

@@ -2,74 +2,107 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from persona.cli.output import AsJson, AsJsonl
+
+if TYPE_CHECKING:
+    from persona.app import Runtime
 
 app = typer.Typer(
     rich_markup_mode=None, help="Drafted customer messages waiting for review.", no_args_is_help=True
 )
 
+STATUSES = ("pending_review", "approved", "sent", "send_failed", "rejected", "obsolete")
+
 By = Annotated[str, typer.Option("--by", help="Who decides (recorded in the audit log).")]
 Note = Annotated[str | None, typer.Option("--note", help="Why.")]
+DraftId = Annotated[str, typer.Argument(help="The draft's id, or its first characters.")]
+
+
+def _resolve(rt: Runtime, given: str) -> str:
+    from persona.cli.options import resolve_id
+    from persona.drafts import DraftStore
+
+    return resolve_id(given, DraftStore(rt.store).ids_starting, "draft")
 
 
 @app.command("list")
 def list_drafts(
     status: Annotated[
         str,
-        typer.Option(
-            "--status", help="pending_review, approved, sent, send_failed, rejected, obsolete or all."
-        ),
+        typer.Option("--status", help=f"{', '.join(STATUSES)} or all."),
     ] = "pending_review",
+    as_json: AsJson = False,
+    as_jsonl: AsJsonl = False,
 ) -> None:
     """List drafts (those waiting for review by default)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from persona.app import Runtime
+    from persona.cli.options import choice
+    from persona.cli.output import emit_list
     from persona.cli.runtime import with_runtime
     from persona.drafts import DraftStore
 
+    choice(status, (*STATUSES, "all"), "--status")
+
     async def work(rt: Runtime) -> None:
-        rows = DraftStore(rt.store).find(None if status == "all" else status)
-        table = Table(title=f"{len(rows)} draft(s) · {status}", title_justify="left")
-        for col in ("id", "status", "invoice", "customer", "link", "by", "created (UTC)"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("subject")
-        for d in rows:
-            table.add_row(
-                d.id, d.status, d.txn_id, d.customer_email or "", "yes" if d.payment_link else "",
-                d.drafted_by, d.created_at.strftime("%Y-%m-%d %H:%M"), d.subject,
-            )  # fmt: skip
-        Console().print(table)
+        found = DraftStore(rt.store).find(None if status == "all" else status)
+        rows = [
+            (d.id, d.status, d.txn_id, d.customer_email, "yes" if d.payment_link else "", d.drafted_by,
+             d.created_at, d.subject)
+            for d in found
+        ]  # fmt: skip
+        emit_list(
+            f"{len(found)} draft(s) · {status}",
+            ("id", "status", "invoice", "customer", "link", "by", "created", "subject"),
+            rows,
+            found,
+            as_json=as_json,
+            as_jsonl=as_jsonl,
+        )
 
     with_runtime(work)
 
 
 @app.command("show")
-def show(draft_id: str) -> None:
+def show(draft_id: DraftId, as_json: AsJson = False) -> None:
     """Show a draft in full: the message, the facts it was written from, its delivery."""
+    import sys
+
     from rich.console import Console
     from rich.panel import Panel
+    from rich.text import Text
 
-    from persona.app import Runtime
+    from persona.cli.output import print_json, rfc3339
     from persona.cli.runtime import with_runtime
     from persona.drafts import DraftStore
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
 
     async def work(rt: Runtime) -> None:
-        d = DraftStore(rt.store).get(draft_id)
-        console.print(f"[bold]draft {d.id}[/] · {d.status} · invoice {d.txn_id} ({d.context.get('status')}) · "
-                      f"drafted by {d.drafted_by} · conversation {d.conversation_id or '-'}")  # fmt: skip
+        d = DraftStore(rt.store).get(_resolve(rt, draft_id))
+        if as_json:
+            print_json(d)
+            return
+        console.print(
+            Text.assemble(
+                (f"draft {d.id}", "bold"),
+                f" · {d.status} · invoice {d.txn_id} ({d.context.get('status')}) · drafted by {d.drafted_by}"
+                f" · conversation {d.conversation_id or '-'}",
+            )
+        )
         console.print(f"To: {d.customer_email or '(no email on the invoice)'}", markup=False)
         console.print(f"Subject: {d.subject}", markup=False)
-        console.print(Panel(d.body, expand=False))
+        if sys.stdout.isatty():
+            console.print(Panel(Text(d.body), expand=False), soft_wrap=False)
+        else:
+            console.print(d.body, markup=False)
         if d.payment_link:
             console.print(f"Payment link: {d.payment_link} (new invoice {d.new_txn_id})", markup=False)
         if d.decided_by:
-            console.print(f"Decided by {d.decided_by} at {d.decided_at:%Y-%m-%d %H:%M} UTC: {d.note or ''}")
+            at = rfc3339(d.decided_at, precise=False) if d.decided_at else "-"
+            console.print(f"Decided by {d.decided_by} at {at}: {d.note or ''}", markup=False)
         if d.delivery:
             for attempt in d.delivery.get("attempts", []):
                 console.print(f"Delivery {attempt}", markup=False)
@@ -78,30 +111,30 @@ def show(draft_id: str) -> None:
 
 
 @app.command("approve")
-def approve(draft_id: str, by: By, note: Note = None) -> None:
+def approve(draft_id: DraftId, by: By, note: Note = None) -> None:
     """Approve a draft and hand it to the outbound channel."""
     _decide(draft_id, by, note, approve=True)
 
 
 @app.command("reject")
-def reject(draft_id: str, by: By, note: Note = None) -> None:
+def reject(draft_id: DraftId, by: By, note: Note = None) -> None:
     """Reject a draft; it is never sent."""
     _decide(draft_id, by, note, approve=False)
 
 
 @app.command("send")
-def send(draft_id: str, by: By) -> None:
+def send(draft_id: DraftId, by: By) -> None:
     """Deliver an approved draft again (after a failed delivery)."""
     from rich.console import Console
 
-    from persona.app import Runtime
     from persona.cli.runtime import with_runtime
 
-    async def work(rt: Runtime) -> str:
-        return (await rt.reviews().send(draft_id, by=by)).status
+    async def work(rt: Runtime) -> tuple[str, str]:
+        resolved = _resolve(rt, draft_id)
+        return resolved, (await rt.reviews().send(resolved, by=by)).status
 
-    status = with_runtime(work)
-    Console().print(f"draft {draft_id}: {status}")
+    resolved, status = with_runtime(work)
+    Console(highlight=False).print(f"draft {resolved}: {status}", markup=False)
     if status != "sent":
         raise typer.Exit(1)
 
@@ -109,15 +142,15 @@ def send(draft_id: str, by: By) -> None:
 def _decide(draft_id: str, by: str, note: str | None, *, approve: bool) -> None:
     from rich.console import Console
 
-    from persona.app import Runtime
     from persona.cli.runtime import with_runtime
     from persona.drafts import Draft
 
     async def work(rt: Runtime) -> Draft:
+        resolved = _resolve(rt, draft_id)
         queue = rt.reviews()
         if approve:
-            return await queue.approve(draft_id, by=by, note=note)
-        return await queue.reject(draft_id, by=by, note=note)
+            return await queue.approve(resolved, by=by, note=note)
+        return await queue.reject(resolved, by=by, note=note)
 
     draft = with_runtime(work)
     last = (draft.delivery or {}).get("attempts", [{}])[-1]

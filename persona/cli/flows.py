@@ -2,17 +2,19 @@
 
 Thin: parse, call :mod:`persona.flows.refunds` / :mod:`persona.flows.churn`, print. Text that came
 from outside (reasons, explanations, summaries) is printed without Rich markup, so it cannot style
-or hide anything on the terminal.
+or hide anything on the terminal. Lists and shows take ``--json`` (lists also ``--jsonl``) and print
+tables through :mod:`persona.cli.output`; a decision or report id may be given by a unique prefix.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from persona.cli.output import AsJson, AsJsonl
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -31,13 +33,12 @@ churn_app = typer.Typer(
 
 Opt = typer.Option
 Limit = Annotated[int, Opt("--limit", "-n", help="At most this many (newest first).")]
-AsJson = Annotated[bool, Opt("--json", help="Print JSON instead of text.")]
 
 
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)  # never wrapped: a pipe gets whole lines
 
 
 def _plain(console: Console, text: str) -> None:
@@ -45,7 +46,19 @@ def _plain(console: Console, text: str) -> None:
 
 
 def _when(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    from persona.cli.output import rfc3339
+
+    return rfc3339(moment, precise=False)
+
+
+def _fact(value: Any) -> Any:
+    """A stored fact as the text shows it: an ISO time (stored as ``+00:00``) in the one format, RFC 3339 ``Z``."""
+    if isinstance(value, str) and len(value) >= 19 and value[4:5] == "-" and "T" in value:
+        try:
+            return _when(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return value
 
 
 def _money(amount: Decimal | None, currency: str | None) -> str:
@@ -72,17 +85,18 @@ def triage(
 
     outcome = with_runtime(work)
     if as_json:
-        print(json.dumps(_outcome_json(outcome), indent=1, sort_keys=True))
+        from persona.cli.output import print_json
+
+        print_json(_outcome_json(outcome))
         return
     _print_outcome(_console(), outcome)
 
 
 @refunds_app.command("list")
-def list_refunds(limit: Limit = 50) -> None:
+def list_refunds(limit: Limit = 50, as_json: AsJson = False, as_jsonl: AsJsonl = False) -> None:
     """List refund decisions, newest first."""
-    from rich.table import Table
-
     from persona.app import Runtime
+    from persona.cli.output import emit_list
     from persona.cli.runtime import with_runtime
     from persona.flows.refunds import list_decisions
 
@@ -90,42 +104,54 @@ def list_refunds(limit: Limit = 50) -> None:
         return list_decisions(rt, limit)
 
     rows = with_runtime(work)
-    table = Table(title=f"{len(rows)} refund decision(s)", title_justify="left")
-    for col in (
-        "id",
-        "created (UTC)",
-        "invoice",
-        "decision",
-        "clause",
-        "refund",
-        "value",
-        "asked by",
-        "explained by",
-    ):
-        table.add_column(col, no_wrap=True)
-    table.add_column("flags")
-    for o in rows:
-        table.add_row(
-            o.id, _when(o.created_at), o.txn_id, o.decision, o.clause.removeprefix("flows.refunds."),
-            _money(o.refund_amount, o.refund_currency), _money(o.refund_value, o.value_currency),
-            o.requested_by, o.explained_by, ", ".join(o.flags),
-        )  # fmt: skip
-    _console().print(table)
+    columns = ("id", "created", "invoice", "decision", "clause", "refund", "value", "asked by", "explained by",
+               "flags")  # fmt: skip
+    emit_list(
+        f"{len(rows)} refund decision(s)",
+        columns,
+        [
+            (
+                o.id,
+                o.created_at,
+                o.txn_id,
+                o.decision,
+                o.clause.removeprefix("flows.refunds."),
+                _money(o.refund_amount, o.refund_currency),
+                _money(o.refund_value, o.value_currency),
+                o.requested_by,
+                o.explained_by,
+                ", ".join(o.flags),
+            )
+            for o in rows
+        ],
+        [_outcome_json(o) for o in rows],
+        as_json=as_json,
+        as_jsonl=as_jsonl,
+    )
 
 
 @refunds_app.command("show")
-def show_refund(decision_id: str, as_json: AsJson = False) -> None:
+def show_refund(
+    decision_id: Annotated[str, typer.Argument(help="The decision id, or its first characters.")],
+    as_json: AsJson = False,
+) -> None:
     """Show one refund decision: the clause, the facts it used, the cost estimate, the explanation."""
     from persona.app import Runtime
+    from persona.cli.options import resolve_id
     from persona.cli.runtime import with_runtime
-    from persona.flows.refunds import get_decision
+    from persona.flows.refunds import get_decision, ids_starting
 
     async def work(rt: Runtime) -> RefundOutcome:
-        return get_decision(rt, decision_id)
+        found = resolve_id(
+            decision_id, lambda prefix, limit: ids_starting(rt, prefix, limit), "refund decision"
+        )
+        return get_decision(rt, found)
 
     outcome = with_runtime(work)
     if as_json:
-        print(json.dumps(_outcome_json(outcome), indent=1, sort_keys=True))
+        from persona.cli.output import print_json
+
+        print_json(_outcome_json(outcome))
         return
     console = _console()
     _print_outcome(console, outcome)
@@ -134,7 +160,7 @@ def show_refund(decision_id: str, as_json: AsJson = False) -> None:
         console.print("\n[bold]facts used[/]")
         for key in ("order_number", "status", "psys_cid", "expected", "received", "fiat_amount", "fiat_currency",
                     "paid_at", "wallet_hash"):  # fmt: skip
-            _plain(console, f"  {key:<13} {invoice.get(key)}")
+            _plain(console, f"  {key:<13} {_fact(invoice.get(key))}")
     review = (outcome.facts or {}).get("review", {})
     if review.get("model_explanation"):
         console.print("\n[bold yellow]model's explanation (not used, kept for review)[/]")
@@ -142,8 +168,10 @@ def show_refund(decision_id: str, as_json: AsJson = False) -> None:
 
 
 def _print_outcome(console: Console, o: RefundOutcome) -> None:
+    from rich.markup import escape
+
     colour = {"approve": "green", "deny": "red", "escalate": "yellow"}.get(o.decision, "white")
-    console.print(f"refund decision {o.id}: [bold {colour}]{o.decision.upper()}[/]")
+    console.print(f"refund decision {escape(o.id)}: [bold {colour}]{escape(o.decision.upper())}[/]")
     rows = [
         ("invoice", o.txn_id),
         ("asked by", o.requested_by),
@@ -156,7 +184,7 @@ def _print_outcome(console: Console, o: RefundOutcome) -> None:
         ("cost", _cost(o.cost_estimate)),
         ("explained by", o.explained_by),
         ("conversation", o.conversation_id or "-"),
-        ("decided at", _when(o.created_at) + " UTC"),
+        ("decided at", _when(o.created_at)),
     ]
     if o.flags:
         rows.append(("FLAGS", ", ".join(o.flags)))
@@ -180,14 +208,11 @@ def _cost(estimate: dict[str, Any] | None) -> str:
 
 
 def _outcome_json(o: RefundOutcome) -> dict[str, Any]:
-    return {
-        "id": o.id, "txn_id": o.txn_id, "decision": o.decision, "clause": o.clause, "rule_text": o.rule_text,
-        "detail": o.detail, "refund_amount": None if o.refund_amount is None else str(o.refund_amount),
-        "refund_currency": o.refund_currency, "refund_value": None if o.refund_value is None else str(o.refund_value),
-        "value_currency": o.value_currency, "explanation": o.explanation, "explained_by": o.explained_by,
-        "cost_estimate": o.cost_estimate, "created_at": o.created_at.isoformat(), "conversation_id": o.conversation_id,
-        "requested_by": o.requested_by, "reason": o.reason, "flags": list(o.flags), "facts": o.facts,
-    }  # fmt: skip
+    """A decision in full, JSON-ready (times RFC 3339 ``Z``, amounts as strings)."""
+    from persona.cli.output import plain
+
+    data: dict[str, Any] = plain(o)
+    return data
 
 
 # -- churn -----------------------------------------------------------------------------------------
@@ -234,17 +259,18 @@ def scan(
 
     report = with_runtime(work)
     if as_json:
-        print(json.dumps(_report_json(report), indent=1, sort_keys=True))
+        from persona.cli.output import print_json
+
+        print_json(_report_json(report))
         return
     _print_report(_console(), report)
 
 
 @churn_app.command("reports")
-def reports(limit: Limit = 20) -> None:
+def reports(limit: Limit = 20, as_json: AsJson = False, as_jsonl: AsJsonl = False) -> None:
     """List churn reports, newest first."""
-    from rich.table import Table
-
     from persona.app import Runtime
+    from persona.cli.output import emit_list
     from persona.cli.runtime import with_runtime
     from persona.flows.churn import headline, list_reports
 
@@ -252,45 +278,48 @@ def reports(limit: Limit = 20) -> None:
         return list_reports(rt, limit)
 
     rows = with_runtime(work)
-    table = Table(title=f"{len(rows)} churn report(s)", title_justify="left")
-    for col in ("id", "created (UTC)", "trigger", "scanned", "by"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("headline")
-    for r in rows:
-        table.add_row(
-            r.id,
-            _when(r.created_at),
-            r.trigger,
-            str(r.operations_scanned),
-            r.summarized_by,
-            headline(r.signals),
-        )
-    _console().print(table)
+    emit_list(
+        f"{len(rows)} churn report(s)",
+        ("id", "created", "trigger", "scanned", "by", "headline"),
+        [
+            (r.id, r.created_at, r.trigger, r.operations_scanned, r.summarized_by, headline(r.signals))
+            for r in rows
+        ],
+        [_report_json(r) for r in rows],
+        as_json=as_json,
+        as_jsonl=as_jsonl,
+    )
 
 
 @churn_app.command("show")
-def show_report(report_id: str, as_json: AsJson = False) -> None:
+def show_report(
+    report_id: Annotated[str, typer.Argument(help="The report id, or its first characters.")],
+    as_json: AsJson = False,
+) -> None:
     """Show one churn report: its summary and the signals behind it."""
     from persona.app import Runtime
+    from persona.cli.options import resolve_id
     from persona.cli.runtime import with_runtime
-    from persona.flows.churn import get_report
+    from persona.flows.churn import get_report, ids_starting
 
     async def work(rt: Runtime) -> ChurnReport:
-        return get_report(rt, report_id)
+        found = resolve_id(report_id, lambda prefix, limit: ids_starting(rt, prefix, limit), "churn report")
+        return get_report(rt, found)
 
     report = with_runtime(work)
     if as_json:
-        print(json.dumps(_report_json(report), indent=1, sort_keys=True))
+        from persona.cli.output import print_json
+
+        print_json(_report_json(report))
         return
     _print_report(_console(), report)
 
 
 @churn_app.command("runs")
-def runs(limit: Limit = 20) -> None:
-    """The schedule and the history of scans (scheduled and manual)."""
-    from rich.table import Table
-
+def runs(limit: Limit = 20, as_json: AsJson = False, as_jsonl: AsJsonl = False) -> None:
+    """The schedule and the history of scans (scheduled and manual); as JSON, the runs alone."""
     from persona.app import Runtime
+    from persona.cli.output import emit_list, plain
     from persona.cli.runtime import with_runtime
     from persona.flows.churn import due_slot, next_slot, run_key, scan_runs
     from persona.flows.runs import FlowRun, FlowRuns
@@ -307,23 +336,30 @@ def runs(limit: Limit = 20) -> None:
         return schedule, line, scan_runs(rt, limit)
 
     _, line, history = with_runtime(work)
-    console = _console()
-    _plain(console, line)
-    table = Table(title=f"{len(history)} churn scan run(s)", title_justify="left")
-    for col in ("started (UTC)", "finished", "state", "trigger", "key"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("summary / error")
-    for r in history:
-        finished = _when(r.finished_at) if r.finished_at else "-"
-        table.add_row(_when(r.started_at), finished, r.state, r.trigger, r.key, r.summary or r.error or "")
-    console.print(table)
+    if not (as_json or as_jsonl):
+        typer.echo(line)
+    emit_list(
+        f"{len(history)} churn scan run(s)",
+        ("started", "finished", "state", "trigger", "key", "summary / error"),
+        [
+            (r.started_at, r.finished_at or "-", r.state, r.trigger, r.key, r.summary or r.error or "")
+            for r in history
+        ],
+        [plain(r) for r in history],
+        as_json=as_json,
+        as_jsonl=as_jsonl,
+    )
 
 
 def _print_report(console: Console, r: ChurnReport) -> None:
+    from rich.markup import escape
+
     from persona.flows.churn import headline
 
-    console.print(f"churn report [bold]{r.id}[/] ({r.trigger}, {r.operations_scanned} invoices scanned)")
-    _plain(console, f"  window       {_when(r.window_start)} .. {_when(r.window_end)} UTC")
+    console.print(
+        f"churn report [bold]{escape(r.id)}[/] ({escape(r.trigger)}, {r.operations_scanned} invoices scanned)"
+    )
+    _plain(console, f"  window       {_when(r.window_start)} .. {_when(r.window_end)}")
     _plain(console, f"  run key      {r.run_key}")
     _plain(console, f"  headline     {headline(r.signals)}")
     _plain(console, f"  written by   {r.summarized_by}")
@@ -335,9 +371,10 @@ def _print_report(console: Console, r: ChurnReport) -> None:
 
 
 def _report_json(r: ChurnReport) -> dict[str, Any]:
-    return {
-        "id": r.id, "run_key": r.run_key, "trigger": r.trigger, "window_start": r.window_start.isoformat(),
-        "window_end": r.window_end.isoformat(), "operations_scanned": r.operations_scanned, "signals": r.signals,
-        "summary": r.summary, "summarized_by": r.summarized_by, "conversation_id": r.conversation_id,
-        "created_at": r.created_at.isoformat(),
-    }  # fmt: skip
+    """A report in full, JSON-ready, with the headline the tables show."""
+    from persona.cli.output import plain
+    from persona.flows.churn import headline
+
+    data: dict[str, Any] = plain(r)
+    data["headline"] = headline(r.signals)
+    return data

@@ -16,10 +16,11 @@ Until then ``python -m persona.cli.serve ...`` runs the full CLI with them added
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
+
+from persona.cli.output import AsJson, AsJsonl
 
 inbox_app = typer.Typer(
     rich_markup_mode=None,
@@ -117,54 +118,49 @@ def worker(
 def list_rows(
     state: Annotated[str, Opt("--state", help="pending, processing, done, failed, poison or all.")] = "all",
     limit: Annotated[int, Opt("--limit", help="At most this many rows (newest first).")] = 50,
-    as_json: Annotated[bool, Opt("--json", help="JSON lines instead of a table.")] = False,
+    as_json: AsJson = False,
+    as_jsonl: AsJsonl = False,
 ) -> None:
     """List inbox rows, newest first (``--state poison`` shows signed callbacks we could not use)."""
-    from rich.console import Console
-    from rich.table import Table
-
     from persona.app import Runtime
+    from persona.cli.options import choice
+    from persona.cli.output import emit_list
     from persona.cli.runtime import with_runtime
-    from persona.errors import ConfigError
-    from persona.inbox import Inbox
-    from persona.server import jsonable
+    from persona.inbox import Inbox, InboxRow
 
-    if state not in _STATES:
-        raise ConfigError(f"unknown state {state!r}", key="--state", fix="use one of " + ", ".join(_STATES))
+    choice(state, _STATES, "--state")
 
-    async def work(rt: Runtime) -> None:
-        rows = Inbox(rt.store).list(state, limit=limit)
-        if as_json:
-            for row in rows:
-                typer.echo(json.dumps(jsonable(row), ensure_ascii=False))
-            return
-        table = Table(title=f"{len(rows)} inbox row(s) · {state}", title_justify="left")
-        for col in (
-            "id",
-            "state",
-            "source",
-            "txn_id",
-            "status",
-            "plisio",
-            "action",
-            "tries",
-            "received (UTC)",
-        ):
-            table.add_column(col, no_wrap=True)
-        table.add_column("error", overflow="fold")
-        for r in rows:
-            table.add_row(
-                str(r.id), r.state, r.source, r.txn_id or "", r.status or "", r.plisio_status or "",
-                r.action or "", str(r.attempts), r.received_at.strftime("%Y-%m-%d %H:%M:%S"), (r.error or "")[:120],
-            )  # fmt: skip
-        Console().print(table)
+    async def work(rt: Runtime) -> list[InboxRow]:
+        return Inbox(rt.store).list(state, limit=limit)
 
-    with_runtime(work)
+    rows = with_runtime(work)
+    emit_list(
+        f"{len(rows)} inbox row(s) · {state}",
+        ("id", "state", "source", "txn_id", "status", "plisio", "action", "tries", "received", "error"),
+        [
+            (
+                r.id,
+                r.state,
+                r.source,
+                r.txn_id,
+                r.status,
+                r.plisio_status,
+                r.action,
+                r.attempts,
+                r.received_at,
+                " ".join((r.error or "").split()),
+            )
+            for r in rows
+        ],
+        rows,
+        as_json=as_json,
+        as_jsonl=as_jsonl,
+    )
 
 
 @inbox_app.command("retry")
 def retry(
-    row_id: Annotated[int, typer.Argument(help="The inbox row id (see `persona inbox list`).")],
+    row_id: Annotated[int, typer.Argument(help="The inbox row id, exactly (see `persona inbox list`).")],
 ) -> None:
     """Queue a failed (or poison) row again, with its attempts reset."""
     from persona.app import Runtime
@@ -174,7 +170,8 @@ def retry(
     from persona.inbox import Inbox
 
     async def work(rt: Runtime) -> None:
-        row = Inbox(rt.store).retry(row_id, now=rt.now())
+        inbox = Inbox(rt.store)
+        row = inbox.retry(row_id, now=rt.now())  # a number that changes a row: never a prefix
         await rt.audit.append(
             AuditEvent(
                 event="inbox_retried", source=Source.CLI, payload={"inbox_id": row.id, "txn_id": row.txn_id}

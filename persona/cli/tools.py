@@ -7,25 +7,33 @@ from typing import Annotated, Any
 
 import typer
 
+from persona.cli.output import AsJson, AsJsonl
+
 app = typer.Typer(rich_markup_mode=None, help="The Plisio tools: list, schema, call.", no_args_is_help=True)
 
 
 @app.command("list")
-def list_tools() -> None:
+def list_tools(as_json: AsJson = False, as_jsonl: AsJsonl = False) -> None:
     """List the tools with their flags and descriptions."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from persona.cli.output import emit_list
     from tools.plisio.tools import PLISIO_TOOLS
 
-    table = Table(title=f"{len(PLISIO_TOOLS)} Plisio tools", title_justify="left")
-    table.add_column("tool", style="bold")
-    table.add_column("kind")
-    table.add_column("description")
-    for tool in PLISIO_TOOLS:
-        kind = "read" if tool.read_only else f"[yellow]{tool.side_effect}[/]"
-        table.add_row(tool.name, kind, tool.description)
-    Console().print(table)
+    def kind(tool: Any) -> str:
+        return "read" if tool.read_only else str(tool.side_effect)
+
+    items = [
+        {"name": tool.name, "kind": kind(tool), "read_only": tool.read_only,
+         "side_effect": tool.side_effect, "description": tool.description}
+        for tool in PLISIO_TOOLS
+    ]  # fmt: skip
+    emit_list(
+        f"{len(PLISIO_TOOLS)} Plisio tools",
+        ("tool", "kind", "description"),
+        [(tool.name, kind(tool), tool.description) for tool in PLISIO_TOOLS],
+        items,
+        as_json=as_json,
+        as_jsonl=as_jsonl,
+    )
 
 
 @app.command("schema")

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from persona.cli.output import AsJson, AsJsonl
 from persona.cli.vault import By, VaultContext, with_vault
 
 app = typer.Typer(
@@ -36,28 +37,24 @@ def add(
 
 
 @app.command("list")
-def list_users() -> None:
+def list_users(as_json: AsJson = False, as_jsonl: AsJsonl = False) -> None:
     """Users, roles, status and how many active tokens each holds."""
-    from rich.console import Console
-    from rich.table import Table
+    from persona.cli.output import emit_list
 
     async def work(ctx: VaultContext) -> None:
-        rows = ctx.users.list()
-        table = Table(title=f"{len(rows)} user(s)", title_justify="left")
-        for col in ("email", "role", "status", "tokens", "token last used (UTC)", "created (UTC)", "by"):
-            table.add_column(col, no_wrap=True)
-        for u in rows:
-            used = u.last_used_at.strftime("%Y-%m-%d %H:%M") if u.last_used_at else "-"
-            table.add_row(
-                u.email,
-                u.role,
-                u.status,
-                str(u.tokens),
-                used,
-                u.created_at.strftime("%Y-%m-%d %H:%M"),
-                u.created_by,
-            )
-        Console().print(table)
+        found = ctx.users.list()
+        rows = [
+            (u.email, u.role, u.status, u.tokens, u.last_used_at or "-", u.created_at, u.created_by)
+            for u in found
+        ]
+        emit_list(
+            f"{len(found)} user(s)",
+            ("email", "role", "status", "tokens", "token last used", "created", "by"),
+            rows,
+            found,
+            as_json=as_json,
+            as_jsonl=as_jsonl,
+        )
 
     with_vault(work)
 

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from persona.cli.output import AsJson, AsJsonl
+
 if TYPE_CHECKING:
     from persona.audit import AuditLog
     from persona.config import Settings
     from persona.credentials import ClientFactory
-    from persona.grants import Grants
+    from persona.grants import GrantInfo, Grants
     from persona.store.engine import Store
     from persona.users import Users
     from persona.vault import Vault
@@ -161,31 +163,38 @@ def connect_plisio_key(
 
 
 @connections_app.command("list")
-def list_connections() -> None:
+def list_connections(as_json: AsJson = False, as_jsonl: AsJsonl = False) -> None:
     """Connections with their fingerprints, times and grants (never a key)."""
-    from rich.console import Console
-    from rich.table import Table
+    from persona.cli.output import emit_list, plain
+    from persona.vault_types import ConnectionInfo
 
-    def when(moment: datetime | None) -> str:
-        return "" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
-
-    async def work(ctx: VaultContext) -> None:
-        rows = ctx.vault.connections()
+    async def work(ctx: VaultContext) -> tuple[list[ConnectionInfo], dict[str, list[str]]]:
         held: dict[str, list[str]] = {}
         for grant in ctx.grants.list():
             held.setdefault(grant.connection, []).append(grant.persona)
-        table = Table(title=f"{len(rows)} connection(s)", title_justify="left")
-        for col in ("name", "status", "fingerprint", "created (UTC)", "by", "rotated (UTC)", "old key until"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("grants")
-        for c in rows:
-            table.add_row(
-                c.name, c.status, c.fingerprint, when(c.created_at), c.created_by, when(c.rotated_at),
-                when(c.previous_valid_until), ", ".join(held.get(c.name, [])) or "-",
-            )  # fmt: skip
-        Console().print(table)
+        return ctx.vault.connections(), held
 
-    with_vault(work)
+    rows, held = with_vault(work)
+    emit_list(
+        f"{len(rows)} connection(s)",
+        ("name", "status", "fingerprint", "created", "by", "rotated", "old key until", "grants"),
+        [
+            (
+                c.name,
+                c.status,
+                c.fingerprint,
+                c.created_at,
+                c.created_by,
+                c.rotated_at,
+                c.previous_valid_until,
+                ", ".join(held.get(c.name, [])) or "-",
+            )
+            for c in rows
+        ],
+        [{**plain(c), "grants": held.get(c.name, [])} for c in rows],
+        as_json=as_json,
+        as_jsonl=as_jsonl,
+    )
 
 
 @connections_app.command("rotate")
@@ -251,25 +260,54 @@ def list_grants(
     persona: Annotated[str | None, typer.Option("--persona", help="Only this persona.")] = None,
     connection: Annotated[str | None, typer.Option("--connection", help="Only this connection.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Include removed grants.")] = False,
+    as_json: AsJson = False,
+    as_jsonl: AsJsonl = False,
 ) -> None:
     """List grants: persona, connection, tools, caps."""
-    from rich.console import Console
-    from rich.table import Table
+    from persona.cli.options import choice
+    from persona.cli.output import emit_list
 
-    async def work(ctx: VaultContext) -> None:
-        rows = ctx.grants.list(persona=persona, connection=connection, all=all_)
-        table = Table(title=f"{len(rows)} grant(s)", title_justify="left")
-        for col in ("persona", "connection", "status", "max/invoice", "max/day", "by", "created (UTC)"):
-            table.add_column(col, no_wrap=True)
-        table.add_column("tools")
-        for g in rows:
-            table.add_row(
-                g.persona, g.connection, g.status, _amount(g.max_amount), _amount(g.daily_total), g.created_by,
-                g.created_at.strftime("%Y-%m-%d %H:%M"), ", ".join(g.tools),
-            )  # fmt: skip
-        Console().print(table)
+    async def work(ctx: VaultContext) -> list[GrantInfo]:
+        if persona or connection:  # a name that names nothing is a typo, not an empty list
+            every = ctx.grants.list(all=True)
+            if persona:
+                choice(persona, sorted(set(ctx.settings.personas) | {g.persona for g in every}), "--persona")
+            if connection:
+                known = {c.name for c in ctx.vault.connections()} | {g.connection for g in every}
+                choice(connection, sorted(known), "--connection")
+        return ctx.grants.list(persona=persona, connection=connection, all=all_)
 
-    with_vault(work)
+    rows = with_vault(work)
+    emit_list(
+        f"{len(rows)} grant(s)",
+        ("persona", "connection", "status", "max/invoice", "max/day", "by", "created", "tools"),
+        [
+            (
+                g.persona,
+                g.connection,
+                g.status,
+                _amount(g.max_amount),
+                _amount(g.daily_total),
+                g.created_by,
+                g.created_at,
+                ", ".join(g.tools),
+            )
+            for g in rows
+        ],
+        [_grant_json(g) for g in rows],
+        as_json=as_json,
+        as_jsonl=as_jsonl,
+    )
+
+
+def _grant_json(g: GrantInfo) -> dict[str, Any]:
+    """A grant in full, JSON-ready; caps as exact decimal strings (no trailing zeros), or null."""
+    from persona.cli.output import plain
+
+    data: dict[str, Any] = plain(g)
+    data["max_amount"] = None if g.max_amount is None else _amount(g.max_amount)
+    data["daily_total"] = None if g.daily_total is None else _amount(g.daily_total)
+    return data
 
 
 def _amount(value: object) -> str:

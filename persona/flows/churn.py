@@ -290,6 +290,16 @@ def list_reports(rt: Runtime, limit: int = 20) -> list[ChurnReport]:
         return [_report(r) for r in conn.execute(query)]
 
 
+def ids_starting(rt: Runtime, prefix: str, limit: int) -> list[str]:
+    """Report ids that start with ``prefix`` (an id given by its first characters), in id order."""
+    from persona.store.engine import like_prefix
+
+    column = churn_reports.c.id
+    query = select(column).where(column.like(like_prefix(prefix), escape="\\")).order_by(column).limit(limit)
+    with rt.store.read("find a churn report") as conn:
+        return [str(v) for v in conn.execute(query).scalars()]
+
+
 def get_report(rt: Runtime, report_id: str) -> ChurnReport:
     with rt.store.read("read a churn report") as conn:
         row = conn.execute(select(churn_reports).where(churn_reports.c.id == report_id)).first()

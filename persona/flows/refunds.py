@@ -365,6 +365,16 @@ def list_decisions(rt: Runtime, limit: int = 50) -> list[RefundOutcome]:
         return [_outcome(r) for r in conn.execute(query)]
 
 
+def ids_starting(rt: Runtime, prefix: str, limit: int) -> list[str]:
+    """Decision ids that start with ``prefix`` (an id given by its first characters), in id order."""
+    from persona.store.engine import like_prefix
+
+    column = refund_decisions.c.id
+    query = select(column).where(column.like(like_prefix(prefix), escape="\\")).order_by(column).limit(limit)
+    with rt.store.read("find a refund decision") as conn:
+        return [str(v) for v in conn.execute(query).scalars()]
+
+
 def get_decision(rt: Runtime, decision_id: str) -> RefundOutcome:
     with rt.store.read("read a refund decision") as conn:
         row = conn.execute(select(refund_decisions).where(refund_decisions.c.id == decision_id)).first()

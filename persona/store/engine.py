@@ -48,6 +48,13 @@ _SQLITE_UNAVAILABLE = (
     "full",
     "not a database",
 )
+
+
+def like_prefix(prefix: str) -> str:
+    """A SQL ``LIKE`` pattern for values starting with ``prefix`` (use ``escape="\\\\"``): ``%``, ``_`` literal."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 _URL_FIX = (
     "set store.url in config.yaml to sqlite:///path/to/file.sqlite3 or postgresql+psycopg://user@host/db"
 )
