@@ -11,7 +11,8 @@ const sha = (...parts) => createHash("sha256").update(Buffer.concat(parts.map((p
 const note = readFileSync(checkpointPath, "utf8");
 const cut = note.indexOf("\n\n");
 const body = note.slice(0, cut + 1);
-const [name, keyIdHex, keyB64] = vkey.trim().split("+");
+const [name, keyIdHex, ...rest] = vkey.trim().split("+"); // the base64 key may hold "+" itself
+const keyB64 = rest.join("+");
 const key = Buffer.from(keyB64, "base64"); // 0x01 || 32-byte Ed25519 public key
 const keyId = sha(`${name}\n`, key).subarray(0, 4);
 if (key[0] !== 1 || keyId.toString("hex") !== keyIdHex) fail("the verifier key's id does not match its key");
