@@ -31,6 +31,10 @@ from tools.redaction import scrub
 __all__ = ["DELIVERY_HEADER", "SIGNATURE_HEADER", "Draft", "DraftStore", "Outbound", "ReviewQueue", "sign"]
 
 
+DRAFT_STATUSES = ("pending_review", "approved", "sent", "send_failed", "rejected", "obsolete")
+"""Every status a draft can have, in the order of its life."""
+
+
 @dataclass(frozen=True)
 class Draft:
     id: str
@@ -263,6 +267,9 @@ class ReviewQueue:
         )  # fmt: skip
 
     async def approve(self, draft_id: str, *, by: str, note: str | None = None, source: str = "cli") -> Draft:
+        await asyncio.to_thread(
+            self.drafts.get, draft_id
+        )  # an unknown draft is NotFound, whatever else is amiss
         self.outbound.require()  # refuse before approving: an approval must be able to go somewhere
         draft = await asyncio.to_thread(
             self.drafts.transition, draft_id, from_=("pending_review",), to="approved", by=by, note=note,

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException
 from persona.app import Runtime
 from persona.audit import AuditFilter
 from persona.chat_requests import ChatRequests, body_hash, check_key, conversation_for
+from persona.drafts import DRAFT_STATUSES
 from persona.errors import (
     ConfigError,
     Conflict,
@@ -316,11 +317,22 @@ def create_app(
         return {"count": len(records), "records": [r.model_dump(mode="json") for r in records]}
 
     @app.get("/v1/drafts", tags=["flows"], summary="Drafted customer messages (the review queue)")
-    async def drafts(status: str | None = None, _: User = operator) -> dict[str, Any]:
+    async def drafts(
+        status: Annotated[str | None, Query(pattern="^(" + "|".join((*DRAFT_STATUSES, "all")) + ")$")] = None,
+        _: User = operator,
+    ) -> dict[str, Any]:
         from persona.drafts import DraftStore
 
-        found = await asyncio.to_thread(DraftStore(rt.store).find, status)
+        found = await asyncio.to_thread(DraftStore(rt.store).find, None if status == "all" else status)
         return {"count": len(found), "drafts": [jsonable(d) for d in found]}
+
+    @app.get(
+        "/v1/drafts/{draft_id}", tags=["flows"], summary="One draft in full: the message, its facts, delivery"
+    )
+    async def draft(draft_id: str, _: User = operator) -> dict[str, Any]:
+        from persona.drafts import DraftStore
+
+        return {"draft": jsonable(await asyncio.to_thread(DraftStore(rt.store).get, draft_id))}
 
     @app.post("/v1/refund-requests", tags=["flows"], summary="Triage a refund request by the written policy")
     async def refund_request(body: RefundRequest, user: User = operator) -> dict[str, Any]:

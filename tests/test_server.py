@@ -183,6 +183,16 @@ async def test_in_process_worker_turns_a_callback_into_a_listed_draft(rt: Runtim
         [draft] = drafts
         assert draft["txn_id"] == created.txn_id and draft["status"] == "pending_review"
         assert draft["customer_email"] == "carol@example.com" and draft["subject"] and draft["body"]
+        one = await http.get(f"/v1/drafts/{draft['id']}")
+        assert one.status_code == 200 and one.json()["draft"] == draft, "the same draft, in full, by its id"
+        unknown = await http.get("/v1/drafts/nope")
+        assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found"
+        # No outbound channel is configured here: an unknown draft is still a 404, not "not configured".
+        approve_unknown = await http.post("/v1/drafts/nope/approve")
+        assert approve_unknown.status_code == 404 and approve_unknown.json()["error"]["type"] == "not_found"
+        bogus = await http.get("/v1/drafts", params={"status": "bogus"})
+        assert bogus.status_code == 422 and "pending_review|approved" in bogus.text
+        assert len((await http.get("/v1/drafts", params={"status": "all"})).json()["drafts"]) == 1
         done = (await http.get("/v1/inbox", params={"state": "done"})).json()["rows"]
         assert [(r["txn_id"], r["action"], r["plisio_status"]) for r in done] == [
             (created.txn_id, "recovery", "expired")

@@ -15,7 +15,6 @@ app = typer.Typer(
     rich_markup_mode=None, help="Drafted customer messages waiting for review.", no_args_is_help=True
 )
 
-STATUSES = ("pending_review", "approved", "sent", "send_failed", "rejected", "obsolete")
 
 By = Annotated[str, typer.Option("--by", help="Who decides (recorded in the audit log).")]
 Note = Annotated[str | None, typer.Option("--note", help="Why.")]
@@ -33,7 +32,9 @@ def _resolve(rt: Runtime, given: str) -> str:
 def list_drafts(
     status: Annotated[
         str,
-        typer.Option("--status", help=f"{', '.join(STATUSES)} or all."),
+        typer.Option(
+            "--status", help="pending_review, approved, sent, send_failed, rejected, obsolete or all."
+        ),
     ] = "pending_review",
     as_json: AsJson = False,
     as_jsonl: AsJsonl = False,
@@ -42,9 +43,9 @@ def list_drafts(
     from persona.cli.options import choice
     from persona.cli.output import emit_list
     from persona.cli.runtime import with_runtime
-    from persona.drafts import DraftStore
+    from persona.drafts import DRAFT_STATUSES, DraftStore
 
-    choice(status, (*STATUSES, "all"), "--status")
+    choice(status, (*DRAFT_STATUSES, "all"), "--status")
 
     async def work(rt: Runtime) -> None:
         found = DraftStore(rt.store).find(None if status == "all" else status)

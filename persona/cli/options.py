@@ -6,9 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 
 from persona.errors import ConfigError, NotFound
-from persona.store.engine import like_prefix
-
-__all__ = ["PREFIX_MATCHES", "choice", "like_prefix", "resolve_id"]
 
 PREFIX_MATCHES = 10
 """How many matches an ambiguous prefix lists (one more is fetched, to know there are more)."""
