@@ -114,6 +114,8 @@ class PersonaSettings(Frozen):
     description: str = ""
     prompt: str
     """Template file in ``prompts_dir`` (Jinja2, StrictUndefined)."""
+    chat: bool = True
+    """False for a persona that only writes for a flow (its prompt needs the flow's facts): chat refuses it."""
     tools: tuple[str, ...] = ()
     """Tool names; ``"@read"`` stands for every read-only tool."""
     limits: Limits = Limits()
@@ -328,6 +330,19 @@ class Settings(Frozen):
             known = ", ".join(sorted(self.personas)) or "none"
             raise NotFound(f"no persona named {name!r} in {self.source}; the personas are: {known}")
         return self.personas[name]
+
+    def chat_persona(self, name: str) -> PersonaSettings:
+        """The persona, if people may chat with it; a flow-only one is refused, naming those that can chat."""
+        found = self.persona(name)
+        if not found.chat:
+            from persona.errors import ConfigError
+
+            can = ", ".join(sorted(n for n, p in self.personas.items() if p.chat)) or "none"
+            raise ConfigError(
+                f"persona {name!r} only writes for its flow (personas.{name}.chat: false in {self.source})",
+                fix=f"chat with one of: {can}",
+            )  # fmt: skip
+        return found
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Path:

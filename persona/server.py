@@ -413,7 +413,7 @@ def _new_conversation_id() -> str:
 
 def _chat_model(rt: Runtime, persona: str, user: str) -> tuple[ChatModel, bool]:
     """The injected model (tests, replay) or the configured LLM; True when we must close it."""
-    rt.settings.persona(persona)  # NotFound before anything else
+    rt.settings.chat_persona(persona)  # NotFound (or a flow-only persona refused) before anything else
     if rt.model_factory is not None:
         return rt.model_factory("chat", persona, {"user": user}), False
     return rt.chat_model(persona), True

@@ -60,3 +60,11 @@ def test_audit_list_and_show_for_pipes_and_scripts(tmp_path: Path) -> None:
     )
     missing = " ".join(run_cli(cfg, "audit", "show", "zzz", check=1, env=COLS).stderr.split())
     assert "no conversation 'zzz' (nor one whose id starts with it)" in missing
+
+
+def test_a_flow_only_persona_is_refused_for_chat_naming_those_that_can(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    refused = " ".join(run_cli(cfg, "chat", "--persona", "recovery", "--user", "a@example.com", "-m", "hi",
+                               check=2).stderr.split())  # fmt: skip
+    assert "persona 'recovery' only writes for its flow (personas.recovery.chat: false" in refused
+    assert "chat with one of: finance, growth" in refused and "template" not in refused

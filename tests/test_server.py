@@ -123,6 +123,11 @@ async def test_chat_without_an_llm_is_503_with_the_fix(http: httpx.AsyncClient) 
 async def test_chat_unknown_persona_and_bad_body(http: httpx.AsyncClient) -> None:
     unknown = await http.post("/v1/chat", json={"persona": "nobody", "message": "hi"})
     assert unknown.status_code == 404 and "no persona named 'nobody'" in unknown.json()["error"]["message"]
+    flow_only = await http.post("/v1/chat", json={"persona": "recovery", "message": "hi"})
+    assert (
+        flow_only.status_code == 422
+        and "chat with one of: finance, growth" in flow_only.json()["error"]["message"]
+    )
     invalid = await http.post("/v1/chat", json={"message": "hi", "user": "mallory@example.com"})
     assert invalid.status_code == 422
     error = invalid.json()["error"]

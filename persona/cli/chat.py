@@ -103,6 +103,7 @@ async def session(
     from persona.loop import LoopEvent, run_turn
 
     console = Console(highlight=False)
+    rt.settings.chat_persona(persona)  # a flow-only persona is refused before a model is even looked for
     ctx = rt.context(persona, user, conversation_id=conversation)
     model = rt.chat_model(persona)
     system = rt.system_prompt(ctx)
