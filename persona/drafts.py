@@ -291,6 +291,36 @@ class ReviewQueue:
         await self._record("draft_sent" if ok else "draft_send_failed", draft, by, source, delivery=attempt)
         return draft
 
+    async def mark_sent(
+        self, draft_id: str, *, by: str, note: str | None = None, source: str = "cli"
+    ) -> Draft:
+        """A person sent the message themselves (no outbound channel, or another one): the draft is done.
+
+        A draft still waiting for review is approved by the same person first (both are audited); one that
+        was approved, or whose delivery failed, keeps who approved it. The delivery attempt says "by hand"."""
+        draft = await asyncio.to_thread(self.drafts.get, draft_id)
+        if draft.status not in {"pending_review", "approved", "send_failed"}:
+            raise Conflict(
+                f"draft {draft_id} is {draft.status}; only a draft waiting for review or delivery is sent"
+            )
+        now = self._now()
+        if draft.status == "pending_review":
+            draft = await asyncio.to_thread(
+                self.drafts.transition, draft_id, from_=("pending_review",), to="approved", by=by, note=note,
+                now=now,
+            )  # fmt: skip
+            await self._record("draft_approved", draft, by, source, note=note)
+        await asyncio.to_thread(
+            self.drafts.transition, draft_id, from_=("approved", "send_failed"), to="sent", by=None, note=None, now=now
+        )  # fmt: skip
+        attempt = {"by_hand": True, "by": by, "at": now.isoformat(), "note": note}
+        history = [*(draft.delivery or {}).get("attempts", []), attempt]
+        draft = await asyncio.to_thread(
+            self.drafts.record_delivery, draft_id, ok=True, delivery={"attempts": history}
+        )
+        await self._record("draft_marked_sent", draft, by, source, delivery=attempt)
+        return draft
+
     async def reject(self, draft_id: str, *, by: str, note: str | None = None, source: str = "cli") -> Draft:
         draft = await asyncio.to_thread(
             self.drafts.transition, draft_id, from_=("pending_review",), to="rejected", by=by, note=note,

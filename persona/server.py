@@ -362,6 +362,18 @@ def create_app(
         )
         return {"draft": jsonable(draft)}
 
+    @app.post(
+        "/v1/drafts/{draft_id}/mark-sent", tags=["flows"],
+        summary="Record that the caller sent the message by hand (approving it first if it waits for review)",
+    )  # fmt: skip
+    async def mark_draft_sent(
+        draft_id: str, body: Decision | None = None, user: User = operator
+    ) -> dict[str, Any]:
+        draft = await rt.reviews().mark_sent(
+            draft_id, by=user.email, note=body.note if body else None, source=Source.HTTP
+        )
+        return {"draft": jsonable(draft)}
+
     @app.post("/v1/drafts/{draft_id}/reject", tags=["flows"], summary="Reject a draft; it is never sent")
     async def reject_draft(
         draft_id: str, body: Decision | None = None, user: User = operator

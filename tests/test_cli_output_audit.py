@@ -68,3 +68,26 @@ def test_a_flow_only_persona_is_refused_for_chat_naming_those_that_can(tmp_path:
                                check=2).stderr.split())  # fmt: skip
     assert "persona 'recovery' only writes for its flow (personas.recovery.chat: false" in refused
     assert "chat with one of: finance, growth" in refused and "template" not in refused
+
+
+def test_drafts_mark_sent_on_the_command_line(tmp_path: Path) -> None:
+    from persona.drafts import DraftStore
+    from tests.conftest import NOW
+
+    cfg = write_config(tmp_path)
+    store = Store.open(f"sqlite:///{tmp_path / 'persona.sqlite3'}")
+    store.create_all()
+    draft, _ = DraftStore(store).create(
+        flow_key="recovery:t9", txn_id="t9", order_number="ORD-9", customer_email="e@x.io", subject="Hi",
+        body="Pay again?", payment_link=None, new_txn_id=None, context={}, drafted_by="template",
+        conversation_id=None, now=NOW,
+    )  # fmt: skip
+    store.close()
+    done = run_cli(cfg, "drafts", "mark-sent", draft.id[:6], "--by", "ops@example.com", "--note", "by phone")
+    assert done.stdout.strip() == f"draft {draft.id}: sent (by hand, ops@example.com)"
+    shown = json.loads(run_cli(cfg, "drafts", "show", draft.id, "--json").stdout)
+    assert shown["status"] == "sent" and shown["delivery"]["attempts"][0]["note"] == "by phone"
+    again = " ".join(
+        run_cli(cfg, "drafts", "mark-sent", draft.id, "--by", "ops@example.com", check=1).stderr.split()
+    )
+    assert f"draft {draft.id} is sent" in again

@@ -327,3 +327,37 @@ def test_vault_commands(cfg: Path) -> None:
         assert event in audit
     everything = stored.stdout + stored.stderr + listed + grants + rotated.stdout + rekeyed.stdout + audit
     assert SANDBOX_API_KEY not in everything
+
+
+async def test_a_draft_can_be_marked_sent_by_hand_when_there_is_no_outbound_channel(
+    rt: Runtime, http: httpx.AsyncClient
+) -> None:
+    store = DraftStore(rt.store)
+    waiting, _ = store.create(
+        flow_key="recovery:t2", txn_id="t2", order_number="ORD-2", customer_email="d@x.io", subject="Hi",
+        body="Pay again?", payment_link=None, new_txn_id=None, context={}, drafted_by="template",
+        conversation_id=None, now=NOW,
+    )  # fmt: skip
+    operator = bearer(rt, "op@x.io", "operator")
+    approve = await http.post(f"/v1/drafts/{waiting.id}/approve", headers=operator)
+    assert approve.status_code == 503, "no outbound.webhook_url: an approval could go nowhere"
+    sent = await http.post(f"/v1/drafts/{waiting.id}/mark-sent", json={"note": "sent from my mailbox"},
+                           headers=operator)  # fmt: skip
+    assert sent.status_code == 200
+    draft = sent.json()["draft"]
+    assert (draft["status"], draft["decided_by"]) == ("sent", "op@x.io")
+    [attempt] = draft["delivery"]["attempts"]
+    assert (
+        attempt["by_hand"] is True
+        and attempt["by"] == "op@x.io"
+        and attempt["note"] == "sent from my mailbox"
+    )
+    events = [(r.event, r.user, r.source) for r in rt.audit.query(AuditFilter(conversation_id=None))
+              if r.event.startswith("draft_")]  # fmt: skip
+    assert events == [("draft_approved", "op@x.io", "http"), ("draft_marked_sent", "op@x.io", "http")]
+    again = await http.post(f"/v1/drafts/{waiting.id}/mark-sent", headers=operator)
+    assert again.status_code == 409 and "is sent" in again.json()["error"]["message"]
+    viewer = await http.post(f"/v1/drafts/{waiting.id}/mark-sent", headers=bearer(rt, "v@x.io", "viewer"))
+    assert viewer.status_code == 403
+    unknown = await http.post("/v1/drafts/nope/mark-sent", headers=operator)
+    assert unknown.status_code == 404

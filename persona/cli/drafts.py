@@ -140,6 +140,20 @@ def send(draft_id: DraftId, by: By) -> None:
         raise typer.Exit(1)
 
 
+@app.command("mark-sent")
+def mark_sent(draft_id: DraftId, by: By, note: Note = None) -> None:
+    """Record that you sent the message yourself (no outbound channel, or another one); a draft still waiting
+    for review is approved by you first."""
+    from persona.cli.runtime import with_runtime
+
+    async def work(rt: Runtime) -> tuple[str, str]:
+        resolved = _resolve(rt, draft_id)
+        return resolved, (await rt.reviews().mark_sent(resolved, by=by, note=note)).status
+
+    resolved, status = with_runtime(work)
+    typer.echo(f"draft {resolved}: {status} (by hand, {by})")
+
+
 def _decide(draft_id: str, by: str, note: str | None, *, approve: bool) -> None:
     from rich.console import Console
 
