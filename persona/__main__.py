@@ -2,4 +2,5 @@
 
 from persona.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned process (a parallel verify) imports this module too
+    main()
