@@ -87,13 +87,14 @@ class LiveTree:
         return Checkpoint(signer.name, self._tree.size, self._tree.root(), marks)
 
     def _start(self, verifier: NoteVerifier, where: CheckpointDir) -> None:
+        from persona.checkpoints.verification import bad as bad_of
         from persona.checkpoints.verification import check_log
 
         size = self._audit.head()[0]
         latest = where.latest()
         found, report = check_log(self._audit, checkpoint=latest, folder=where.path, verifier=lambda: verifier,
                                   also_at=(size,))  # fmt: skip
-        bad = [f"{f.title}: {f.detail}" for f in found if f.level == "bad"]
+        bad = bad_of(found)
         if bad or size not in report.ranges:
             raise CheckpointError(
                 "the audit log does not verify, so no checkpoint was signed: "

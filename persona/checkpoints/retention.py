@@ -57,6 +57,7 @@ def prune(
     now: Callable[[], datetime],
 ) -> Pruned:
     """Prune the records stamped before ``before`` (see the module docstring for the order of the steps)."""
+    from persona.checkpoints.verification import bad as bad_of
     from persona.checkpoints.verification import check_log
 
     audit.flush_sync()
@@ -72,7 +73,7 @@ def prune(
     key = NoteVerifier.from_vkey(signer.vkey)
     found, report = check_log(audit, checkpoint=folder.latest(), folder=folder.path, verifier=lambda: key,
                               also_at=(through, size))  # fmt: skip
-    bad = [f"{f.title}: {f.detail}" for f in found if f.level == "bad"]
+    bad = bad_of(found)
     if bad or through not in report.ranges or size not in report.roots:
         raise AuditIntegrityError(
             f"the audit log does not verify, so nothing was pruned (pruning would erase the evidence): "

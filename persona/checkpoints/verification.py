@@ -25,6 +25,11 @@ class Finding:
     detail: str = ""
 
 
+def bad(found: Sequence[Finding]) -> list[str]:
+    """The bad findings as one line each: what a refusal (to sign, to prune) quotes first."""
+    return [f"{f.title}: {f.detail}" for f in found if f.level == "bad"]
+
+
 def verify_log(
     audit: AuditLog,
     *,
