@@ -35,3 +35,5 @@ class Source(StrEnum):
     REPLAY = "replay"
     CLI = "cli"
     WORKER = "worker"
+    WEB = "web"
+    """The review console (`persona serve` at ``/``)."""
