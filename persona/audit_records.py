@@ -9,7 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SOURCES = frozenset({"chat", "webhook", "schedule", "replay", "cli", "http", "worker"})
+from persona.events import Source
+
+SOURCES = frozenset(s.value for s in Source)
+"""Where a record can come from: every :class:`~persona.events.Source`."""
 
 
 class _EventFields(BaseModel):

@@ -135,6 +135,8 @@ class ServerSettings(Frozen):
     public_url: str | None = Field(None, pattern=r"^https?://")
     """How Plisio reaches this server; ``<public_url>/webhooks/plisio`` becomes the invoices' callback_url."""
     in_process_worker: bool = True
+    console_session_minutes: int = Field(480, ge=5, le=7 * 24 * 60)
+    """How long a console sign-in lasts (then the token is asked for again); signing out ends it at once."""
 
 
 class WebhookSettings(Frozen):

@@ -148,6 +148,11 @@ class Users:
 
     def authenticate(self, token: str) -> User | None:
         """The active user a token belongs to, or None (unknown, revoked, or the user is disabled)."""
+        found = self.identify(token)
+        return None if found is None else found[0]
+
+    def identify(self, token: str) -> tuple[User, str] | None:
+        """:meth:`authenticate`, with the id of the token (a console session is tied to it)."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
         digest = token_hash(token)
@@ -167,4 +172,14 @@ class Users:
                 conn.execute(
                     update(api_tokens).where(api_tokens.c.id == row.token_id).values(last_used_at=now)
                 )
-        return _user(row)
+        return _user(row), str(row.token_id)
+
+    def by_token_id(self, token_id: str) -> User | None:
+        """The active user of a token that is still valid (not revoked), or None."""
+        with self.store.read("check a token") as conn:
+            row = conn.execute(
+                select(users)
+                .join(api_tokens, api_tokens.c.user_id == users.c.id)
+                .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+            ).first()
+        return None if row is None or row.status != "active" else _user(row)

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from persona.app import Runtime
 from persona.audit import AuditEvent, AuditFilter
+from persona.audit_records import SOURCES
 from persona.dispatcher import Outcome
 from persona.errors import Conflict, NotFound
 from persona.flows.refund_policy import (
@@ -49,7 +50,7 @@ STALE_RUN = timedelta(minutes=10)
 VERDICT_WORDS = {"approve": "approved", "deny": "denied", "escalate": "escalated to a person"}
 _TXN_ID = re.compile(r"^[A-Za-z0-9]{6,40}$")
 _ESTIMATES = {"plisio_estimate_fee": "fee", "plisio_estimate_commission": "commission"}
-_SOURCES = {"cli", "http", "replay", "chat", "webhook", "schedule", "worker"}
+_SOURCES = SOURCES
 _TRIGGER_SOURCE = {"reconciler": "worker"}
 
 

@@ -103,10 +103,12 @@ class Store:
         """Create every table and install the audit triggers; safe to call on every start."""
         from persona.store import (  # noqa: F401  (registers the tables)
             audit_tables,
+            chat_tables,
             flow_tables,
             inbox_tables,
             tables,
             vault_tables,
+            web_tables,
         )
         from persona.store.metadata import metadata
 

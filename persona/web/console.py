@@ -1,0 +1,200 @@
+"""The console's wiring: who is signed in, what their role may see, and the sign-in pages.
+
+:func:`install` adds the pages (:mod:`persona.web.pages`), the actions (:mod:`persona.web.actions`)
+and the stylesheet to the app. A page asks for a :class:`Gate` dependency: no live session is a
+303 to the sign-in page, a role that may not see the page is a 403 page, and a POST whose CSRF
+field is not this session's is refused before the handler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from persona.app import Runtime
+from persona.audit import AuditEvent
+from persona.events import Source
+from persona.http_auth import ADMIN, READERS, STAFF
+from persona.users import Users
+from persona.web import FormRefused, SignInNeeded, WebRefusal
+from persona.web.render import Pages
+from persona.web.sessions import Session, WebSessions
+
+log = structlog.get_logger(__name__)
+
+COOKIE = "persona_session"
+SIGNIN_COOKIE = "persona_signin"
+NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("/drafts", "Drafts", STAFF),
+    ("/approvals", "Approvals", ADMIN),
+    ("/refunds", "Refunds", STAFF),
+    ("/churn", "Churn", STAFF),
+    ("/inbox", "Inbox", STAFF),
+    ("/audit", "Audit log", READERS),
+)
+
+
+@dataclass(frozen=True)
+class Console:
+    """What every console handler needs: the runtime, the sessions, the page renderer."""
+
+    rt: Runtime
+    sessions: WebSessions
+    pages: Pages
+
+    def page(self, request: Request, session: Session | None, template: str, code: int = 200, /,
+             **values: Any) -> Response:  # fmt: skip
+        nav = [] if session is None else [(h, t) for h, t, roles in NAV if session.user.role in roles]
+        return self.pages.render(
+            template, code, request=request, session=session, nav=nav, path=request.url.path, **values
+        )
+
+    def refusal(
+        self, request: Request, session: Session | None, code: int, title: str, message: str
+    ) -> Response:
+        return self.page(request, session, "error.html.j2", code, title=title, message=message)
+
+    def gate(self, roles: tuple[str, ...], action: str) -> Callable[[Request], Awaitable[Session]]:
+        """The dependency of a page (GET) or an action (POST) that ``roles`` may use."""
+
+        async def signed_in(request: Request) -> Session:
+            session = await asyncio.to_thread(self.sessions.get, request.cookies.get(COOKIE))
+            if session is None:
+                target = request.url.path if request.method == "GET" else "/"
+                raise SignInNeeded(RedirectResponse(f"/sign-in?next={quote(target)}", status_code=303))
+            if request.method == "POST":
+                form = await request.form()
+                sent = form.get("csrf")
+                if not session.form_ok(sent if isinstance(sent, str) else None):
+                    log.warning("web_csrf_refused", path=request.url.path, user=session.user.email)
+                    raise FormRefused(self.refusal(
+                        request, session, 403, "Form refused",
+                        "This form did not carry this session's form token (an old page, or a form sent from "
+                        "another site). Reload the page and try again.",
+                    ))  # fmt: skip
+            if session.user.role not in roles:
+                log.info(
+                    "web_role_refused", path=request.url.path, user=session.user.email, role=session.user.role
+                )
+                raise WebRefusal(self.refusal(
+                    request, session, 403, "Not for your role",
+                    f"Role {session.user.role} may not {action} (it needs: {', '.join(roles)}).",
+                ))  # fmt: skip
+            return session
+
+        return signed_in
+
+    async def record(self, event: str, session: Session, reason: str, **payload: Any) -> None:
+        await self.rt.audit.append(
+            AuditEvent(
+                event=event, source=Source.WEB, user=session.user.email, reason=reason, payload=payload
+            )
+        )
+
+
+def home_for(role: str) -> str:
+    return "/drafts" if role in STAFF else "/audit"
+
+
+def local_path(target: str | None) -> str | None:
+    """``next`` only ever leads to a page of this server (never ``//host`` or ``https://...``)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return None
+    return target
+
+
+def secure_cookie(request: Request, rt: Runtime) -> bool:
+    public = rt.settings.server.public_url or ""
+    return request.url.scheme == "https" or public.startswith("https://")
+
+
+def signin_router(console: Console) -> APIRouter:
+    web = APIRouter(include_in_schema=False)
+    rt, any_role = console.rt, console.gate(READERS, "use the console")
+
+    @web.get("/")
+    async def home(request: Request) -> Response:
+        session = await asyncio.to_thread(console.sessions.get, request.cookies.get(COOKIE))
+        target = "/sign-in" if session is None else home_for(session.user.role)
+        return RedirectResponse(target, status_code=303)
+
+    @web.get("/sign-in")
+    async def sign_in_page(request: Request, next: str | None = None) -> Response:
+        return _sign_in_form(console, request, local_path(next))
+
+    @web.post("/sign-in")
+    async def sign_in(request: Request) -> Response:
+        form = await request.form()
+        token, sent, target = (str(form.get(k) or "") for k in ("token", "csrf", "next"))
+        expected = request.cookies.get(SIGNIN_COOKIE) or ""
+        if not expected or not secrets.compare_digest(sent.encode(), expected.encode()):
+            log.warning("web_csrf_refused", path="/sign-in", user=None)
+            return _sign_in_form(console, request, local_path(target), 403,
+                                 "The sign-in form expired or came from another site; try again.")  # fmt: skip
+        started = await asyncio.to_thread(console.sessions.start, token.strip())
+        if started is None:
+            log.info("web_signin_refused", reason="unknown, revoked or disabled token")
+            return _sign_in_form(console, request, local_path(target), 401,
+                                 "That token is not valid: unknown, revoked, or its user is disabled. "
+                                 "`persona users token EMAIL` issues a new one.")  # fmt: skip
+        cookie, session = started
+        await console.record("console_signed_in", session, f"{session.user.email} signed in to the console")
+        log.info("web_signed_in", user=session.user.email, role=session.user.role)
+        response = RedirectResponse(local_path(target) or home_for(session.user.role), status_code=303)
+        response.set_cookie(
+            COOKIE, cookie, max_age=int(rt.settings.server.console_session_minutes * 60), httponly=True,
+            samesite="strict", secure=secure_cookie(request, rt), path="/",
+        )  # fmt: skip
+        response.delete_cookie(SIGNIN_COOKIE, path="/sign-in")
+        return response
+
+    @web.post("/sign-out")
+    async def sign_out(request: Request) -> Response:
+        session = await any_role(request)
+        await asyncio.to_thread(console.sessions.end, request.cookies.get(COOKIE) or "")
+        await console.record("console_signed_out", session, f"{session.user.email} signed out of the console")
+        response = RedirectResponse("/sign-in", status_code=303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    return web
+
+
+def _sign_in_form(
+    console: Console, request: Request, target: str | None, status: int = 200, error: str | None = None
+) -> Response:
+    value = secrets.token_urlsafe(24)
+    response = console.page(
+        request, None, "sign_in.html.j2", status, csrf=value, next=target or "", error=error
+    )
+    response.set_cookie(SIGNIN_COOKIE, value, max_age=900, httponly=True, samesite="strict",
+                        secure=secure_cookie(request, console.rt), path="/sign-in")  # fmt: skip
+    return response
+
+
+def install(app: FastAPI, rt: Runtime, users: Users) -> None:
+    """Add the console to ``app``: sign-in, pages, actions, the stylesheet, the refusal handler."""
+    from persona.web import actions, pages
+
+    ttl = timedelta(minutes=rt.settings.server.console_session_minutes)
+    console = Console(rt, WebSessions(rt.store, users, rt.now, ttl), Pages())
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, WebRefusal)
+        return exc.response
+
+    app.add_exception_handler(WebRefusal, refused)
+    app.include_router(signin_router(console))
+    app.include_router(pages.router(console))
+    app.include_router(actions.router(console))
+    app.mount("/static", StaticFiles(packages=[("persona.web", "static")]), name="console-static")

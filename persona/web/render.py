@@ -1,0 +1,64 @@
+"""Jinja2 pages of the console: one environment, autoescaped, with the filters the templates use."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+SECURITY_HEADERS = {
+    # No script at all, styles only from this server, forms only to it, never framed.
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _ts(value: datetime | str | None) -> str:
+    """RFC 3339 in UTC with ``Z``, to the second: the CLI's format."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _money(value: Decimal | str | int | float | None, currency: str | None = None) -> str:
+    if value is None or value == "":
+        return "—"
+    text = format(Decimal(str(value)).normalize(), "f") if not isinstance(value, float) else str(value)
+    return f"{text} {currency}" if currency else text
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("persona.web", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(ts=_ts, money=_money, pretty=_pretty)
+    return env
+
+
+class Pages:
+    def __init__(self) -> None:
+        self.env = environment()
+
+    def render(self, template: str, code: int = 200, /, **values: Any) -> HTMLResponse:
+        html = self.env.get_template(template).render(**values)
+        return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
