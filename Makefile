@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test lint typecheck pytest demo bench clean
+.PHONY: install test lint typecheck pytest demo bench clean browser-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,20 @@ typecheck: $(STAMP)
 	$(BIN)/mypy persona tools
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --ignore=tests/browser
 
 test: lint typecheck pytest
+
+# The review console in headless Chromium (Debian's /usr/bin/chromium; `apt-get install chromium`), driven by
+# Playwright. `make browser-test PERSONA_SCREENSHOTS_DIR=docs` refreshes the README's screenshots.
+BROWSER_STAMP := $(VENV)/.browser-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(BROWSER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,browser]'
+	rm -f $(VENV)/.browser-* && touch $(BROWSER_STAMP)
+
+browser-test: $(BROWSER_STAMP)
+	PERSONA_SCREENSHOTS_DIR=$(PERSONA_SCREENSHOTS_DIR) $(BIN)/pytest -q tests/browser
 
 demo: $(STAMP)
 	$(BIN)/persona demo

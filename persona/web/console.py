@@ -143,7 +143,7 @@ def signin_router(console: Console) -> APIRouter:
                                  "The sign-in form expired or came from another site; try again.")  # fmt: skip
         started = await asyncio.to_thread(console.sessions.start, token.strip())
         if started is None:
-            log.info("web_signin_refused", reason="unknown, revoked or disabled token")
+            log.warning("web_signin_refused", reason="unknown, revoked or disabled token")
             return _sign_in_form(console, request, local_path(target), 401,
                                  "That token is not valid: unknown, revoked, or its user is disabled. "
                                  "`persona users token EMAIL` issues a new one.")  # fmt: skip
