@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from persona.api import approvals, chat, drafts, flows, ops
+from persona.api import approvals, audit, chat, docs, drafts, effects, flows, ops
 from persona.api.errors import install_errors
 from persona.api.wire import jsonable
 from persona.app import Runtime
 from persona.http_auth import Auth
 from persona.users import Users
+from persona.web.console import install as install_console
 from persona.webhooks import Receiver, SecretsSource
 
 if TYPE_CHECKING:
@@ -66,9 +67,12 @@ def create_app(
         summary="LLM personas operating a Plisio account; Plisio callback receiver.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs is persona.api.docs: rendered here, nothing loaded from a CDN
+        redoc_url=None,
     )
     receiver = Receiver(rt, secrets=secrets)
-    auth = Auth(Users(rt.store, rt.audit, rt.now))
+    users = Users(rt.store, rt.audit, rt.now)
+    auth = Auth(users)
     install_errors(app)
 
     @app.post(
@@ -81,6 +85,7 @@ def create_app(
     async def plisio_webhook(request: Request) -> Response:
         return await receiver(request)
 
-    for module in (ops, chat, drafts, flows, approvals):
+    for module in (ops, audit, chat, drafts, flows, approvals, effects, docs):
         app.include_router(module.router(rt, auth))
+    install_console(app, rt, users)  # the review console at /: sign-in, pages, forms
     return app

@@ -237,3 +237,13 @@ async def test_inbox_retry_from_the_console_is_audited_with_its_user(world: dict
         assert again.status_code == 409
     [record] = events(rt, "inbox_retried")
     assert (record.source, record.user, record.payload["inbox_id"]) == ("web", "oscar@example.com", row.id)
+
+
+async def test_text_from_the_store_is_escaped_never_markup(world: dict[str, Any]) -> None:
+    rt, draft = world["rt"], world["draft"]
+    await rt.reviews().reject(draft.id, by="oscar@example.com", note='<script>alert("x")</script><b>bold</b>')
+    async with client(rt) as c:
+        await sign_in(c, world["tokens"]["operator"])
+        page = await c.get(f"/drafts/{draft.id}")
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;b&gt;" in page.text
+    assert "<script" not in page.text and "<b>bold" not in page.text

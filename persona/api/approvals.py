@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
+from persona.api import examples as ex
+from persona.api.access import requires
 from persona.api.bodies import Decision
 from persona.api.wire import call_view, jsonable
 from persona.app import Runtime
+from persona.approvals import STATUSES
 from persona.events import Source
 from persona.http_auth import ADMIN, Auth
 from persona.users import User
@@ -17,19 +20,37 @@ from persona.users import User
 
 def router(rt: Runtime, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["approvals"])
-    approver = Depends(auth.require(ADMIN, "decide approvals"))
+    approver = requires(auth, ADMIN, "decide approvals")
 
-    @api.get("/v1/approvals", summary="Calls held for a person's approval")
+    @api.get(
+        "/v1/approvals",
+        summary="Calls held for a person's approval",
+        responses=ex.responses(ex.APPROVALS, 422),
+    )
     async def approvals(
         status: Annotated[
-            str, Query(pattern="^(pending|approved|rejected|executed|failed|unknown|all)$")
+            str,
+            Query(
+                pattern="^(" + "|".join((*STATUSES, "all")) + ")$",
+                description="Only approvals in this status.",
+            ),
         ] = "pending",
         _: User = approver,
     ) -> dict[str, Any]:
         found = await asyncio.to_thread(rt.approvals.find, None if status == "all" else status)
         return {"count": len(found), "approvals": [jsonable(a) for a in found]}
 
-    @api.post("/v1/approvals/{approval_id}/approve", summary="Approve; it executes once")
+    @api.get(
+        "/v1/approvals/{approval_id}", summary="One approval: the held call, its arguments, who decided",
+        responses=ex.responses(ex.APPROVAL, 404),
+    )  # fmt: skip
+    async def approval(approval_id: str, _: User = approver) -> dict[str, Any]:
+        return {"approval": jsonable(await asyncio.to_thread(rt.approvals.get, approval_id))}
+
+    @api.post(
+        "/v1/approvals/{approval_id}/approve", summary="Approve; it executes once",
+        responses=ex.responses(ex.APPROVAL_EXECUTED, 403, 404, 409),
+    )  # fmt: skip
     async def approve(
         approval_id: str, body: Decision | None = None, user: User = approver
     ) -> dict[str, Any]:
@@ -38,7 +59,10 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         )
         return {"approval": jsonable(approval), "call": call_view(done)}
 
-    @api.post("/v1/approvals/{approval_id}/reject", summary="Reject; it never executes")
+    @api.post(
+        "/v1/approvals/{approval_id}/reject", summary="Reject; it never executes",
+        responses=ex.responses(ex.APPROVAL_REJECTED, 404, 409),
+    )  # fmt: skip
     async def reject(approval_id: str, body: Decision | None = None, user: User = approver) -> dict[str, Any]:
         approval = await rt.dispatcher.reject(
             approval_id, by=user.email, note=body.note if body else None, source=Source.HTTP

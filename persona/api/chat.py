@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import uuid
-from collections import OrderedDict
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -17,7 +14,7 @@ from persona.api.bodies import ChatRequest
 from persona.api.wire import call_view, jsonable
 from persona.app import Runtime
 from persona.chat_requests import ChatRequests, body_hash, check_key, conversation_for
-from persona.errors import Forbidden
+from persona.conversations import Conversations, new_conversation_id
 from persona.events import Source
 from persona.http_auth import STAFF, Auth
 from persona.llm import ChatModel
@@ -25,41 +22,11 @@ from persona.users import User
 
 log = structlog.get_logger(__name__)
 
-MAX_CONVERSATIONS = 1000
-
-
-@dataclasses.dataclass
-class _Conversation:
-    persona: str
-    user: str
-    history: list[dict[str, Any]]
-    lock: asyncio.Lock
-
-
-class Conversations:
-    """Chat history per conversation id, in this process's memory (bounded, oldest dropped)."""
-
-    def __init__(self, limit: int = MAX_CONVERSATIONS) -> None:
-        self._items: OrderedDict[str, _Conversation] = OrderedDict()
-        self._limit = limit
-
-    def get(self, conversation_id: str, persona: str, user: str) -> _Conversation:
-        found = self._items.get(conversation_id)
-        if found is None:
-            found = _Conversation(persona, user, [], asyncio.Lock())
-            self._items[conversation_id] = found
-            while len(self._items) > self._limit:
-                self._items.popitem(last=False)
-        elif (found.persona, found.user) != (persona, user):
-            raise Forbidden(f"conversation {conversation_id!r} belongs to another persona or user")
-        self._items.move_to_end(conversation_id)
-        return found
-
 
 def router(rt: Runtime, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["chat"])
     chatter = Depends(auth.require(STAFF, "chat with personas"))
-    conversations = Conversations()
+    conversations = Conversations(rt.store, rt.now, fresh_hint="start a new one without conversation_id")
     requests = ChatRequests(
         rt.store, rt.now, timedelta(seconds=max(p.limits.wall_clock_s for p in rt.settings.personas.values()) * 2)
         if rt.settings.personas else timedelta(hours=1),
@@ -106,19 +73,19 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
 
         conversation_id = body.conversation_id or new_conversation_id()
         ctx = rt.context(body.persona, user.email, conversation_id=conversation_id, source=Source.HTTP)
-        convo = conversations.get(conversation_id, body.persona, user.email)
-        model, owned = _chat_model(rt, body.persona, user.email)
-        try:
-            async with convo.lock:
+        rt.settings.chat_persona(body.persona)  # NotFound (or a flow-only persona) before the history
+        async with conversations.turn(conversation_id, body.persona, user.email) as convo:  # Forbidden
+            model, owned = _chat_model(rt, body.persona, user.email)
+            try:
                 result = await run_turn(
                     model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.system_prompt(ctx),
-                    history=list(convo.history), user_message=body.message,
+                    history=convo.history, user_message=body.message,
                 )  # fmt: skip
-                convo.history.extend(result.messages)
-        finally:
-            closer = getattr(model, "aclose", None)
-            if owned and closer is not None:
-                await closer()
+            finally:
+                closer = getattr(model, "aclose", None)
+                if owned and closer is not None:
+                    await closer()
+            await conversations.append(convo, result.messages)  # Conflict (409): another instance was first
         answer: dict[str, Any] = jsonable(
             {
                 "text": result.text,
@@ -133,10 +100,6 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         return answer
 
     return api
-
-
-def new_conversation_id() -> str:
-    return f"conv_{uuid.uuid4().hex[:16]}"
 
 
 def _chat_model(rt: Runtime, persona: str, user: str) -> tuple[ChatModel, bool]:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
     from persona.app import Runtime
+    from persona.calls import CallContext
+    from persona.conversations import Conversations
+    from persona.loop import LoopEvent, TurnResult
+
+T = TypeVar("T")
+
+TURN_CANCELLED = "turn_cancelled"
+"""Audit event: the user cancelled a turn with Ctrl-C (after the loop's ``turn_failed``, reason cancelled)."""
 
 OUTCOME_STYLE = {
     "succeeded": "[green]✓ succeeded[/]",
@@ -44,7 +57,10 @@ def chat(
     async def work(rt: Runtime) -> str:
         return await session(rt, persona, user, message, conversation)
 
-    with_runtime(work)
+    try:
+        with_runtime(work)
+    except Left as left:
+        _left(left)
 
 
 def record(
@@ -81,7 +97,10 @@ def record(
         conversation_id = await session(rt, persona, user, message, None)
         return export_to(rt, conversation_id, out, name or out.stem.replace("_", "-"))
 
-    written = with_runtime(work, plisio=plisio)
+    try:
+        written = with_runtime(work, plisio=plisio)
+    except Left as left:
+        _left(left)
     Console(highlight=False).print(f"recorded {written} -> {out} (replay it: persona replay {out})")
 
 
@@ -97,65 +116,258 @@ def export_to(rt: Runtime, conversation_id: str, out: Path, name: str) -> str:
 async def session(
     rt: Runtime, persona: str, user: str, messages: list[str] | None, conversation: str | None
 ) -> str:
-    """An interactive (or scripted by ``messages``) chat; returns the conversation id."""
+    """An interactive (or scripted by ``messages``) chat; returns the conversation id.
+
+    The history is the stored one (``--conversation`` resumes it for its owner). Ctrl-C while a turn runs
+    cancels that turn (a write already sent still finishes and is recorded) and the prompt comes back; a
+    second Ctrl-C, or one at the prompt, raises :class:`Left`."""
     from rich.console import Console
 
-    from persona.loop import LoopEvent, run_turn
+    from persona.conversations import Conversations, new_conversation_id
 
     console = Console(highlight=False)
     rt.settings.chat_persona(persona)  # a flow-only persona is refused before a model is even looked for
-    ctx = rt.context(persona, user, conversation_id=conversation)
-    model = rt.chat_model(persona)
-    system = rt.system_prompt(ctx)
-    history: list[dict[str, Any]] = []
+    conversation_id = conversation or new_conversation_id()
+    stored = Conversations(rt.store, rt.now, fresh_hint="start a new one without --conversation")
+    opened = await stored.open(conversation_id, persona, user)  # Forbidden: someone else's conversation
+    chat = _Chat(rt, console, stored, rt.context(persona, user, conversation_id=conversation_id))
     console.print(
-        f"[bold]{persona}[/] · {ctx.conversation_id} · Plisio {rt.settings.plisio.mode.value} · "
-        f"model {model.name}. Empty line or Ctrl-D ends.",
+        f"[bold]{persona}[/] · {conversation_id} · Plisio {rt.settings.plisio.mode.value} · "
+        f"model {chat.model.name}. Empty line or Ctrl-D ends.",
         style="dim",
     )
-    streamed: list[str] = []
-
-    def on_text(delta: str) -> None:
-        if not streamed:
-            console.print(f"[bold cyan]{persona}>[/] ", end="")
-        streamed.append(delta)
-        console.print(delta, end="", markup=False)
-
-    def on_event(ev: LoopEvent) -> None:
-        if streamed:
-            console.print()
-            streamed.clear()
-        if ev.kind == "tool_call":
-            console.print(f"  [dim]→ {ev.tool} {_short(ev.arguments)}[/]", soft_wrap=True)
-        elif ev.kind == "tool_result":
-            console.print(f"    {OUTCOME_STYLE.get(ev.outcome or '', ev.outcome)} [dim]{ev.tool}[/]")
-        else:
-            console.print(f"  [yellow]! {ev.detail}[/]")
-
+    if messages is None:
+        console.print("Ctrl-C cancels a turn; at the prompt, it leaves.", style="dim")
+    if opened.turns:
+        console.print(f"resumed {conversation_id} ({_earlier(opened.turns)})", style="dim")
     queue = list(messages) if messages is not None else None
-    while True:
-        text = (queue.pop(0) if queue else "") if queue is not None else _ask(console)
-        if not text:
-            return ctx.conversation_id
-        streamed.clear()
-        result = await run_turn(
-            model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=system, history=history,
-            user_message=text, on_event=on_event, on_text=on_text,
+    ctrl_c = _CtrlC(asyncio.get_running_loop())
+    try:
+        ctrl_c.install()
+        while not ctrl_c.leave:
+            text = (queue.pop(0) if queue else "") if queue is not None else _ask(console, ctrl_c)
+            if text is None:
+                break
+            if not text:
+                return conversation_id
+            if not await chat.turn(text, ctrl_c) and queue is not None:
+                break  # a scripted session has no prompt to come back to
+    finally:
+        ctrl_c.uninstall()
+        await chat.aclose()
+    raise Left(conversation_id)
+
+
+class Left(Exception):
+    """The user left the session with Ctrl-C (exit status 130)."""
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(conversation_id)
+        self.conversation_id = conversation_id
+
+
+class _CtrlC:
+    """SIGINT while a turn runs cancels it; another one, while it winds down or at the prompt, leaves.
+
+    One Python-level handler for the whole session (it replaces asyncio.run's, which would cancel the
+    command): it runs even while the prompt blocks in ``input()``, where it raises KeyboardInterrupt, so no
+    Ctrl-C falls between two handlers. The cancel is handed to the loop as asyncio's own Runner._on_sigint
+    does (CPython Lib/asyncio/runners.py)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.task: asyncio.Future[Any] | None = None
+        self.cancelled = False
+        self.leave = False
+        self.prompting = False
+        self._previous: Any = None
+        self._on = False
+
+    def install(self) -> None:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: Ctrl-C stays asyncio's
+            return
+        self._on = True
+
+    def uninstall(self) -> None:
+        if self._on:
+            signal.signal(signal.SIGINT, self._previous)
+            self._on = False
+
+    @contextlib.contextmanager
+    def at_prompt(self) -> Iterator[None]:
+        """While the prompt waits, Ctrl-C (or one that came since the turn) raises KeyboardInterrupt."""
+        self.prompting = True
+        try:
+            if self.leave:
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self.prompting = False
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.prompting:
+            raise KeyboardInterrupt
+        task = self.task
+        if task is not None and not task.done() and not self.cancelled:
+            self.cancelled = True
+            self.loop.call_soon_threadsafe(task.cancel)
+        else:
+            self.leave = True
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T | None:
+        """``work`` as a task Ctrl-C may cancel: its result, or None when it was cancelled so."""
+        task: asyncio.Future[T] = asyncio.ensure_future(work)
+        self.task, self.cancelled = task, False
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not self.cancelled:
+                raise
+            return None
+        finally:
+            self.task = None
+
+
+class _Chat:
+    """One CLI conversation: its model, its stored history, its view of each turn."""
+
+    def __init__(self, rt: Runtime, console: Any, stored: Conversations, ctx: CallContext) -> None:
+        self.rt, self.console, self.stored, self.ctx = rt, console, stored, ctx
+        self.model = rt.chat_model(ctx.persona_name)
+        self.system = rt.system_prompt(ctx)
+        self.view = _TurnView(console, ctx.persona_name)
+
+    async def turn(self, text: str, ctrl_c: _CtrlC) -> bool:
+        """One turn, stored when it ended; False when Ctrl-C cancelled it (recorded, nothing stored)."""
+        from rich.markup import escape
+
+        from persona.errors import Conflict
+        from persona.loop import run_turn
+
+        ctx = self.ctx
+        async with self.stored.turn(ctx.conversation_id, ctx.persona_name, ctx.user) as convo:
+            self.view.start()
+            try:
+                result = await ctrl_c.run(
+                    run_turn(
+                        model=self.model, dispatcher=self.rt.dispatcher, ctx=ctx, system_prompt=self.system,
+                        history=convo.history, user_message=text, on_event=self.view.on_event,
+                        on_text=self.view.on_text,
+                    )
+                )  # fmt: skip
+            finally:
+                self.view.stop()
+            if result is None:
+                await self.cancelled()
+                return False
+            self.view.answer(result)
+            try:
+                await self.stored.append(convo, result.messages)
+            except Conflict as busy:  # another instance stored a turn of this conversation meanwhile
+                self.console.print(f"[yellow]! {escape(str(busy))}[/]", soft_wrap=True)
+        return True
+
+    async def cancelled(self) -> None:
+        from persona.calls import call_event
+        from persona.events import Source
+
+        await self.rt.audit.append(
+            call_event(
+                dataclasses.replace(self.ctx, source=Source.CLI), TURN_CANCELLED, reason="ctrl_c",
+                payload={"note": "interrupted by the user; the turn is not kept in the conversation's history"},
+            )
         )  # fmt: skip
-        history.extend(result.messages)
-        shown = "".join(streamed)
-        if streamed:
-            console.print()
+        self.console.print(
+            "[yellow]turn cancelled (Ctrl-C); it is not kept in the history. Ctrl-C again leaves.[/]"
+        )
+
+    async def aclose(self) -> None:
+        closer = getattr(self.model, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+class _TurnView:
+    """What a turn shows: a spinner while the model thinks (terminals only), streamed text as the model
+    sends it (written to the file, so the terminal wraps it: Rich would break long chunks), tool calls."""
+
+    def __init__(self, console: Any, persona: str) -> None:
+        self.console, self.persona = console, persona
+        self.streamed: list[str] = []
+        self.notices: list[str] = []
+        self._status: Any = None
+
+    def start(self) -> None:
+        self.streamed.clear()
+        self.notices.clear()
+        self._thinking()
+
+    def stop(self) -> None:
+        self._quiet()
+        if self.streamed:
+            self.console.print()
+
+    def on_text(self, delta: str) -> None:
+        self._quiet()
+        if not self.streamed:
+            self.console.print(f"[bold cyan]{self.persona}>[/] ", end="")
+        self.streamed.append(delta)
+        self.console.file.write(delta)
+        self.console.file.flush()
+
+    def on_event(self, ev: LoopEvent) -> None:
+        self._quiet()
+        if self.streamed:
+            self.console.print()
+            self.streamed.clear()
+        if ev.kind == "tool_call":
+            self.console.print(f"  [dim]→ {ev.tool} {_short(ev.arguments)}[/]", soft_wrap=True)
+        elif ev.kind == "tool_result":
+            self.console.print(f"    {OUTCOME_STYLE.get(ev.outcome or '', ev.outcome)} [dim]{ev.tool}[/]")
+            self._thinking()  # the model reads the results next
+        else:
+            self.notices.append(ev.detail or "")
+            self.console.print(f"  [yellow]! {ev.detail}[/]", soft_wrap=True)
+
+    def answer(self, result: TurnResult) -> None:
+        """The final text where streaming did not show it (all of it, or what was added after)."""
+        shown = "".join(self.streamed)
+        if shown:
             tail = result.text[len(shown) :] if result.text.startswith(shown) else ""
             if tail.strip():
-                console.print(tail.strip(), markup=False)
-        else:
-            console.print(f"[bold cyan]{persona}>[/] ", end="")
-            console.print(result.text, markup=False)
-        console.print(
+                self.console.print(tail.strip(), markup=False, soft_wrap=True)
+        elif result.text not in self.notices:  # a limit's text was shown as its notice already
+            self.console.print(f"[bold cyan]{self.persona}>[/] ", end="")
+            self.console.print(result.text, markup=False, soft_wrap=True)
+        self.console.print(
             f"[dim]({result.steps} steps, {len(result.calls)} tool calls, {result.usage.total_tokens} tokens"
             f"{', stopped: ' + result.stopped_by if result.stopped_by else ''})[/]"
         )
+
+    def _thinking(self) -> None:
+        if self._status is None and self.console.is_terminal:
+            self._status = self.console.status("[dim]thinking…[/]", spinner="dots")
+            self._status.start()
+
+    def _quiet(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def _earlier(count: int) -> str:
+    return "1 earlier turn" if count == 1 else f"{count} earlier turns"
+
+
+def _left(left: Left) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(
+        f"left {left.conversation_id} (Ctrl-C); resume it: persona chat --conversation {left.conversation_id}"
+    )
+    raise typer.Exit(130)
 
 
 def _need_user(user: str) -> None:
@@ -165,11 +377,17 @@ def _need_user(user: str) -> None:
         raise NotConfigured("say who is talking: --user alice@example.com (it is recorded in the audit log)")
 
 
-def _ask(console: Any) -> str:
+def _ask(console: Any, ctrl_c: _CtrlC) -> str | None:
+    """The next message ("" ends the session); None after Ctrl-C here (the user leaves)."""
     try:
-        return str(console.input("[bold]you>[/] ")).strip()
+        with ctrl_c.at_prompt():
+            return str(console.input("[bold]you>[/] ")).strip()
     except EOFError:
         return ""
+    except KeyboardInterrupt:
+        ctrl_c.prompting = False  # even if it struck while at_prompt was leaving
+        console.print()
+        return None
 
 
 def _short(value: Any, limit: int = 120) -> str:

@@ -164,19 +164,12 @@ def retry(
 ) -> None:
     """Queue a failed (or poison) row again, with its attempts reset."""
     from persona.app import Runtime
-    from persona.audit import AuditEvent
     from persona.cli.runtime import with_runtime
     from persona.events import Source
-    from persona.inbox import Inbox
+    from persona.operations import retry_inbox_row
 
     async def work(rt: Runtime) -> None:
-        inbox = Inbox(rt.store)
-        row = inbox.retry(row_id, now=rt.now())  # a number that changes a row: never a prefix
-        await rt.audit.append(
-            AuditEvent(
-                event="inbox_retried", source=Source.CLI, payload={"inbox_id": row.id, "txn_id": row.txn_id}
-            )
-        )
+        row = await retry_inbox_row(rt, row_id, by=None, source=Source.CLI)  # a number: never a prefix
         typer.echo(f"inbox row {row.id} ({row.txn_id} {row.status}) is pending again")
 
     with_runtime(work)

@@ -152,3 +152,15 @@ def test_a_bad_token_is_refused_and_sign_out_ends_the_session(
     page.open("/drafts")
     assert "/sign-in?next=/drafts" in page.page.url
     assert [p for p in page.problems if "401" not in p] == []
+
+
+def test_the_api_docs_load_nothing_from_elsewhere(page: Watched, world: tuple[World, str]) -> None:
+    _, base = world
+    asked: list[str] = []
+    page.page.on("request", lambda r: asked.append(r.url))
+    assert page.open("/docs").status == 200
+    assert "POST /v1/drafts/{draft_id}/approve" in " ".join(page.page.locator("nav").all_inner_texts()).replace(
+        "\n", " "
+    ) or page.page.locator("text=/v1/drafts/{draft_id}/approve").count() > 0
+    assert asked and all(url.startswith(base) for url in asked), asked
+    assert page.problems == []
