@@ -159,8 +159,10 @@ def test_the_api_docs_load_nothing_from_elsewhere(page: Watched, world: tuple[Wo
     asked: list[str] = []
     page.page.on("request", lambda r: asked.append(r.url))
     assert page.open("/docs").status == 200
-    assert "POST /v1/drafts/{draft_id}/approve" in " ".join(page.page.locator("nav").all_inner_texts()).replace(
-        "\n", " "
-    ) or page.page.locator("text=/v1/drafts/{draft_id}/approve").count() > 0
+    assert (
+        "POST /v1/drafts/{draft_id}/approve"
+        in " ".join(page.page.locator("nav").all_inner_texts()).replace("\n", " ")
+        or page.page.locator("text=/v1/drafts/{draft_id}/approve").count() > 0
+    )
     assert asked and all(url.startswith(base) for url in asked), asked
     assert page.problems == []
