@@ -4,26 +4,30 @@ A conversation belongs to the (persona, user) that stored its first turn; anyone
 are kept as whole units (the user's message through the final answer, tool calls and results between), so
 what the model gets back is cut at a user message and never holds a tool result without its call.
 
-Two turns of one conversation must not interleave. Within a process they queue on an asyncio lock per
-conversation; across instances the append is an optimistic version check (the conversation's turn count,
-as in HTTP's ``If-Match``): the turn that stores second gets :class:`Conflict` and nothing of it is kept.
-A conversation row exists from its first stored turn: a turn that failed leaves nothing behind.
+Two turns of one conversation must not interleave, nor both run: a turn may call tools that move money,
+so the second must be refused before it starts, not after. Within a process turns queue on an asyncio lock
+per conversation; across instances a turn first claims the conversation in the store (``busy_by`` with a
+lease, so a crashed instance's claim lapses) and another instance's turn meanwhile gets :class:`Conflict`
+before it calls the model. The append is also a version check (the turn count, as HTTP's ``If-Match``), in
+case a lease lapsed under a turn that ran too long. A conversation row exists from its first claimed turn,
+so its owner is fixed before anything runs; a first turn that failed leaves an empty conversation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 
 from persona.errors import Conflict, Forbidden
 from persona.store.chat_tables import chat_conversations, chat_turns
@@ -57,6 +61,8 @@ class Conversation:
     """Turns stored so far: 0 for a new conversation. The next append stores turn ``turns + 1``."""
     history: tuple[Message, ...] = ()
     """What the model gets back of the earlier turns (bounded by :class:`HistoryLimits`)."""
+    claim: str | None = None
+    """The claim this turn holds on the conversation (:meth:`Conversations.turn`)."""
 
 
 def new_conversation_id() -> str:
@@ -73,21 +79,33 @@ class Conversations:
         *,
         fresh_hint: str,
         limits: HistoryLimits | None = None,
+        lease: timedelta = timedelta(minutes=10),
     ) -> None:
-        self._store, self._now, self._hint = store, now, fresh_hint
+        self._store, self._now, self._hint, self._lease = store, now, fresh_hint, lease
         self._limits = limits or HistoryLimits()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # -- async API: what the chat routes use ------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def turn(self, conversation_id: str, persona: str, user: str) -> AsyncIterator[Conversation]:
-        """Hold the conversation for one turn in this process; yields it as stored when the turn may start."""
+    async def turn(
+        self, conversation_id: str, persona: str, user: str, *, lease: timedelta | None = None
+    ) -> AsyncIterator[Conversation]:
+        """Hold the conversation for one turn, in this process and in the store; yields it as stored when the
+        turn may start. :class:`Forbidden` for someone else's, :class:`Conflict` while another instance runs
+        a turn of it. ``lease``: how long the claim holds if this process dies mid-turn."""
         lock = self._locks.get(conversation_id)
         if lock is None:
             lock = self._locks[conversation_id] = asyncio.Lock()
         async with lock:
-            yield await self.open(conversation_id, persona, user)
+            await self.open(conversation_id, persona, user)  # the owner check, before claiming anything
+            claim = uuid.uuid4().hex
+            await asyncio.to_thread(self.claim, conversation_id, persona, user, claim, lease or self._lease)
+            try:
+                convo = await self.open(conversation_id, persona, user)  # as stored now that it is ours
+                yield dataclasses.replace(convo, claim=claim)
+            finally:
+                await asyncio.to_thread(self.release, conversation_id, claim)
 
     async def open(self, conversation_id: str, persona: str, user: str) -> Conversation:
         return await asyncio.to_thread(self.load, conversation_id, persona, user)
@@ -123,15 +141,15 @@ class Conversations:
         text = json.dumps(bounded_turn(list(messages), self._limits), ensure_ascii=False, default=str)
         try:
             with self._store.begin("store a chat turn") as conn:
-                if convo.turns == 0:
-                    conn.execute(
+                if not _advance(conn, convo.id, convo.turns, convo.claim, now):
+                    if convo.claim is not None or convo.turns != 0:
+                        raise self._busy(convo.id)
+                    conn.execute(  # a turn stored without a claim (tools, tests): the first creates the row
                         chat_conversations.insert().values(
                             id=convo.id, persona=convo.persona, user_id=convo.user, turns=1,
                             created_at=now, updated_at=now,
                         )
                     )  # fmt: skip
-                elif not _advance(conn, convo.id, convo.turns, now):
-                    raise self._busy(convo.id)
                 conn.execute(
                     chat_turns.insert().values(
                         conversation_id=convo.id, turn=number, messages=text, created_at=now
@@ -147,6 +165,48 @@ class Conversations:
         log.info("chat_turn_stored", conversation_id=convo.id, turn=number, messages=len(messages))
         return Conversation(convo.id, convo.persona, convo.user, number, convo.history)
 
+    def claim(self, conversation_id: str, persona: str, user: str, claim: str, lease: timedelta) -> None:
+        """Mark the conversation busy with ``claim`` until the lease ends (creating it for its first turn);
+        :class:`Conflict` while another claim holds."""
+        now = self._now()
+        try:
+            with self._store.begin("claim a conversation for a turn") as conn:
+                taken = conn.execute(
+                    update(chat_conversations)
+                    .where(
+                        chat_conversations.c.id == conversation_id,
+                        or_(chat_conversations.c.busy_by.is_(None), chat_conversations.c.busy_until < now),
+                    )
+                    .values(busy_by=claim, busy_until=now + lease)
+                ).rowcount
+                if taken == 1:
+                    return
+                exists = conn.execute(
+                    select(chat_conversations.c.id).where(chat_conversations.c.id == conversation_id)
+                ).first()
+                if exists is not None:
+                    raise self._running(conversation_id)
+                conn.execute(
+                    chat_conversations.insert().values(
+                        id=conversation_id, persona=persona, user_id=user, turns=0, busy_by=claim,
+                        busy_until=now + lease, created_at=now, updated_at=now,
+                    )
+                )  # fmt: skip
+        except Conflict:
+            raise
+        except Exception as exc:
+            if is_conflict(exc):  # two first turns of one new id at once: the other one claimed it first
+                raise self._running(conversation_id) from None
+            raise
+
+    def release(self, conversation_id: str, claim: str) -> None:
+        with self._store.begin("release a conversation") as conn:
+            conn.execute(
+                update(chat_conversations)
+                .where(chat_conversations.c.id == conversation_id, chat_conversations.c.busy_by == claim)
+                .values(busy_by=None, busy_until=None)
+            )
+
     # -- refusals ---------------------------------------------------------------------------
 
     def _check_owner(
@@ -160,6 +220,13 @@ class Conversations:
                 f"continue it with {owner_persona}, or {self._hint}"
             )
 
+    def _running(self, conversation_id: str) -> Conflict:
+        log.warning("chat_turn_refused_busy", conversation_id=conversation_id)
+        return Conflict(
+            f"conversation {conversation_id} is busy: a turn of it is running (here or on another instance); "
+            "nothing of this turn ran: send the message again when that turn has answered"
+        )
+
     def _busy(self, conversation_id: str) -> Conflict:
         log.warning("chat_turn_conflict", conversation_id=conversation_id)
         return Conflict(
@@ -168,13 +235,15 @@ class Conversations:
         )
 
 
-def _advance(conn: Any, conversation_id: str, turns: int, now: datetime) -> bool:
-    """Move the version from ``turns`` to ``turns + 1``; False if another turn moved it first."""
-    moved = conn.execute(
-        update(chat_conversations)
-        .where(chat_conversations.c.id == conversation_id, chat_conversations.c.turns == turns)
-        .values(turns=turns + 1, updated_at=now)
-    ).rowcount
+def _advance(conn: Any, conversation_id: str, turns: int, claim: str | None, now: datetime) -> bool:
+    """Move the version from ``turns`` to ``turns + 1`` (while ``claim`` still holds, when given); False if
+    another turn moved it first or took the claim over."""
+    query = update(chat_conversations).where(
+        chat_conversations.c.id == conversation_id, chat_conversations.c.turns == turns
+    )
+    if claim is not None:
+        query = query.where(chat_conversations.c.busy_by == claim)
+    moved = conn.execute(query.values(turns=turns + 1, updated_at=now)).rowcount
     return bool(moved == 1)
 
 

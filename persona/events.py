@@ -9,6 +9,8 @@ class Event(StrEnum):
     TURN_STARTED = "turn_started"
     TURN_ENDED = "turn_ended"
     TURN_FAILED = "turn_failed"
+    TURN_CANCELLED = "turn_cancelled"
+    """A person stopped the turn (Ctrl-C in `persona chat`); its ``turn_failed`` says what was cut short."""
     MODEL_REQUEST = "model_request"
     MODEL_RESPONSE = "model_response"
     MODEL_FAILED = "model_failed"

@@ -22,12 +22,12 @@ from fastapi.responses import Response
 
 from persona.api import approvals, audit, chat, docs, drafts, effects, flows, ops
 from persona.api.errors import install_errors
-from persona.api.wire import jsonable
 from persona.app import Runtime
 from persona.http_auth import Auth
 from persona.users import Users
 from persona.web.console import install as install_console
 from persona.webhooks import Receiver, SecretsSource
+from persona.wire import jsonable
 
 if TYPE_CHECKING:
     from persona.worker import Worker

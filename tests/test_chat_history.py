@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ import pytest
 from sqlalchemy import func, select
 
 from persona.app import Runtime
+from persona.audit import AuditFilter
 from persona.conversations import Conversation, Conversations, HistoryLimits, fit
+from persona.errors import Conflict
 from persona.llm import ChatModel, ModelReply, Usage
 from persona.server import create_app
 from persona.store.chat_tables import chat_turns
@@ -123,40 +126,62 @@ async def test_the_next_turn_on_another_instance_gets_the_earlier_ones(
 
 
 @pytest.mark.anyio
-async def test_overlapping_turns_on_two_instances_store_one_and_refuse_the_other(
+async def test_a_second_turn_on_another_instance_is_refused_before_it_runs(
     instances: tuple[Runtime, Runtime],
 ) -> None:
+    """A turn may move money: while one instance runs a turn of a conversation, the other instance's turn of
+    it is refused (409) before its model or any tool is called, not after."""
     one, two = instances
     headers = bearer(one, ALICE)
     async with client(one, Models([say("Hello.")])) as http_one:
         first = await http_one.post("/v1/chat", json={"persona": "finance", "message": "hi"}, headers=headers)
         conversation = first.json()["conversation_id"]
     met, arrived = asyncio.Event(), []
-    racers = {name: MeetingModel(met, arrived, 2, f"answer to {name}") for name in ("from one", "from two")}
-    async with (
-        client(one, lambda *_: racers["from one"]) as http_one,
-        client(two, lambda *_: racers["from two"]) as http_two,
-    ):
-        answers = await asyncio.gather(
-            *(
-                http.post(
-                    "/v1/chat",
-                    json={"persona": "finance", "message": name, "conversation_id": conversation},
-                    headers=headers,
-                )
-                for http, name in ((http_one, "from one"), (http_two, "from two"))
-            )
+    slow = MeetingModel(met, arrived, 99, "answer to from one")  # waits until released below
+    never = Models()  # instance two's factory: any model it made would be called
+    body = {"persona": "finance", "conversation_id": conversation}
+    async with client(one, lambda *_: slow) as http_one, client(two, never) as http_two:
+        running = asyncio.create_task(
+            http_one.post("/v1/chat", json={**body, "message": "from one"}, headers=headers)
         )
-    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
-    [won] = [a for a in answers if a.status_code == 200]
-    [lost] = [a for a in answers if a.status_code == 409]
-    assert f"conversation {conversation} is busy" in lost.json()["error"]["message"]
-    winner = won.json()["text"].removeprefix("answer to ")
+        while not arrived:  # instance one's turn has claimed the conversation and reached its model
+            await asyncio.sleep(0.01)
+        lost = await http_two.post("/v1/chat", json={**body, "message": "from two"}, headers=headers)
+        met.set()
+        won = await running
+    assert (won.status_code, lost.status_code) == (200, 409), [won.text, lost.text]
+    assert f"conversation {conversation} is busy: a turn of it is running" in lost.json()["error"]["message"]
+    assert "nothing of this turn ran" in lost.json()["error"]["message"] and never.made == []
+    assert not [
+        r
+        for r in two.audit.query(AuditFilter(conversation_id=conversation))
+        if r.payload.get("user_message") == "from two"
+    ]
     stored = Conversations(one.store, one.now, fresh_hint="-").load(conversation, "finance", ALICE)
     assert stored.turns == 2
     assert [(m["role"], m["content"]) for m in stored.history] == [
-        ("user", "hi"), ("assistant", "Hello."), ("user", winner), ("assistant", f"answer to {winner}"),
+        ("user", "hi"), ("assistant", "Hello."), ("user", "from one"), ("assistant", "answer to from one"),
     ]  # fmt: skip
+    async with client(two, Models([say("Again.")])) as http_two:  # the claim is released: two may go on
+        later = await http_two.post("/v1/chat", json={**body, "message": "from two"}, headers=headers)
+    assert later.status_code == 200 and later.json()["text"] == "Again."
+
+
+def test_a_claim_left_by_a_crashed_instance_lapses(store: Store) -> None:
+    clock = [datetime(2026, 11, 24, 12, 0, tzinfo=UTC)]
+    conversations = Conversations(store, lambda: clock[0], fresh_hint="-")
+    conversations.claim(
+        "conv_crash", "finance", ALICE, "a" * 32, timedelta(minutes=4)
+    )  # then the process died
+    with pytest.raises(Conflict, match="a turn of it is running"):
+        conversations.claim("conv_crash", "finance", ALICE, "b" * 32, timedelta(minutes=4))
+    clock[0] += timedelta(minutes=4, seconds=1)
+    conversations.claim("conv_crash", "finance", ALICE, "b" * 32, timedelta(minutes=4))
+    late = Conversation("conv_crash", "finance", ALICE, 0, claim="a" * 32)  # the first turn's late append
+    with pytest.raises(Conflict, match="is busy"):
+        conversations.add_turn(late, _turn(1))
+    stored = conversations.add_turn(Conversation("conv_crash", "finance", ALICE, 0, claim="b" * 32), _turn(1))
+    assert stored.turns == 1
 
 
 @pytest.mark.anyio

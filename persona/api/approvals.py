@@ -10,12 +10,12 @@ from fastapi import APIRouter, Query
 from persona.api import examples as ex
 from persona.api.access import requires
 from persona.api.bodies import Decision
-from persona.api.wire import call_view, jsonable
 from persona.app import Runtime
 from persona.approvals import STATUSES
 from persona.events import Source
 from persona.http_auth import ADMIN, Auth
 from persona.users import User
+from persona.wire import call_view, jsonable
 
 
 def router(rt: Runtime, auth: Auth) -> APIRouter:

@@ -7,11 +7,12 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response
 
+from persona.api import examples as ex
+from persona.api.access import requires
 from persona.api.bodies import ChatRequest
-from persona.api.wire import call_view, jsonable
 from persona.app import Runtime
 from persona.chat_requests import ChatRequests, body_hash, check_key, conversation_for
 from persona.conversations import Conversations, new_conversation_id
@@ -19,23 +20,27 @@ from persona.events import Source
 from persona.http_auth import STAFF, Auth
 from persona.llm import ChatModel
 from persona.users import User
+from persona.wire import call_view, jsonable
 
 log = structlog.get_logger(__name__)
 
 
 def router(rt: Runtime, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["chat"])
-    chatter = Depends(auth.require(STAFF, "chat with personas"))
+    chatter = requires(auth, STAFF, "chat with personas")
     conversations = Conversations(rt.store, rt.now, fresh_hint="start a new one without conversation_id")
     requests = ChatRequests(
         rt.store, rt.now, timedelta(seconds=max(p.limits.wall_clock_s for p in rt.settings.personas.values()) * 2)
         if rt.settings.personas else timedelta(hours=1),
     )  # fmt: skip
 
-    @api.post(
-        "/v1/chat", summary="One turn of a persona conversation",
-        responses={409: {"description": "Idempotency-Key reused with another body, or its request still runs"}},
-    )  # fmt: skip
+    busy = "Idempotency-Key reused with another body or its request still runs, or a turn of the conversation runs"
+    answers = ex.responses(ex.CHAT, 404, 422, 502)
+    answers[409] = ex.content({"error": {"type": "conflict", "message": "conversation conv_32042ed05c314a93 is "
+                               "busy: a turn of it is running (here or on another instance); nothing of this turn "
+                               "ran: send the message again when that turn has answered"}}, busy)  # fmt: skip
+
+    @api.post("/v1/chat", summary="One turn of a persona conversation", responses=answers)
     async def chat(
         body: ChatRequest,
         user: User = chatter,
@@ -74,7 +79,8 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         conversation_id = body.conversation_id or new_conversation_id()
         ctx = rt.context(body.persona, user.email, conversation_id=conversation_id, source=Source.HTTP)
         rt.settings.chat_persona(body.persona)  # NotFound (or a flow-only persona) before the history
-        async with conversations.turn(conversation_id, body.persona, user.email) as convo:  # Forbidden
+        lease = timedelta(seconds=ctx.persona.limits.wall_clock_s * 2)  # a turn never runs longer than this
+        async with conversations.turn(conversation_id, body.persona, user.email, lease=lease) as convo:
             model, owned = _chat_model(rt, body.persona, user.email)
             try:
                 result = await run_turn(

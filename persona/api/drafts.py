@@ -11,13 +11,13 @@ from fastapi import APIRouter, Query
 from persona.api import examples as ex
 from persona.api.access import requires
 from persona.api.bodies import Decision
-from persona.api.wire import jsonable
 from persona.app import Runtime
 from persona.drafts import DRAFT_STATUSES, Draft, DraftStore
 from persona.errors import NotConfigured
 from persona.events import Source
 from persona.http_auth import STAFF, Auth
 from persona.users import User
+from persona.wire import jsonable
 
 MARK_SENT_HINT = (
     "or, if you sent the message yourself, POST /v1/drafts/{id}/mark-sent (`persona drafts mark-sent`)"

@@ -13,13 +13,13 @@ from fastapi import APIRouter, Query
 
 from persona.api import examples as ex
 from persona.api.access import requires
-from persona.api.wire import jsonable
 from persona.app import Runtime
 from persona.effects.ledger import UNRESOLVED, Effect, State
 from persona.events import Source
 from persona.http_auth import ADMIN, Auth
 from persona.operations import resolve_effect
 from persona.users import User
+from persona.wire import jsonable
 
 FILTERS = (*(s.value for s in State), "unresolved", "all")
 

@@ -6,7 +6,8 @@ response; every message is scrubbed of secrets on the way out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -58,6 +59,18 @@ def error_response(status: int, kind: str, message: str, **extra: Any) -> JSONRe
     return JSONResponse({"error": {"type": kind, "message": scrub(message), **extra}}, status_code=status)
 
 
+_CHOICES = re.compile(r"^\^\(([\w|-]+)\)\$$")
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    """pydantic's message, except for a value outside a fixed list: that names the valid values."""
+    pattern = str((error.get("ctx") or {}).get("pattern", ""))
+    choices = _CHOICES.match(pattern) if error.get("type") == "string_pattern_mismatch" else None
+    if choices is None:
+        return str(error.get("msg", ""))
+    return f"unknown value {error.get('input')!r} (fix: use one of {', '.join(choices.group(1).split('|'))})"
+
+
 def install_errors(app: FastAPI) -> None:
     async def persona_error(request: Request, exc: Exception) -> Response:
         status, name = status_of(exc)
@@ -75,8 +88,9 @@ def install_errors(app: FastAPI) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-        fields = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": str(e.get("msg", ""))}
-                  for e in errors]  # fmt: skip
+        fields = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "message": _message(e)} for e in errors
+        ]
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields) or "invalid request"
         return error_response(422, "validation_error", summary, fields=fields)
 

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Query
 from persona.api import examples as ex
 from persona.api.access import requires
 from persona.api.bodies import ChurnScan, RefundRequest
-from persona.api.wire import jsonable
 from persona.app import Runtime
 from persona.http_auth import STAFF, Auth
 from persona.users import User
+from persona.wire import jsonable
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many, newest first.")]
 

@@ -12,7 +12,6 @@ from sqlalchemy import text
 
 from persona.api import examples as ex
 from persona.api.access import requires
-from persona.api.wire import jsonable
 from persona.app import Runtime
 from persona.errors import StoreError
 from persona.events import Source
@@ -20,6 +19,7 @@ from persona.http_auth import STAFF, Auth
 from persona.inbox import STATES, Inbox
 from persona.operations import retry_inbox_row
 from persona.users import User
+from persona.wire import jsonable
 
 log = structlog.get_logger(__name__)
 

@@ -20,9 +20,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-TURN_CANCELLED = "turn_cancelled"
-"""Audit event: the user cancelled a turn with Ctrl-C (after the loop's ``turn_failed``, reason cancelled)."""
-
 OUTCOME_STYLE = {
     "succeeded": "[green]✓ succeeded[/]",
     "replayed": "[green]✓ already done: answered from its effect[/]",
@@ -241,13 +238,16 @@ class _Chat:
 
     async def turn(self, text: str, ctrl_c: _CtrlC) -> bool:
         """One turn, stored when it ended; False when Ctrl-C cancelled it (recorded, nothing stored)."""
+        from datetime import timedelta
+
         from rich.markup import escape
 
         from persona.errors import Conflict
         from persona.loop import run_turn
 
         ctx = self.ctx
-        async with self.stored.turn(ctx.conversation_id, ctx.persona_name, ctx.user) as convo:
+        lease = timedelta(seconds=ctx.persona.limits.wall_clock_s * 2)  # a turn never runs longer than this
+        async with self.stored.turn(ctx.conversation_id, ctx.persona_name, ctx.user, lease=lease) as convo:
             self.view.start()
             try:
                 result = await ctrl_c.run(
@@ -271,11 +271,11 @@ class _Chat:
 
     async def cancelled(self) -> None:
         from persona.calls import call_event
-        from persona.events import Source
+        from persona.events import Event, Source
 
         await self.rt.audit.append(
             call_event(
-                dataclasses.replace(self.ctx, source=Source.CLI), TURN_CANCELLED, reason="ctrl_c",
+                dataclasses.replace(self.ctx, source=Source.CLI), Event.TURN_CANCELLED, reason="ctrl_c",
                 payload={"note": "interrupted by the user; the turn is not kept in the conversation's history"},
             )
         )  # fmt: skip

@@ -75,9 +75,10 @@ def show(draft_id: DraftId, as_json: AsJson = False) -> None:
     from rich.panel import Panel
     from rich.text import Text
 
-    from persona.cli.output import print_json, rfc3339
+    from persona.cli.output import print_json
     from persona.cli.runtime import with_runtime
     from persona.drafts import DraftStore
+    from persona.wire import rfc3339
 
     console = Console(highlight=False, soft_wrap=True)
 

@@ -46,7 +46,7 @@ def _plain(console: Console, text: str) -> None:
 
 
 def _when(moment: datetime) -> str:
-    from persona.cli.output import rfc3339
+    from persona.wire import rfc3339
 
     return rfc3339(moment, precise=False)
 
@@ -209,7 +209,7 @@ def _cost(estimate: dict[str, Any] | None) -> str:
 
 def _outcome_json(o: RefundOutcome) -> dict[str, Any]:
     """A decision in full, JSON-ready (times RFC 3339 ``Z``, amounts as strings)."""
-    from persona.cli.output import plain
+    from persona.wire import jsonable as plain
 
     data: dict[str, Any] = plain(o)
     return data
@@ -319,10 +319,11 @@ def show_report(
 def runs(limit: Limit = 20, as_json: AsJson = False, as_jsonl: AsJsonl = False) -> None:
     """The schedule and the history of scans (scheduled and manual); as JSON, the runs alone."""
     from persona.app import Runtime
-    from persona.cli.output import emit_list, plain
+    from persona.cli.output import emit_list
     from persona.cli.runtime import with_runtime
     from persona.flows.churn import due_slot, next_slot, run_key, scan_runs
     from persona.flows.runs import FlowRun, FlowRuns
+    from persona.wire import jsonable as plain
 
     async def work(rt: Runtime) -> tuple[str | None, str, list[FlowRun]]:
         schedule = rt.settings.flows.churn.schedule
@@ -372,8 +373,8 @@ def _print_report(console: Console, r: ChurnReport) -> None:
 
 def _report_json(r: ChurnReport) -> dict[str, Any]:
     """A report in full, JSON-ready, with the headline the tables show."""
-    from persona.cli.output import plain
     from persona.flows.churn import headline
+    from persona.wire import jsonable as plain
 
     data: dict[str, Any] = plain(r)
     data["headline"] = headline(r.signals)

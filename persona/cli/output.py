@@ -10,49 +10,20 @@ table and document here (the audit export keeps the ``+00:00`` text its hashes c
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 import sys
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Annotated, Any, TextIO
 
 import typer
 
+from persona.wire import jsonable as plain
+from persona.wire import rfc3339
+
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 AsJsonl = Annotated[bool, typer.Option("--jsonl", help="Print JSON Lines: one object per line.")]
-
-
-def rfc3339(moment: datetime, *, precise: bool = True) -> str:
-    """UTC, ``Z``; microseconds when ``precise`` (JSON), whole seconds in tables. A naive time is UTC."""
-    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    text = aware.astimezone(UTC).isoformat(timespec="microseconds" if precise else "seconds")
-    return text.removesuffix("+00:00") + "Z"
-
-
-def plain(value: Any) -> Any:
-    """JSON-native data: times as RFC 3339, decimals as strings (no float rounding), dataclasses as objects."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, datetime):
-        return rfc3339(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return plain(value.value)
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [plain(v) for v in value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "model_dump"):
-        return plain(value.model_dump(mode="python"))
-    return str(value)
 
 
 def print_json(value: Any, out: TextIO | None = None) -> None:

@@ -165,8 +165,9 @@ def connect_plisio_key(
 @connections_app.command("list")
 def list_connections(as_json: AsJson = False, as_jsonl: AsJsonl = False) -> None:
     """Connections with their fingerprints, times and grants (never a key)."""
-    from persona.cli.output import emit_list, plain
+    from persona.cli.output import emit_list
     from persona.vault_types import ConnectionInfo
+    from persona.wire import jsonable as plain
 
     async def work(ctx: VaultContext) -> tuple[list[ConnectionInfo], dict[str, list[str]]]:
         held: dict[str, list[str]] = {}
@@ -302,7 +303,7 @@ def list_grants(
 
 def _grant_json(g: GrantInfo) -> dict[str, Any]:
     """A grant in full, JSON-ready; caps as exact decimal strings (no trailing zeros), or null."""
-    from persona.cli.output import plain
+    from persona.wire import jsonable as plain
 
     data: dict[str, Any] = plain(g)
     data["max_amount"] = None if g.max_amount is None else _amount(g.max_amount)

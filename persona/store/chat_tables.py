@@ -5,6 +5,8 @@ an update that also checks ``turns``, so two instances that ran a turn of the sa
 cannot both add theirs (the second gets a conflict, never an interleaved history). ``chat_turns`` holds
 each turn's messages (OpenAI-format JSON, starting with the user's message and ending with the answer),
 so history is cut at turn boundaries and a tool result never travels without the call that asked for it.
+Before a turn runs it claims its conversation (``busy_by`` with a lease), so a second turn of the same
+conversation on another instance is refused before it calls a model or a tool.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ chat_conversations = Table(
     Column("persona", String(64), nullable=False),
     Column("user_id", String(254), nullable=False),
     Column("turns", Integer, nullable=False),  # turns stored so far: the version an append continues
+    Column("busy_by", String(32)),  # the turn running now (a random id), claimed before it starts; or NULL
+    Column("busy_until", DateTime(timezone=True)),  # its lease: a crashed instance's claim lapses then
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

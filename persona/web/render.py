@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from persona.wire import rfc3339
 
 SECURITY_HEADERS = {
     # No script at all, styles only from this server, forms only to it, never framed.
@@ -22,14 +24,10 @@ SECURITY_HEADERS = {
 
 
 def _ts(value: datetime | str | None) -> str:
-    """RFC 3339 in UTC with ``Z``, to the second: the CLI's format."""
+    """The CLI's table format: RFC 3339 in UTC with ``Z``, to the second."""
     if value is None:
         return ""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.fromisoformat(value) if isinstance(value, str) else value, precise=False)
 
 
 def _money(value: Decimal | str | int | float | None, currency: str | None = None) -> str:
