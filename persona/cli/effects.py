@@ -124,9 +124,8 @@ def resolve(
     from rich.console import Console
 
     from persona.cli.runtime import with_runtime
-    from persona.effects.ledger import UNRESOLVED
-    from persona.errors import Conflict
     from persona.events import Source
+    from persona.operations import resolve_effect
 
     async def work(rt: Runtime) -> None:
         executor = rt.dispatcher.effects
@@ -135,10 +134,7 @@ def resolve(
             done = await executor.sweep(source=Source.CLI)
             console.print(f"{len(done)} effect(s) due (older than {executor.resolve_after_s:g}s) looked up")
         else:
-            effect = executor.ledger.get(_resolve(rt, effect_id))
-            if effect.state not in UNRESOLVED:
-                raise Conflict(f"effect {effect.id} is {effect.state.value}: there is nothing to resolve")
-            done = [await executor.resolve(effect, final=False, source=Source.CLI)]
+            done = [await resolve_effect(rt, _resolve(rt, effect_id), source=Source.CLI)]
         for e in done:
             console.print(f"  {e.id}  {e.state.value:<8} {e.order_number}  {e.reason or ''}")
 

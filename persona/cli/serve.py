@@ -42,7 +42,7 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Serve the HTTP API: POST /webhooks/plisio, /v1/chat, /v1/audit, /v1/drafts, /healthz (docs at /docs)."""
+    """Serve the review console at /, the HTTP API under /v1 (docs at /docs), POST /webhooks/plisio, /healthz."""
     import asyncio
 
     import uvicorn
@@ -66,9 +66,10 @@ def serve(
                 access_log=settings.log.level == "debug", server_header=False,
             )  # fmt: skip
             Console(stderr=True).print(
-                f"persona on http://{bind_host}:{bind_port} (docs: /docs; callbacks: /webhooks/plisio; "
-                f"worker: {'in process' if in_process else 'separate'}). Ctrl-C stops it.",
+                f"persona on http://{bind_host}:{bind_port} (review console: /; API docs: /docs; callbacks: "
+                f"/webhooks/plisio; worker: {'in process' if in_process else 'separate'}). Ctrl-C stops it.",
                 highlight=False,
+                soft_wrap=True,
             )
             settle_heap()
             await uvicorn.Server(config).serve()
