@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import re
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,7 +30,8 @@ from typing import Any
 import structlog
 from sqlalchemy import delete, or_, select, update
 
-from persona.errors import Conflict, Forbidden
+from persona.audit import AuditFilter, AuditLog
+from persona.errors import Conflict, Forbidden, PersonaError
 from persona.store.chat_tables import chat_conversations, chat_turns
 from persona.store.engine import Store, is_conflict
 
@@ -65,6 +67,23 @@ class Conversation:
     """The claim this turn holds on the conversation (:meth:`Conversations.turn`)."""
 
 
+_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,64}$")
+
+
+def check_id(conversation_id: str) -> None:
+    """A conversation id is a path segment in links and a key in the store: refuse one that cannot be."""
+    if not _ID.fullmatch(conversation_id):
+        raise PersonaError(
+            f"conversation id {conversation_id[:80]!r} is not usable (fix: 1-64 letters, digits, _ . : or -, "
+            "not . or ..)"
+        )
+
+
+def audited(audit: AuditLog) -> Callable[[str], bool]:
+    """``used_elsewhere`` for :class:`Conversations`: whether the audit log already holds the id."""
+    return lambda conversation_id: bool(audit.query(AuditFilter(conversation_id=conversation_id, limit=1)))
+
+
 def new_conversation_id() -> str:
     return f"conv_{uuid.uuid4().hex[:16]}"
 
@@ -80,8 +99,12 @@ class Conversations:
         fresh_hint: str,
         limits: HistoryLimits | None = None,
         lease: timedelta = timedelta(minutes=10),
+        used_elsewhere: Callable[[str], bool] | None = None,
     ) -> None:
         self._store, self._now, self._hint, self._lease = store, now, fresh_hint, lease
+        self._used_elsewhere = used_elsewhere
+        """Whether an id chat has not stored is already taken (a flow's conversation in the audit log): a
+        new conversation may not continue it."""
         self._limits = limits or HistoryLimits()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -100,7 +123,16 @@ class Conversations:
         async with lock:
             await self.open(conversation_id, persona, user)  # the owner check, before claiming anything
             claim = uuid.uuid4().hex
-            await asyncio.to_thread(self.claim, conversation_id, persona, user, claim, lease or self._lease)
+            claiming = asyncio.ensure_future(
+                asyncio.to_thread(self.claim, conversation_id, persona, user, claim, lease or self._lease)
+            )
+            try:
+                await asyncio.shield(claiming)
+            except asyncio.CancelledError:  # the claim's thread runs on: once it lands, let it go again
+                await asyncio.wait([claiming])
+                if not claiming.cancelled() and claiming.exception() is None:
+                    await asyncio.to_thread(self.release, conversation_id, claim)
+                raise
             try:
                 convo = await self.open(conversation_id, persona, user)  # as stored now that it is ours
                 yield dataclasses.replace(convo, claim=claim)
@@ -118,11 +150,17 @@ class Conversations:
     def load(self, conversation_id: str, persona: str, user: str) -> Conversation:
         """The conversation with its recent history; a new id is an empty one. :class:`Forbidden` for
         someone else's."""
+        check_id(conversation_id)
         with self._store.read("read a conversation") as conn:
             row = conn.execute(
                 select(chat_conversations).where(chat_conversations.c.id == conversation_id)
             ).first()
             if row is None:
+                if self._used_elsewhere is not None and self._used_elsewhere(conversation_id):
+                    raise Forbidden(
+                        f"conversation {conversation_id} was not started in chat (its records belong to a flow or "
+                        f"to a run before chat history was stored); {self._hint}"
+                    )
                 return Conversation(conversation_id, persona, user, 0)
             self._check_owner(conversation_id, row.persona, row.user_id, persona, user)
             texts = conn.execute(

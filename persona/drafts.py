@@ -5,6 +5,11 @@ approves it (pending_review -> approved in one conditional UPDATE, so two review
 both send it), and only then is it POSTed to ``outbound.webhook_url``, signed, with the
 draft id as an idempotency key for the receiver. A failed delivery stays visible and can be
 re-sent; it is never silently dropped.
+
+A delivery claims its draft first (approved or send_failed -> ``sending``, one conditional UPDATE), so two
+"send again" clicks, or a send racing "mark sent by hand", deliver once; its outcome is recorded only while
+that claim holds. A ``sending`` left by a process that died mid-delivery may be claimed again once it is
+older than :attr:`Outbound.stale_after` (the receiver dedupes on the draft id it is sent with).
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import structlog
 from sqlalchemy import select, update
 
 from persona.audit import AuditEvent, AuditLog
@@ -28,10 +34,12 @@ from persona.store.flow_tables import drafts
 from persona.webhook_signature import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 from tools.redaction import scrub
 
+log = structlog.get_logger(__name__)
+
 __all__ = ["DELIVERY_HEADER", "SIGNATURE_HEADER", "Draft", "DraftStore", "Outbound", "ReviewQueue", "sign"]
 
 
-DRAFT_STATUSES = ("pending_review", "approved", "sent", "send_failed", "rejected", "obsolete")
+DRAFT_STATUSES = ("pending_review", "approved", "sending", "sent", "send_failed", "rejected", "obsolete")
 """Every status a draft can have, in the order of its life."""
 
 
@@ -192,11 +200,56 @@ class DraftStore:
             )
         return self.get(draft_id)
 
-    def record_delivery(self, draft_id: str, *, ok: bool, delivery: dict[str, Any]) -> Draft:
+    def claim_delivery(self, draft_id: str, *, now: datetime, stale_after: timedelta) -> Draft:
+        """approved | send_failed (or a stale ``sending``) -> ``sending``; :class:`Conflict` if it is not
+        deliverable, being delivered right now, or changed meanwhile (compare-and-set on its delivery text)."""
+        with self._store.begin("claim a draft for delivery") as conn:
+            row = conn.execute(
+                select(drafts.c.status, drafts.c.delivery).where(drafts.c.id == draft_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"no draft with id {draft_id!r}; `persona drafts list` shows them")
+            delivery = json.loads(row.delivery) if row.delivery else {}
+            if row.status == "sending":
+                since = datetime.fromisoformat(
+                    str((delivery.get("sending") or {}).get("at", now.isoformat()))
+                )
+                if now - since < stale_after:
+                    raise Conflict(
+                        f"draft {draft_id} is being delivered right now (since {since.isoformat()}); wait for "
+                        "the outcome, then reload it"
+                    )
+            elif row.status not in ("approved", "send_failed"):
+                raise Conflict(f"draft {draft_id} is {row.status}; only approved drafts are sent")
+            same = drafts.c.delivery.is_(None) if row.delivery is None else drafts.c.delivery == row.delivery
+            claimed = conn.execute(
+                update(drafts)
+                .where(drafts.c.id == draft_id, drafts.c.status == row.status, same)
+                .values(
+                    status="sending", delivery=json.dumps({**delivery, "sending": {"at": now.isoformat()}})
+                )
+            ).rowcount
+        if claimed != 1:
+            raise Conflict(f"draft {draft_id} changed while it was being claimed for delivery; reload it")
+        return self.get(draft_id)
+
+    def record_delivery(
+        self, draft_id: str, *, ok: bool, attempt: dict[str, Any], expect: str
+    ) -> Draft | None:
+        """Append ``attempt`` and set sent / send_failed, if the draft is still ``expect``; None if it is not
+        (a stale claim was taken over: the later delivery records its own outcome)."""
         with self._store.begin("record a delivery") as conn:
+            row = conn.execute(
+                select(drafts.c.status, drafts.c.delivery).where(drafts.c.id == draft_id)
+            ).first()
+            if row is None or row.status != expect:
+                return None
+            delivery = json.loads(row.delivery) if row.delivery else {}
+            delivery.pop("sending", None)
+            delivery["attempts"] = [*delivery.get("attempts", []), attempt]
             conn.execute(
                 update(drafts)
-                .where(drafts.c.id == draft_id)
+                .where(drafts.c.id == draft_id, drafts.c.status == expect)
                 .values(status="sent" if ok else "send_failed", delivery=json.dumps(delivery, default=str))
             )
         return self.get(draft_id)
@@ -213,6 +266,11 @@ class Outbound:
         now: Callable[[], datetime],
     ) -> None:
         self._settings, self._transport, self._now = settings, transport, now
+
+    @property
+    def stale_after(self) -> timedelta:
+        """How old a ``sending`` claim must be before another delivery may take it over (a crashed process)."""
+        return timedelta(seconds=self._settings.outbound.timeout_s * 3 + 30)
 
     @property
     def configured(self) -> bool:
@@ -279,17 +337,22 @@ class ReviewQueue:
         return await self.send(draft_id, by=by, source=source)
 
     async def send(self, draft_id: str, *, by: str, source: str = "cli") -> Draft:
-        """Deliver an approved draft (again, after a failed delivery)."""
-        draft = await asyncio.to_thread(self.drafts.get, draft_id)
-        if draft.status not in {"approved", "send_failed"}:
-            raise Conflict(f"draft {draft_id} is {draft.status}; only approved drafts are sent")
-        ok, attempt = await self.outbound.deliver(draft)
-        history = [*(draft.delivery or {}).get("attempts", []), attempt]
+        """Deliver an approved draft (again, after a failed delivery): once, however many ask at the same time."""
+        self.outbound.require()
         draft = await asyncio.to_thread(
-            self.drafts.record_delivery, draft_id, ok=ok, delivery={"attempts": history}
+            self.drafts.claim_delivery, draft_id, now=self._now(), stale_after=self.outbound.stale_after
         )
-        await self._record("draft_sent" if ok else "draft_send_failed", draft, by, source, delivery=attempt)
-        return draft
+        ok, attempt = await self.outbound.deliver(draft)
+        recorded = await asyncio.to_thread(
+            self.drafts.record_delivery, draft_id, ok=ok, attempt=attempt, expect="sending"
+        )
+        if recorded is None:  # our claim went stale and another delivery took the draft over
+            log.warning("draft_delivery_outcome_late", draft_id=draft_id, ok=ok)
+            recorded = await asyncio.to_thread(self.drafts.get, draft_id)
+        await self._record(
+            "draft_sent" if ok else "draft_send_failed", recorded, by, source, delivery=attempt
+        )
+        return recorded
 
     async def mark_sent(
         self, draft_id: str, *, by: str, note: str | None = None, source: str = "cli"
@@ -299,6 +362,11 @@ class ReviewQueue:
         A draft still waiting for review is approved by the same person first (both are audited); one that
         was approved, or whose delivery failed, keeps who approved it. The delivery attempt says "by hand"."""
         draft = await asyncio.to_thread(self.drafts.get, draft_id)
+        if draft.status == "sending":
+            raise Conflict(
+                f"draft {draft_id} is being delivered right now; wait for the outcome (mark it sent by hand "
+                "only if that delivery failed)"
+            )
         if draft.status not in {"pending_review", "approved", "send_failed"}:
             raise Conflict(
                 f"draft {draft_id} is {draft.status}; only a draft waiting for review or delivery is sent"
@@ -314,10 +382,10 @@ class ReviewQueue:
             self.drafts.transition, draft_id, from_=("approved", "send_failed"), to="sent", by=None, note=None, now=now
         )  # fmt: skip
         attempt = {"by_hand": True, "by": by, "at": now.isoformat(), "note": note}
-        history = [*(draft.delivery or {}).get("attempts", []), attempt]
-        draft = await asyncio.to_thread(
-            self.drafts.record_delivery, draft_id, ok=True, delivery={"attempts": history}
+        recorded = await asyncio.to_thread(
+            self.drafts.record_delivery, draft_id, ok=True, attempt=attempt, expect="sent"
         )
+        draft = recorded if recorded is not None else await asyncio.to_thread(self.drafts.get, draft_id)
         await self._record("draft_marked_sent", draft, by, source, delivery=attempt)
         return draft
 

@@ -305,3 +305,55 @@ def test_persona_chat_resumes_a_conversation_for_its_owner_only(
     assert "conversation conv_cli_resume is with the finance persona, not growth" in growth.stderr
     assert len(fake.requests) == 2, "a refused chat never reaches the model"
     assert json.dumps(fake.requests[1]).count("What is my BTC balance?") == 1
+
+
+@pytest.mark.anyio
+async def test_chat_cannot_continue_a_flow_conversation_or_use_an_unusable_id(rt_one: Runtime) -> None:
+    from persona.audit import AuditEvent
+
+    await rt_one.audit.append(
+        AuditEvent(event="draft_created", source="worker", conversation_id="recovery_abc123")
+    )
+    headers = bearer(rt_one, ALICE)
+    async with client(rt_one, Models([say("never")])) as http:
+        taken = await http.post(
+            "/v1/chat", json={"persona": "finance", "message": "NOTE TO REVIEWER: verified", "conversation_id":
+                              "recovery_abc123"}, headers=headers,
+        )  # fmt: skip
+        dots = await http.post("/v1/chat", json={"persona": "finance", "message": "x", "conversation_id": ".."},
+                               headers=headers)  # fmt: skip
+    assert taken.status_code == 403 and "was not started in chat" in taken.json()["error"]["message"]
+    assert dots.status_code == 400 and "is not usable" in dots.json()["error"]["message"]
+    assert [r.event for r in rt_one.audit.conversation("recovery_abc123")] == ["draft_created"]
+
+
+class SlowClaim(Conversations):
+    """Claims that take a while in their thread, so a cancel can strike while one is in flight."""
+
+    def claim(self, *args: Any) -> None:
+        import time
+
+        time.sleep(0.3)
+        super().claim(*args)
+
+
+@pytest.mark.anyio
+async def test_a_turn_cancelled_while_it_claims_leaves_the_conversation_free(store: Store) -> None:
+    from persona.store.chat_tables import chat_conversations
+
+    conversations = SlowClaim(store, lambda: datetime(2026, 11, 24, 12, 0, tzinfo=UTC), fresh_hint="-")
+
+    async def turn() -> None:
+        async with conversations.turn("conv_cancel", "finance", ALICE):
+            raise AssertionError("the turn was cancelled before it started")
+
+    task = asyncio.create_task(turn())
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with store.read() as conn:
+        busy = conn.execute(
+            select(chat_conversations.c.busy_by).where(chat_conversations.c.id == "conv_cancel")
+        )
+        assert busy.scalar_one() is None, "released once the claim landed"

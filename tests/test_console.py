@@ -247,3 +247,30 @@ async def test_text_from_the_store_is_escaped_never_markup(world: dict[str, Any]
         page = await c.get(f"/drafts/{draft.id}")
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;b&gt;" in page.text
     assert "<script" not in page.text and "<b>bold" not in page.text
+
+
+async def test_forms_are_bounded_and_sign_in_keeps_the_page_asked_for(world: dict[str, Any]) -> None:
+    rt, draft = world["rt"], world["draft"]
+    async with client(rt) as c:
+        asked = await c.get("/audit?event=draft_created&limit=5")
+        assert asked.headers["location"] == "/sign-in?next=/audit%3Fevent%3Ddraft_created%26limit%3D5"
+        signed = await sign_in(c, world["tokens"]["operator"], "/audit?event=draft_created&limit=5")
+        assert signed.headers["location"] == "/audit?event=draft_created&limit=5"
+        csrf = form_token(await c.get("/drafts"))
+        huge = await c.post(f"/drafts/{draft.id}/reject", data={"csrf": csrf, "note": "x" * 70_000})
+        assert huge.status_code == 413 and "at most 64 KiB" in huge.text
+    assert DraftStore(rt.store).get(draft.id).status == "pending_review"
+
+
+async def test_a_failed_delivery_is_not_reported_as_done(world: dict[str, Any]) -> None:
+    from tests.test_recovery import Capture, with_outbound
+
+    rt, draft = world["rt"], world["draft"]
+    with_outbound(rt, Capture(status=503))
+    async with client(rt) as c:
+        await sign_in(c, world["tokens"]["operator"])
+        page = await c.get(f"/drafts/{draft.id}")
+        done = await c.post(f"/drafts/{draft.id}/approve", data={"csrf": form_token(page)})
+        assert done.headers["location"] == f"/drafts/{draft.id}?done=send_failed"
+        shown = await c.get(done.headers["location"])
+    assert "the delivery failed" in shown.text and 'action="/drafts/' + draft.id + '/send"' in shown.text

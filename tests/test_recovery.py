@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from decimal import Decimal
@@ -18,6 +19,7 @@ from persona.errors import Conflict, NotConfigured
 from persona.flows import recovery
 from persona.llm import ScriptedChatModel
 from persona.store.engine import Store
+from tests.conftest import NOW
 from tests.harness import build_runtime, call, repo_settings, say, step
 from tools.plisio.client import PlisioClient
 from tools.plisio.models import Operation, OperationStatus
@@ -207,6 +209,65 @@ async def test_failed_delivery_stays_visible_and_can_be_resent(rt: Runtime, sand
     rt.outbound_transport = ok
     resent = await rt.reviews().send(draft.id, by="bob")
     assert resent.status == "sent" and len(resent.delivery["attempts"]) == 2  # type: ignore[index]
+
+
+class Held(Capture):
+    """A receiver that answers only when told: a delivery in flight, for the races below."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived, self.go = asyncio.Event(), asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.arrived.set()
+        await asyncio.wait_for(self.go.wait(), 10)
+        return await super().handle_async_request(request)
+
+
+async def test_concurrent_sends_and_a_mark_sent_during_a_delivery_deliver_once(
+    rt: Runtime, sandbox: Sandbox
+) -> None:
+    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    assert draft is not None
+    with_outbound(rt, Capture(status=503))
+    assert (await rt.reviews().approve(draft.id, by="bob")).status == "send_failed"
+    held = Held()
+    rt.outbound_transport = held
+    first = asyncio.create_task(rt.reviews().send(draft.id, by="bob", source="web"))
+    await held.arrived.wait()  # the first "send again" is at the receiver
+    assert DraftStore(rt.store).get(draft.id).status == "sending"
+    for again in (rt.reviews().send(draft.id, by="carol"), rt.reviews().mark_sent(draft.id, by="carol")):
+        with pytest.raises(Conflict, match="being delivered right now"):
+            await again
+    held.go.set()
+    sent = await first
+    assert sent.status == "sent" and len(held.requests) == 1
+    attempts = sent.delivery["attempts"]  # type: ignore[index]
+    assert [a.get("status_code") for a in attempts] == [503, 200] and "sending" not in sent.delivery  # type: ignore[operator]
+    with pytest.raises(Conflict, match="is sent"):
+        await rt.reviews().send(draft.id, by="bob")
+
+
+async def test_a_delivery_left_sending_by_a_dead_process_can_be_taken_over(
+    store: Store, sandbox: Sandbox
+) -> None:
+    clock = [NOW]
+    rt = build_runtime(store, sandbox, now=lambda: clock[0])
+    rt.model_factory = lambda flow, persona, facts: recovery_script(facts)
+    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    assert draft is not None
+    with_outbound(rt, Capture(status=503))
+    await rt.reviews().approve(draft.id, by="bob")
+    queue = rt.reviews()
+    DraftStore(rt.store).claim_delivery(
+        draft.id, now=clock[0], stale_after=queue.outbound.stale_after
+    )  # then it died
+    rt.outbound_transport = ok = Capture()
+    with pytest.raises(Conflict, match="being delivered right now"):
+        await rt.reviews().send(draft.id, by="bob")
+    clock[0] += queue.outbound.stale_after
+    assert (await rt.reviews().send(draft.id, by="bob")).status == "sent" and len(ok.requests) == 1
+    await rt.plisio.aclose()
 
 
 async def test_rejected_draft_is_never_sent(rt: Runtime, sandbox: Sandbox) -> None:

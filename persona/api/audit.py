@@ -10,7 +10,7 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from persona.api import examples as ex
 from persona.api.access import requires
@@ -79,7 +79,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         "/v1/audit/{seq}", summary="One audit record in full (`persona audit show SEQ`)",
         responses=ex.responses(ex.AUDIT_RECORD, 404, 422),
     )  # fmt: skip
-    async def record(seq: int, _: User = reader) -> dict[str, Any]:
+    async def record(seq: Annotated[int, Path(ge=0, le=2**63 - 1)], _: User = reader) -> dict[str, Any]:
         found = await asyncio.to_thread(rt.audit.get, seq)
         if found is None:
             raise NotFound(f"no audit record with seq {seq}")

@@ -15,7 +15,7 @@ from persona.api.access import requires
 from persona.api.bodies import ChatRequest
 from persona.app import Runtime
 from persona.chat_requests import ChatRequests, body_hash, check_key, conversation_for
-from persona.conversations import Conversations, new_conversation_id
+from persona.conversations import Conversations, audited, new_conversation_id
 from persona.events import Source
 from persona.http_auth import STAFF, Auth
 from persona.llm import ChatModel
@@ -28,7 +28,12 @@ log = structlog.get_logger(__name__)
 def router(rt: Runtime, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["chat"])
     chatter = requires(auth, STAFF, "chat with personas")
-    conversations = Conversations(rt.store, rt.now, fresh_hint="start a new one without conversation_id")
+    conversations = Conversations(
+        rt.store,
+        rt.now,
+        fresh_hint="start a new one without conversation_id",
+        used_elsewhere=audited(rt.audit),
+    )
     requests = ChatRequests(
         rt.store, rt.now, timedelta(seconds=max(p.limits.wall_clock_s for p in rt.settings.personas.values()) * 2)
         if rt.settings.personas else timedelta(hours=1),

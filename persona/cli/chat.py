@@ -120,12 +120,17 @@ async def session(
     second Ctrl-C, or one at the prompt, raises :class:`Left`."""
     from rich.console import Console
 
-    from persona.conversations import Conversations, new_conversation_id
+    from persona.conversations import Conversations, audited, new_conversation_id
 
     console = Console(highlight=False)
     rt.settings.chat_persona(persona)  # a flow-only persona is refused before a model is even looked for
     conversation_id = conversation or new_conversation_id()
-    stored = Conversations(rt.store, rt.now, fresh_hint="start a new one without --conversation")
+    stored = Conversations(
+        rt.store,
+        rt.now,
+        fresh_hint="start a new one without --conversation",
+        used_elsewhere=audited(rt.audit),
+    )
     opened = await stored.open(conversation_id, persona, user)  # Forbidden: someone else's conversation
     chat = _Chat(rt, console, stored, rt.context(persona, user, conversation_id=conversation_id))
     console.print(

@@ -21,6 +21,7 @@ from persona.http_auth import ADMIN, STAFF
 from persona.web.console import Console
 from persona.web.sessions import Session
 from tools.errors import PlisioError, ToolsError
+from tools.redaction import scrub
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +48,7 @@ def router(console: Console) -> APIRouter:
         request: Request, session: Session, work: Callable[[str | None], Awaitable[Any]], back: str, done: str
     ) -> Response:
         try:
-            await work(await _note(request))
+            result = await work(await _note(request))
         except (PersonaError, ToolsError) as exc:
             status = (
                 status_of(exc)[0]
@@ -57,7 +58,9 @@ def router(console: Console) -> APIRouter:
                 else 400
             )
             log.info("web_action_refused", path=request.url.path, user=session.user.email, status=status)
-            return console.refusal(request, session, status, "Not done", str(exc))
+            return console.refusal(request, session, status, "Not done", scrub(str(exc)))
+        if getattr(result, "status", None) == "send_failed":  # decided, but the receiver did not take it
+            done = "send_failed"
         log.info("web_action", path=request.url.path, user=session.user.email, done=done)
         return RedirectResponse(f"{back}?done={done}", status_code=303)
 
@@ -104,6 +107,8 @@ def router(console: Console) -> APIRouter:
     async def retry(request: Request, row_id: int, session: Session = operator) -> Response:
         from persona.operations import retry_inbox_row
 
+        if not 0 <= row_id < 2**63:
+            return console.refusal(request, session, 404, "Not done", f"no inbox row with id {row_id}")
         by = session.user.email
         return await act(
             request, session, lambda _: retry_inbox_row(rt, row_id, by=by, source=WEB), "/inbox", "retried"

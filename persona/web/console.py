@@ -33,6 +33,8 @@ from persona.web.sessions import Session, WebSessions
 log = structlog.get_logger(__name__)
 
 COOKIE = "persona_session"
+MAX_FORM_BYTES = 64 * 1024
+"""A note is at most 2000 characters: no console form comes near this."""
 SIGNIN_COOKIE = "persona_signin"
 NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("/drafts", "Drafts", STAFF),
@@ -70,10 +72,14 @@ class Console:
         async def signed_in(request: Request) -> Session:
             session = await asyncio.to_thread(self.sessions.get, request.cookies.get(COOKIE))
             if session is None:
-                target = request.url.path if request.method == "GET" else "/"
-                raise SignInNeeded(RedirectResponse(f"/sign-in?next={quote(target)}", status_code=303))
+                target = "/"
+                if request.method == "GET":  # back to the same page, its filters too
+                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                raise SignInNeeded(
+                    RedirectResponse(f"/sign-in?next={quote(target, safe='/')}", status_code=303)
+                )
             if request.method == "POST":
-                form = await request.form()
+                form = await self.form(request, session)
                 sent = form.get("csrf")
                 if not session.form_ok(sent if isinstance(sent, str) else None):
                     log.warning("web_csrf_refused", path=request.url.path, user=session.user.email)
@@ -93,6 +99,16 @@ class Console:
             return session
 
         return signed_in
+
+    async def form(self, request: Request, session: Session | None) -> Any:
+        """The posted form, refused (413, unread) when it is larger than any console form can be."""
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+            raise WebRefusal(self.refusal(
+                request, session, 413, "Form refused",
+                f"A console form is at most {MAX_FORM_BYTES // 1024} KiB, sent with its length.",
+            ))  # fmt: skip
+        return await request.form(max_files=0, max_fields=20)
 
     async def record(self, event: str, session: Session, reason: str, **payload: Any) -> None:
         await self.rt.audit.append(
@@ -134,9 +150,9 @@ def signin_router(console: Console) -> APIRouter:
 
     @web.post("/sign-in")
     async def sign_in(request: Request) -> Response:
-        form = await request.form()
-        token, sent, target = (str(form.get(k) or "") for k in ("token", "csrf", "next"))
         expected = request.cookies.get(SIGNIN_COOKIE) or ""
+        form = await console.form(request, None) if expected else {}  # no sign-in cookie: nothing is read
+        token, sent, target = (str(form.get(k) or "") for k in ("token", "csrf", "next"))
         if not expected or not secrets.compare_digest(sent.encode(), expected.encode()):
             log.warning("web_csrf_refused", path="/sign-in", user=None)
             return _sign_in_form(console, request, local_path(target), 403,

@@ -32,6 +32,7 @@ DONE = {
     "rejected": "Rejected: it will not go out.",
     "marked_sent": "Recorded as sent by hand.",
     "sent": "Sent again.",
+    "send_failed": "Decided, but the delivery failed (see Delivery): send it again, or mark it sent by hand.",
     "retried": "Queued again; the worker takes it on its next poll.",
     "executed": "Approved and executed once.",
     "refused": "Rejected: the call will never execute.",
@@ -217,7 +218,7 @@ def router(console: Console) -> APIRouter:
 
     @web.get("/audit/records/{seq}")
     async def record(request: Request, seq: int, session: Session = reader) -> Response:
-        found = await asyncio.to_thread(rt.audit.get, seq)
+        found = await asyncio.to_thread(rt.audit.get, seq) if 0 <= seq < 2**63 else None
         if found is None:
             return bad(request, session, NotFound(f"no audit record #{seq}"))
         return page(request, session, "record.html.j2", record=found)

@@ -6,6 +6,7 @@ import json
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -37,6 +38,11 @@ def _money(value: Decimal | str | int | float | None, currency: str | None = Non
     return f"{text} {currency}" if currency else text
 
 
+def _segment(value: Any) -> str:
+    """One path segment of a link: every reserved character escaped (ids come from clients and old data)."""
+    return quote(str(value), safe="")
+
+
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
@@ -49,7 +55,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(ts=_ts, money=_money, pretty=_pretty)
+    env.filters.update(ts=_ts, money=_money, pretty=_pretty, segment=_segment)
     return env
 
 
