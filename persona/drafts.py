@@ -338,6 +338,9 @@ class ReviewQueue:
 
     async def send(self, draft_id: str, *, by: str, source: str = "cli") -> Draft:
         """Deliver an approved draft (again, after a failed delivery): once, however many ask at the same time."""
+        current = await asyncio.to_thread(self.drafts.get, draft_id)
+        if current.status not in {"approved", "send_failed", "sending"}:  # the state first, then the channel
+            raise Conflict(f"draft {draft_id} is {current.status}; only approved drafts are sent")
         self.outbound.require()
         draft = await asyncio.to_thread(
             self.drafts.claim_delivery, draft_id, now=self._now(), stale_after=self.outbound.stale_after

@@ -94,7 +94,7 @@ async def test_docs_show_roles_parameters_bodies_and_examples(app: FastAPI) -> N
     assert "role admin, operator" in article("post", "/v1/inbox/{row_id}/retry")
     assert "Access: no token" in article("get", "/healthz")
     drafts = article("get", "/v1/drafts")
-    assert "one of: pending_review, approved, sent, send_failed, rejected, obsolete, all" in drafts
+    assert "one of: pending_review, approved, sending, sent, send_failed, rejected, obsolete, all" in drafts
     assert "&#34;payment_link&#34;" in drafts, "the example, pretty-printed and escaped"
     refund = article("post", "/v1/refund-requests")
     assert "<code>invoice</code>" in refund and "<code>invoice_id</code>" in refund and "deprecated" in refund

@@ -185,7 +185,9 @@ async def test_open_endpoints_and_the_documented_security_scheme(
         "type": "http", "scheme": "bearer",
         "description": "An API token from `persona users token EMAIL`, sent as `Authorization: Bearer pp_...`.",
     }  # fmt: skip
-    assert spec["paths"]["/v1/chat"]["post"]["security"] == [{"apiToken": []}]
+    assert spec["paths"]["/v1/chat"]["post"]["security"] == [{"apiToken": ["admin", "operator"]}], (
+        "its roles, as every /v1 route"
+    )
     assert "security" not in spec["paths"]["/healthz"]["get"]
     assert "security" not in spec["paths"]["/webhooks/plisio"]["post"]
     assert {"/v1/approvals/{approval_id}/approve", "/v1/drafts/{draft_id}/approve"} <= set(spec["paths"])

@@ -16,7 +16,7 @@ ERRORS: dict[int, tuple[str, str, str]] = {
     403: ("forbidden", "role viewer may not work the review queue, refunds and inbox (it needs: admin, operator)", "the token's role may not do this"),
     404: ("not_found", "no draft with id 'd0c5e1f2a3b4'; `persona drafts list` shows them", "no such id"),
     409: ("conflict", "draft d0c5e1f2a3b4 is sent; only approved drafts are sent", "the thing is in a state that does not allow this"),
-    422: ("validation_error", "query.status: unknown value 'bogus' (fix: use one of pending_review, approved, sent, send_failed, rejected, obsolete, all)", "a bad parameter or body (the message names the valid values)"),
+    422: ("validation_error", "query.status: unknown value 'bogus' (fix: use one of pending_review, approved, sending, sent, send_failed, rejected, obsolete, all)", "a bad parameter or body (the message names the valid values)"),
     502: ("plisio_unreachable", "Plisio could not be reached (GET /operations): connect refused", "Plisio (or the model) failed"),
     503: ("not_configured", "no outbound channel is configured ... set outbound.webhook_url in config.yaml", "not configured here (the message says how to fix it)"),
 }  # fmt: skip
