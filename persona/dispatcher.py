@@ -342,8 +342,8 @@ class Dispatcher:
         denied = None
         if claim.status == "over_cap":
             denied = decision if refused else over_daily_total(decision, claim.spent)
-        await self._audit(
-            ctx, Event.APPROVAL_GRANTED, tool.name, decision="approved",
+        await self._audit(  # the approver's act: their name on the record, in the asker's conversation
+            replace(ctx, user=by), Event.APPROVAL_GRANTED, tool.name, decision="approved",
             reason=(note or "approved") + ("" if denied is None else f"; not executed: {denied.reason}"),
             payload={"approval_id": approval_id, "effect_id": approval_id, "approved_by": by, "tool_call_id": call_id,
                      "executes": denied is None},
@@ -376,7 +376,7 @@ class Dispatcher:
             source,
         )
         await self._audit(
-            ctx, Event.APPROVAL_REJECTED, effect.tool, decision="rejected", reason=note or "rejected",
+            replace(ctx, user=by), Event.APPROVAL_REJECTED, effect.tool, decision="rejected", reason=note or "rejected",
             payload={"approval_id": effect.id, "effect_id": effect.id, "rejected_by": by,
                      "tool_call_id": effect.model_call_id},
         )  # fmt: skip

@@ -87,7 +87,7 @@ async def test_a_viewer_token_cannot_approve_and_an_admin_token_can(
     assert body["approval"]["status"] == "executed" and body["approval"]["decided_by"] == "boss@x.io"
     assert body["call"]["outcome"] == "succeeded"
     [granted] = rt.audit.query(AuditFilter(event="approval_granted"))
-    assert granted.source == "http" and granted.payload["approved_by"] == "boss@x.io"
+    assert granted.source == "http" and granted.payload["approved_by"] == granted.user == "boss@x.io"
     again = await http.post(f"/v1/approvals/{approval_id}/approve", headers=admin)
     assert again.status_code == 409
 

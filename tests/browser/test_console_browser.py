@@ -103,7 +103,7 @@ def test_admin_approves_the_held_call_and_it_executes_once(page: Watched, world:
     assert "executed" in page.page.locator(f"section[aria-label='Approval {w.approval_id}']").inner_text()
     granted = [r for r in w.rt.audit.query(AuditFilter(event="approval_granted"))
                if r.payload.get("approval_id") == w.approval_id]  # fmt: skip
-    assert [(r.source, r.payload["approved_by"]) for r in granted] == [("web", ADMIN)]
+    assert [(r.source, r.user, r.payload["approved_by"]) for r in granted] == [("web", ADMIN, ADMIN)]
     assert page.problems == []
 
 
