@@ -50,54 +50,137 @@ def schema(name: Annotated[str, typer.Argument(help="Tool name, e.g. plisio_get_
 def call(
     name: Annotated[str, typer.Argument(help="Tool name.")],
     args: Annotated[str, typer.Option("--args", "-a", help="Arguments as a JSON object.")] = "{}",
+    persona: Annotated[
+        str | None,
+        typer.Option(
+            "--persona",
+            "-p",
+            help="Call as this persona, through its gate (scope, caps, approvals, grants); required for a tool "
+            "with a side effect.",
+        ),
+    ] = None,
+    user: Annotated[str, typer.Option("--user", "-u", help="Who calls (recorded in the audit log).")] = "",
 ) -> None:
-    """Call one tool against the configured Plisio (the in-process sandbox by default)."""
+    """Call one tool against the configured Plisio (the in-process sandbox by default), audited.
+
+    With --persona the call goes through the dispatcher exactly as the persona's own calls do: a side effect
+    is capped, held for approval or refused by the same policy, once, with source ``cli``. Without it only a
+    read-only tool runs, and it is audited too."""  # fmt: skip
+    from persona.cli.main import STATE
+    from persona.errors import NotConfigured
+
+    tool = _tool(name)
+    if persona is not None and not user:
+        raise NotConfigured("say who calls: --user alice@example.com (it is recorded in the audit log)")
+    if not tool.read_only and persona is None:
+        raise NotConfigured(
+            f"{name} {tool.side_effect}: it runs only through a persona's gate (scope, caps, approvals, grants, "
+            "audit): add --persona NAME (e.g. --persona finance)"
+        )
+    parsed = tool.parse(args)
+    from tools.registry import ToolFailure
+
+    if isinstance(parsed, ToolFailure):
+        _invalid(name, parsed)
+    import asyncio
+
+    settings = STATE.settings()
+    if persona is None:
+        ok, data, error = asyncio.run(_run_read(settings, tool, parsed, user or None))
+    else:
+        ok, data, error = asyncio.run(_run_gated(settings, tool, args, persona, user))
+    _show(name, ok, data, error)
+
+
+def _invalid(name: str, failure: Any) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    console.print(f"[bold red]invalid arguments for {name}:[/] {failure.message}")
+    for item in (failure.details or {}).get("errors", [])[1:]:
+        console.print(f"  {item['field'] or '(arguments)'}: {item['message']}")
+    raise typer.Exit(2)
+
+
+def _show(name: str, ok: bool, data: Any, error: str | None) -> None:
     from rich.console import Console
     from rich.json import JSON
 
-    from persona.cli.main import STATE
+    from tools.registry import dumps
 
-    settings = STATE.settings()
-    tool = _tool(name)
-    if not tool.read_only:
-        from persona.errors import Forbidden
-
-        # No side door: a write goes through a persona's gate (scope, caps, approvals, effects ledger, audit).
-        raise Forbidden(
-            f"{name} {tool.side_effect}: it runs only through a persona's gate, with its caps, approvals and "
-            "audit; use `persona chat --persona finance` or POST /v1/chat. `tools call` runs read-only tools"
-        )
-    parsed = tool.parse(args)
-    from tools.registry import ToolFailure, dumps, run
-
-    console = Console()
-    if isinstance(parsed, ToolFailure):
-        console.print(f"[bold red]invalid arguments for {name}:[/] {parsed.message}", highlight=False)
-        for item in (parsed.details or {}).get("errors", [])[1:]:
-            console.print(f"  {item['field'] or '(arguments)'}: {item['message']}", highlight=False)
-        raise typer.Exit(2)
-    import asyncio
-
-    result = asyncio.run(_run(settings, tool, parsed, run))
-    if result.ok:
-        _print_json(console, dumps(result.data), JSON)
+    if ok:
+        _print_json(Console(), dumps(data), JSON)
         return
-    assert result.error is not None
-    console.print(
-        f"[bold red]{name} failed ({result.error.type}):[/] {result.error.message}", highlight=False
-    )
+    Console(stderr=True, highlight=False).print(f"[bold red]{name}:[/] {error}")
     raise typer.Exit(1)
 
 
-async def _run(settings: Any, tool: Any, parsed: Any, run: Any) -> Any:
-    """Through the runtime, so a key in the vault is used exactly as the service uses it."""
+async def _run_read(settings: Any, tool: Any, parsed: Any, user: str | None) -> tuple[bool, Any, str | None]:
+    """A read-only tool outside any persona: run through the runtime (a vault key is used as the service uses
+    it) and audited as the CLI user's call."""
     from persona.app import Runtime
+    from persona.audit import AuditEvent
+    from persona.events import Event, Source
     from tools.plisio.tools import PlisioContext
+    from tools.registry import run, to_jsonable
 
     rt = Runtime.build(settings)
     try:
+        arguments = to_jsonable(parsed.model_dump(mode="python"))
+        await rt.audit.append(AuditEvent(event=Event.TOOL_CALL_ATTEMPTED, source=Source.CLI, user=user,
+                                         tool=tool.name, payload={"arguments": arguments}))  # fmt: skip
         ctx = PlisioContext(client=rt.plisio.client, callback_url=settings.callback_url())
-        return await run(tool, parsed, ctx, timeout=settings.plisio.retry.deadline + 5)
+        result = await run(tool, parsed, ctx, timeout=settings.plisio.retry.deadline + 5)
+        error = None if result.ok or result.error is None else f"{result.error.type}: {result.error.message}"
+        await rt.audit.append(AuditEvent(
+            event=Event.TOOL_CALL_SUCCEEDED if result.ok else Event.TOOL_CALL_FAILED, source=Source.CLI,
+            user=user, tool=tool.name, reason=error, payload={"arguments": arguments},
+        ))  # fmt: skip
+        return result.ok, result.data, error
+    finally:
+        await rt.aclose()
+
+
+async def _run_gated(
+    settings: Any, tool: Any, raw: str, persona: str, user: str
+) -> tuple[bool, Any, str | None]:
+    """Through the persona's dispatcher: the one gate every caller's side effect passes."""
+    import uuid
+
+    from persona.app import Runtime
+    from persona.dispatcher import Outcome
+    from persona.events import Source
+    from persona.llm import ToolCall
+
+    rt = Runtime.build(settings)
+    try:
+        ctx = rt.context(persona, user, conversation_id=f"cli_{uuid.uuid4().hex[:16]}", source=Source.CLI)
+        done = await rt.dispatcher.dispatch(ToolCall(id="cli_call", name=tool.name, arguments=raw), ctx)
+        if done.outcome in (Outcome.SUCCEEDED, Outcome.REPLAYED):
+            return True, done.data(), None
+        if done.outcome == Outcome.PENDING_APPROVAL:
+            return (
+                False,
+                None,
+                (
+                    f"held for approval {done.approval_id}: {done.decision.reason if done.decision else ''} "
+                    f"(an admin decides: persona approvals approve {done.approval_id} --by ...)"
+                ),
+            )
+        if done.outcome == Outcome.UNKNOWN:
+            return (
+                False,
+                None,
+                (
+                    f"unknown: sent to Plisio and no answer seen; effect {done.effect_id} is looked up by its order "
+                    f"number (persona effects show {done.effect_id}); do not call it again"
+                ),
+            )
+        try:
+            error = json.loads(done.content).get("error") or {}
+        except (ValueError, AttributeError):
+            error = {}
+        return False, None, f"{done.outcome.value}: {error.get('message') or done.content}"
     finally:
         await rt.aclose()
 
