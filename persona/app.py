@@ -228,6 +228,7 @@ class Runtime:
         source: str = Source.CHAT,
         flow_key: str | None = None,
         slots: Mapping[str, str] | None = None,
+        pinned: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> CallContext:
         return CallContext(
             persona_name=persona,
@@ -237,6 +238,7 @@ class Runtime:
             source=source,
             flow_key=flow_key,
             slots=dict(slots or {}),
+            pinned=dict(pinned or {}),
         )
 
     def flow_model(self, flow: str, persona: str, facts: Mapping[str, Any]) -> ChatModel | None:

@@ -46,6 +46,10 @@ class CallContext:
     """Within a flow, the fixed slot of a tool's effect (``plisio_create_invoice`` -> ``fresh_link``): however
     often and by whichever path (model or template) the flow asks, it is one effect."""
 
+    pinned: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Within a flow, arguments of a tool that code fixes, whatever the model asks (``plisio_create_invoice`` ->
+    the failed invoice's amount, currency and email: a recovery link is tied to the debt)."""
+
     def effect_key(self, tool: str, seq: int) -> EffectKey:
         if self.flow_key is not None:
             return EffectKey(self.flow_key, self.slots.get(tool, f"{tool}:{seq}"))

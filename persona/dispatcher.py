@@ -20,6 +20,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import structlog
+from pydantic import ValidationError
+
 from persona.approvals import Approval, ApprovalStore
 from persona.audit import AuditLog
 from persona.calls import (
@@ -39,8 +42,11 @@ from persona.errors import Conflict, Forbidden, VaultError
 from persona.events import Event, Source
 from persona.llm import ToolCall
 from persona.policy import CENT, Policy, PolicyDecision, Verdict, over_daily_total
+from persona.users import same_identity
 from tools.plisio.tools import PlisioContext
 from tools.registry import Registry, Tool, ToolFailure, ToolResult, bounded_json, run, to_jsonable
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["CallContext", "Dispatched", "Dispatcher", "GrantChecker", "GrantDenial", "Outcome", "canonical"]
 
@@ -126,6 +132,11 @@ class Dispatcher:
                 call_id, name, Outcome.FAILED, result.to_content(), result, read_only=tool.read_only
             )
 
+        if name in ctx.pinned:
+            parsed = await self._pin(ctx, call_id, name, parsed)
+            if parsed is None:  # fail closed: the fixed values do not make a valid call of this tool
+                content = error_content("pinned_arguments", f"{name}: the values this flow fixes do not fit")
+                return await self._deny(ctx, call_id, name, content, "pinned")
         denial = None if self._grants is None else await self._grants.check(ctx.persona_name, name)
         if denial is not None:
             held = PolicyDecision(Verdict.DENY, denial.clause, denial.reason)
@@ -140,6 +151,29 @@ class Dispatcher:
             content = error_content("policy_denied", decision.reason, clause=decision.clause)
             return await self._deny(ctx, call_id, name, content, "policy", decision)
         return await self._read(ctx, call_id, tool, parsed, decision, notices)
+
+    async def _pin(self, ctx: CallContext, call_id: str, name: str, parsed: Any) -> Any | None:
+        """The arguments with the flow's fixed values in place of the model's (a recovery link's amount,
+        currency and email are the failed invoice's); a difference is audited, and the call goes on with
+        the fixed values, so whatever text steered the model, it cannot choose them."""
+        fixed = dict(ctx.pinned[name])
+        asked = parsed.model_dump(mode="json")
+        try:
+            pinned = type(parsed).model_validate({**asked, **fixed})
+        except ValidationError:
+            log.error("pinned_arguments_invalid", tool=name, fields=sorted(fixed))
+            return None
+        held = pinned.model_dump(mode="json")
+        changed = {
+            k: {"asked": asked.get(k), "used": held.get(k)} for k in fixed if asked.get(k) != held.get(k)
+        }
+        if changed:
+            await self._audit(
+                ctx, Event.TOOL_CALL_ARGUMENTS_PINNED, name, durable=False, decision="pinned",
+                reason="fixed by the flow: " + ", ".join(f"{k} {v['asked']!r} -> {v['used']!r}" for k, v in changed.items()),
+                payload={"tool_call_id": call_id, "changed": changed},
+            )  # fmt: skip
+        return pinned
 
     async def _deny(
         self,
@@ -300,7 +334,7 @@ class Dispatcher:
         effect = await asyncio.to_thread(self.approvals.effect, approval_id)
         if (
             self.settings.approvals.require_different_user
-            and by == effect.user_id
+            and same_identity(by, effect.user_id)  # normalised: Bob@Example.com is bob@example.com
             and effect.state is State.HELD
         ):
             raise Forbidden(

@@ -32,6 +32,7 @@ from persona.errors import Conflict, NotConfigured, NotFound
 from persona.store.engine import Store
 from persona.store.flow_tables import drafts
 from persona.webhook_signature import DELIVERY_HEADER, SIGNATURE_HEADER, sign
+from persona.wire import rfc3339
 from tools.redaction import scrub
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,25 @@ class Draft:
     delivery: dict[str, Any] | None
 
 
+@dataclass(frozen=True)
+class Terms:
+    """What an invoice asks: an amount in a currency (fiat price, or crypto), billed to an email."""
+
+    amount: str | None
+    currency: str | None
+    email: str | None
+
+
+def original_terms(draft: Draft) -> Terms:
+    """The failed invoice's debt: the remainder of an underpaid one (in its coin), else its price."""
+    facts = draft.context
+    if facts.get("underpaid") and facts.get("amount_still_due"):
+        return Terms(facts["amount_still_due"], facts.get("psys_cid"), facts.get("customer_email"))
+    if facts.get("price"):
+        return Terms(facts["price"], facts.get("price_currency"), facts.get("customer_email"))
+    return Terms(facts.get("amount_due"), facts.get("psys_cid"), facts.get("customer_email"))
+
+
 def _draft(row: Any) -> Draft:
     values = {k: getattr(row, k) for k in Draft.__dataclass_fields__}
     values["context"] = json.loads(values["context"])
@@ -73,7 +93,9 @@ def _draft(row: Any) -> Draft:
 
 
 def outbound_payload(draft: Draft) -> dict[str, Any]:
-    """What an approved message looks like on the wire (documented in the README)."""
+    """What an approved message looks like on the wire (documented in the README): the failed invoice's
+    figures travel with the link, which was made for exactly what is owed."""
+    owed = original_terms(draft)
     return {
         "type": "recovery_message",
         "draft_id": draft.id,
@@ -85,9 +107,16 @@ def outbound_payload(draft: Draft) -> dict[str, Any]:
             "txn_id": draft.txn_id,
             "order_number": draft.order_number,
             "status": draft.context.get("status"),
+            "amount": draft.context.get("price") or draft.context.get("amount_due"),
+            "currency": draft.context.get("price_currency")
+            if draft.context.get("price")
+            else draft.context.get("psys_cid"),
+            "email": draft.context.get("customer_email"),
+            "owed": {"amount": owed.amount, "currency": owed.currency},
         },
+        "payment_link_invoice": draft.new_txn_id,
         "approved_by": draft.decided_by,
-        "approved_at": draft.decided_at.isoformat() if draft.decided_at else None,
+        "approved_at": rfc3339(draft.decided_at, precise=False) if draft.decided_at else None,
     }
 
 

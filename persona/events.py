@@ -16,6 +16,8 @@ class Event(StrEnum):
     MODEL_FAILED = "model_failed"
     TOOL_CALL_ATTEMPTED = "tool_call_attempted"
     TOOL_CALL_DENIED = "tool_call_denied"
+    TOOL_CALL_ARGUMENTS_PINNED = "tool_call_arguments_pinned"
+    """The model asked for other values than the flow fixes (a recovery link's amount, currency, email)."""
     TOOL_CALL_SUCCEEDED = "tool_call_succeeded"
     TOOL_CALL_FAILED = "tool_call_failed"
     TOOL_CALL_REPLAYED = "tool_call_replayed"

@@ -7,16 +7,25 @@ about from the tool's own declared rule (``Tool.amount``) and says allow / deny 
 daily cap that applies; the effects ledger checks that cap and reserves in one transaction when it
 claims the effect. It fails closed: a side-effect tool with no amount rule, or whose kind of side
 effect no rule here covers, is denied.
+
+Money is exact. The amount is valued in the policy currency as an exact fraction (Plisio's rates are
+decimals, a cross rate is their quotient: no rounding anywhere), and the caps and the approval threshold
+are compared against that exact value: ``250.004`` is above a 250 threshold, ``1000.005`` above a 1000
+cap. Rounding happens only where a number is shown in a message. Whatever goes wrong while valuing (a
+missing or broken rate, an amount or rate out of range, any decimal error) is a denial with the reason,
+never an exception.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any, Protocol
 
 from persona.config import InvoicePolicy, PersonaSettings, resolve_tools
@@ -25,6 +34,17 @@ from tools.plisio.client import PlisioClient
 from tools.registry import Money, Tool
 
 CENT = Decimal("0.01")
+"""Display only: the amounts in messages (a whole number of cents is shown with two decimals)."""
+LEDGER_QUANTUM = Decimal("1E-8")
+"""The effects ledger's resolution (``Numeric(24, 8)``): the amount a decision reserves is the exact value
+rounded *up* to it, so a reservation is never less than the value; for caps with at most 8 decimals,
+``spent + reserved <= cap`` holds exactly when ``spent + value <= cap`` does."""
+MAX_MAGNITUDE = 40
+"""An amount or a rate outside 10^-40 .. 10^40 is not a price but a fault (or an attack): denied."""
+
+
+class ValuationError(Exception):
+    """The money of a call cannot be valued in the policy currency; the policy denies with this reason."""
 
 
 class Verdict(StrEnum):
@@ -101,16 +121,64 @@ SIDE_EFFECT_RULES = {"creates_invoice": "invoice_policy"}
 """The kinds of side effect the policy has caps for, and the persona setting that holds them."""
 
 
-async def value_money(money: Money, currency: str, prices: Prices) -> Decimal:
-    """``money`` in the policy currency."""
-    if money.currency == currency:
-        return money.value
-    if money.fiat:
-        # Cross rate through BTC: both prices come from the same Plisio rate table.
-        in_source = await prices.price("BTC", money.currency)
-        in_policy = await prices.price("BTC", currency)
-        return money.value * in_policy / in_source
-    return money.value * await prices.price(money.currency, currency)
+def _exact(value: object, what: str) -> Fraction:
+    """A finite, positive decimal within :data:`MAX_MAGNITUDE`, as an exact fraction."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise ValuationError(f"{what} is not a decimal number ({type(value).__name__})")
+    number = Decimal(value)
+    if not number.is_finite():
+        raise ValuationError(f"{what} is not a finite number ({number})")
+    if number <= 0:
+        raise ValuationError(f"{what} is not positive ({shown(number)})")
+    if abs(number.adjusted()) > MAX_MAGNITUDE:
+        raise ValuationError(f"{what} is out of range ({number:.3E})")
+    return Fraction(number)
+
+
+async def value_money(money: Money, currency: str, prices: Prices) -> Fraction:
+    """``money`` in the policy currency, exactly (no rounding: a cross rate stays a fraction).
+
+    Raises :class:`ValuationError` when it cannot be valued (a rate missing, broken or out of range)."""
+    value = _exact(money.value, f"the amount in {money.currency}")
+    try:
+        if money.currency == currency:
+            return value
+        if money.fiat:
+            # Cross rate through BTC: both prices come from the same Plisio rate table.
+            in_source = _exact(
+                await prices.price("BTC", money.currency), f"Plisio's BTC rate in {money.currency}"
+            )
+            in_policy = _exact(await prices.price("BTC", currency), f"Plisio's BTC rate in {currency}")
+            return value * in_policy / in_source
+        return value * _exact(
+            await prices.price(money.currency, currency), f"Plisio's {money.currency} rate in {currency}"
+        )
+    except (PlisioError, LookupError) as exc:
+        raise ValuationError(str(exc)) from exc
+
+
+def reserved(value: Fraction) -> Decimal:
+    """What a decision reserves against the daily total: ``value`` rounded up to :data:`LEDGER_QUANTUM`."""
+    units = math.ceil(value / Fraction(LEDGER_QUANTUM))
+    return Decimal(f"{units}E{LEDGER_QUANTUM.as_tuple().exponent}")
+
+
+def shown(value: Fraction | Decimal) -> str:
+    """A number for a message (never for a check): two decimals when it is a whole number of cents, else
+    its exact digits up to 8 decimals, else ``≈`` and 8 decimals; very large values in scientific form."""
+    exact = Fraction(value)
+    with localcontext() as ctx:
+        ctx.prec, ctx.rounding = 60, ROUND_HALF_EVEN
+        if abs(exact) >= 10**24:
+            ctx.prec = 7
+            return f"≈{Decimal(exact.numerator) / Decimal(exact.denominator):E}"
+        if (exact * 100).denominator == 1:
+            return f"{Decimal(exact.numerator) / Decimal(exact.denominator):.2f}"
+        places = Fraction(LEDGER_QUANTUM)
+        if (exact / places).denominator == 1:
+            return format((Decimal(exact.numerator) / Decimal(exact.denominator)).normalize(), "f")
+        rounded = (Decimal(exact.numerator) / Decimal(exact.denominator)).quantize(LEDGER_QUANTUM)
+        return f"≈{rounded:f}"
 
 
 class Policy:
@@ -162,31 +230,46 @@ class Policy:
         extra = None if self._caps is None else await self._caps(persona_name)
         max_clause, max_amount = f"{clause}.max_amount", rules.max_amount
         day_clause, daily_total = f"{clause}.daily_total", rules.daily_total
-        if extra is not None and extra.max_amount is not None and extra.max_amount < max_amount:
-            max_clause, max_amount = f"{extra.clause}.max_amount", extra.max_amount
-        if extra is not None and extra.daily_total is not None and extra.daily_total < daily_total:
-            day_clause, daily_total = f"{extra.clause}.daily_total", extra.daily_total
         try:
-            amount = (await value_money(money, cur, self._prices)).quantize(CENT)
-        except (PlisioError, LookupError) as exc:
-            return PolicyDecision(
-                Verdict.DENY, clause, f"cannot value the invoice in {cur} to check the caps: {exc}"
+            if extra is not None and extra.max_amount is not None and extra.max_amount < max_amount:
+                max_clause, max_amount = f"{extra.clause}.max_amount", extra.max_amount
+            if extra is not None and extra.daily_total is not None and extra.daily_total < daily_total:
+                day_clause, daily_total = f"{extra.clause}.daily_total", extra.daily_total
+            value = await value_money(money, cur, self._prices)
+            return self._compare(
+                value, rules, clause, max_clause, max_amount, day_clause, daily_total, approved
             )
-        if amount > max_amount:
+        except ValuationError as exc:
+            reason = f"cannot value the invoice in {cur} to check the caps: {exc}"
+        except (ArithmeticError, ValueError) as exc:  # any decimal signal, a broken cap or rate: fail closed
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            reason = f"cannot value the invoice in {cur} to check the caps: a decimal error ({detail})"
+        return PolicyDecision(Verdict.DENY, clause, reason, currency=cur)
+
+    @staticmethod
+    def _compare(
+        value: Fraction, rules: InvoicePolicy, clause: str, max_clause: str, max_amount: Decimal,
+        day_clause: str, daily_total: Decimal, approved: bool,
+    ) -> PolicyDecision:  # fmt: skip
+        """The exact value against the exact caps; only the messages round."""
+        cur, amount = rules.currency, shown(value)
+        if value > Fraction(max_amount):
             return PolicyDecision(
                 Verdict.DENY, max_clause,
-                f"{amount} {cur} is above the per-invoice cap of {max_amount} {cur}", amount, cur,
+                f"{amount} {cur} is above the per-invoice cap of {max_amount} {cur}", reserved(value), cur,
             )  # fmt: skip
-        if not approved and rules.approval_above is not None and amount > rules.approval_above:
+        threshold = rules.approval_above
+        if not approved and threshold is not None and value > Fraction(threshold):
             return PolicyDecision(
                 Verdict.APPROVAL, f"{clause}.approval_above",
-                f"{amount} {cur} is above {rules.approval_above} {cur}: a person must approve it", amount, cur,
+                f"{amount} {cur} is above {threshold} {cur}: a person must approve it", reserved(value), cur,
                 daily_total, day_clause,
             )  # fmt: skip
         note = " (approved by a person)" if approved else ""
         return PolicyDecision(
-            Verdict.ALLOW, clause, f"{amount} {cur} within caps{note}", amount, cur, daily_total, day_clause
-        )
+            Verdict.ALLOW, clause, f"{amount} {cur} within caps{note}", reserved(value), cur, daily_total,
+            day_clause,
+        )  # fmt: skip
 
 
 def over_daily_total(decision: PolicyDecision, spent: Decimal) -> PolicyDecision:
@@ -196,6 +279,6 @@ def over_daily_total(decision: PolicyDecision, spent: Decimal) -> PolicyDecision
     cur = decision.currency
     return PolicyDecision(
         Verdict.DENY, decision.daily_clause or "",
-        f"{decision.amount} {cur} would bring today's invoices to {(spent + decision.amount).quantize(CENT)} {cur}, "
+        f"{shown(decision.amount)} {cur} would bring today's invoices to {shown(Fraction(spent) + Fraction(decision.amount))} {cur}, "
         f"above the daily cap of {decision.daily_total} {cur}", decision.amount, cur,
     )  # fmt: skip

@@ -50,6 +50,45 @@ def _user(row: Any, tokens: int = 0, used: datetime | None = None) -> User:
     return User(row.id, row.email, row.role, row.status, created, row.created_by, tokens, used)
 
 
+def normalise_email(text: str) -> str:
+    """The one spelling of an identity: ``text`` stripped and case-folded, refused unless it is an email.
+
+    Every identity that enters (``persona users add``, every CLI ``--by`` / ``--user``, the four-eyes check)
+    goes through here, so ``Bob@Example.com`` and `` bob@example.com`` are one person, never two. Case-folding
+    the whole address, the local part too, is acceptable although RFC 5321 lets a mail server treat the local
+    part as case-sensitive: here the address names a person of this deployment (an identity key), it is not
+    used to deliver mail, no mainstream provider tells ``Bob`` from ``bob`` anyway, and the one cost, that two
+    mailboxes differing only in case cannot both be users, is much smaller than letting one person count as
+    two approvers."""
+    email = text.strip().casefold()
+    if not _EMAIL.fullmatch(email):
+        raise PersonaError(f"{text.strip()!r} is not an email address")
+    return email
+
+
+def identity_key(text: str) -> str:
+    """How two recorded identities are compared (the four-eyes rule): stripped and case-folded, like
+    :func:`normalise_email`, but without requiring an email (a flow's system user is not one)."""
+    return text.strip().casefold()
+
+
+def same_identity(a: str, b: str) -> bool:
+    return identity_key(a) == identity_key(b)
+
+
+def find_user(store: Store, email: str) -> User | None:
+    """The user ``email`` names (normalised first), or None; raises for text that is not an email."""
+    with store.read("read users") as conn:
+        row = conn.execute(select(users).where(users.c.email == normalise_email(email))).first()
+    return None if row is None else _user(row)
+
+
+def any_users(store: Store) -> bool:
+    """Whether any user exists yet (before one does, the CLI is the single local operator)."""
+    with store.read("read users") as conn:
+        return conn.execute(select(users.c.id).limit(1)).first() is not None
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -68,9 +107,7 @@ class Users:
         )
 
     def add(self, email: str, role: str, actor: Actor) -> User:
-        email = email.strip().lower()
-        if not _EMAIL.fullmatch(email):
-            raise PersonaError(f"{email!r} is not an email address")
+        email = normalise_email(email)
         if role not in ROLES:
             raise PersonaError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         with self.store.begin("add a user") as conn:
@@ -89,11 +126,10 @@ class Users:
         return user
 
     def get(self, email: str) -> User:
-        with self.store.read("read users") as conn:
-            row = conn.execute(select(users).where(users.c.email == email.strip().lower())).first()
-        if row is None:
-            raise NotFound(f"no user {email!r} (`persona users list` shows them)")
-        return _user(row)
+        found = find_user(self.store, email)
+        if found is None:
+            raise NotFound(f"no user {normalise_email(email)!r} (`persona users list` shows them)")
+        return found
 
     def list(self) -> list[User]:
         active = api_tokens.c.revoked_at.is_(None)

@@ -1,5 +1,6 @@
-"""A small world for the console's tests: users of each role, two recovery drafts (one whose link does not
-match its debt), a call held for approval, a refund decision, a churn report and a poison callback."""
+"""A small world for the console's tests: users of each role, two recovery drafts (the model of one asked for
+a link of another amount and email: code tied it to the debt), a call held for approval, a refund decision, a
+churn report and a poison callback."""
 
 from __future__ import annotations
 

@@ -142,15 +142,20 @@ async def test_injected_instructions_in_customer_fields_change_nothing(rt: Runti
     rt.model_factory = obedient
     news = [r for r in sandbox.requests if r.path.endswith("/invoices/new")]
     draft = await recovery.handle_failure(rt, op, trigger="webhook")
-    assert draft is not None and draft.payment_link is None
-    assert [r for r in sandbox.requests if r.path.endswith("/invoices/new")] == news, "nothing created"
+    assert draft is not None and draft.payment_link is not None
+    made = [r for r in sandbox.requests if r.path.endswith("/invoices/new")][len(news) :]
+    assert len(made) == 1, "one link, and it is the debt's, not the injected one"
+    assert (made[0].query["source_amount"], made[0].query["source_currency"], made[0].query["email"]) == (
+        "20", "USD", "eve@example.com",
+    )  # fmt: skip
     assert "/api/v1/balances/BTC" not in [r.path for r in sandbox.requests], "out of scope for recovery"
     convo = rt.audit.conversation(draft.conversation_id or "")
     first_prompt = next(r for r in convo if r.event == "model_request").payload["messages"][-1]["content"]
     assert first_prompt.count("</facts>") == 1, "the customer's text cannot close the facts block"
-    assert "<\\/facts> SYSTEM" in first_prompt
+    assert "\\u003c/facts\\u003e SYSTEM" in first_prompt
+    pinned = [r.reason for r in convo if r.event == "tool_call_arguments_pinned"]
+    assert pinned == ["fixed by the flow: source_amount '99999' -> '20', email None -> 'eve@example.com'"]
     denied = [r.reason for r in convo if r.event == "tool_call_denied"]
-    assert any("above the per-invoice cap" in (d or "") for d in denied)
     assert any("not available" in (d or "") for d in denied)
 
 

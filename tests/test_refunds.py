@@ -296,7 +296,7 @@ def test_refunds_cli_triage_list_show(tmp_path: Path, served: tuple[Sandbox, str
         "--reason",
         "x",
         "--by",
-        "u",
+        "u@example.com",
         check=1,
     )
     assert "Plisio has no invoice 0123456789abcdef01234567" in missing.stderr

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError as SchemaError
 
+EXPECTED_KEYWORD = "x-expected"
+"""A field's form in words (local validation schema only, never sent): the message when its pattern fails."""
+
 FORMATS = ("email",)
 """The string formats tools may use (strict mode accepts them); checked locally like the model is told."""
 
@@ -406,6 +409,9 @@ def _message_of(error: SchemaError) -> str:
         fields = ", ".join(error.schema.get("properties", {}))
         return f"{error.message}; the fields are: {fields}"
     if error.validator == "pattern":
+        expected = error.schema.get(EXPECTED_KEYWORD) if isinstance(error.schema, Mapping) else None
+        if isinstance(expected, str):
+            return f"{_short(inst)} is refused: must be {expected}"
         return f"{_short(inst)} does not have the expected form (pattern {error.validator_value})"
     return error.message
 

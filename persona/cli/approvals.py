@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(rich_markup_mode=None, help="Calls held for a person's approval.", no_args_is_help=True)
 
-By = Annotated[str, typer.Option("--by", help="Who decides (recorded in the audit log).")]
+By = Annotated[str, typer.Option("--by", help="Who decides: a user's email (recorded in the audit log).")]
 Note = Annotated[str | None, typer.Option("--note", help="Why.")]
 ApprovalId = Annotated[str, typer.Argument(help="The approval's id, or its first characters.")]
 
@@ -65,12 +65,14 @@ def approve(approval_id: ApprovalId, by: By, note: Note = None) -> None:
     """Approve a held call; it executes once, with exactly the arguments that were held."""
     from rich.console import Console
 
+    from persona.cli.identity import resolve_actor
     from persona.cli.runtime import with_runtime
 
     async def work(rt: Runtime) -> None:
-        approval, done = await rt.dispatcher.approve(_resolve(rt, approval_id), by=by, note=note)
+        actor = resolve_actor(rt, by)
+        approval, done = await rt.dispatcher.approve(_resolve(rt, approval_id), by=actor, note=note)
         Console(highlight=False).print(
-            f"approval {approval.id}: {approval.status} by {by}; {done.tool} {done.outcome.value}\n{done.content}"
+            f"approval {approval.id}: {approval.status} by {actor}; {done.tool} {done.outcome.value}\n{done.content}"
         )
         if done.outcome.value not in {"succeeded", "replayed"}:
             raise typer.Exit(1)
@@ -83,10 +85,12 @@ def reject(approval_id: ApprovalId, by: By, note: Note = None) -> None:
     """Reject a held call; it never executes."""
     from rich.console import Console
 
+    from persona.cli.identity import resolve_actor
     from persona.cli.runtime import with_runtime
 
     async def work(rt: Runtime) -> None:
-        approval = await rt.dispatcher.reject(_resolve(rt, approval_id), by=by, note=note)
-        Console(highlight=False).print(f"approval {approval.id}: rejected by {by}")
+        actor = resolve_actor(rt, by)
+        approval = await rt.dispatcher.reject(_resolve(rt, approval_id), by=actor, note=note)
+        Console(highlight=False).print(f"approval {approval.id}: rejected by {actor}")
 
     with_runtime(work)

@@ -346,7 +346,7 @@ def consistency(
 @app.command("prune")
 def prune_cmd(
     before: Annotated[str, Opt("--before", help="Prune the records stamped before this time (ISO 8601).")],
-    by: Annotated[str, Opt("--by", help="Who prunes (recorded in the audit log).")],
+    by: Annotated[str, Opt("--by", help="Who prunes: a user's email (recorded in the audit log).")],
     yes: Annotated[bool, Opt("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete old audit records, only after signing a checkpoint that records the pruned range (kept in
@@ -359,6 +359,7 @@ def prune_cmd(
     from persona.checkpoints.ledger import CheckpointDir
     from persona.checkpoints.retention import prune
     from persona.checkpoints.signing import load_signer
+    from persona.cli.identity import resolve_actor
     from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
 
@@ -370,8 +371,9 @@ def prune_cmd(
     settings = STATE.settings()
 
     async def work(rt: Runtime) -> str:
+        actor = resolve_actor(rt, by)
         folder = CheckpointDir(settings.checkpoint_path())
-        done = prune(rt.audit, rt.store, load_signer(settings, create=False), folder, before=moment, by=by,
+        done = prune(rt.audit, rt.store, load_signer(settings, create=False), folder, before=moment, by=actor,
                      now=rt.now)  # fmt: skip
         return (
             f"pruned records 1..{done.through_seq} ({done.removed} deleted); the range is recorded in the signed "

@@ -31,7 +31,9 @@ OUTCOME_STYLE = {
 }
 
 PersonaOpt = Annotated[str, typer.Option("--persona", "-p", help="Persona name from config.yaml.")]
-UserOpt = Annotated[str, typer.Option("--user", "-u", help="Who is talking (recorded in the audit log).")]
+UserOpt = Annotated[
+    str, typer.Option("--user", "-u", help="Who is talking: a user's email (recorded in the audit log).")
+]
 MessageOpt = Annotated[
     list[str] | None,
     typer.Option("--message", "-m", help="Send this message (repeatable) instead of prompting."),
@@ -47,12 +49,13 @@ def chat(
     ] = None,
 ) -> None:
     """Chat with a persona (against the sandbox unless plisio.mode is live)."""
+    from persona.cli.identity import resolve_actor
     from persona.cli.runtime import with_runtime
 
     _need_user(user)
 
     async def work(rt: Runtime) -> str:
-        return await session(rt, persona, user, message, conversation)
+        return await session(rt, persona, resolve_actor(rt, user, "--user"), message, conversation)
 
     try:
         with_runtime(work)
@@ -73,6 +76,7 @@ def record(
     from rich.console import Console
 
     from persona.app import connect_plisio
+    from persona.cli.identity import resolve_actor
     from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
     from persona.config import PlisioMode
@@ -91,7 +95,7 @@ def record(
     plisio = connect_plisio(settings, sandbox=sandbox)
 
     async def work(rt: Runtime) -> str:
-        conversation_id = await session(rt, persona, user, message, None)
+        conversation_id = await session(rt, persona, resolve_actor(rt, user, "--user"), message, None)
         return export_to(rt, conversation_id, out, name or out.stem.replace("_", "-"))
 
     try:

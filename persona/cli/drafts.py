@@ -16,7 +16,7 @@ app = typer.Typer(
 )
 
 
-By = Annotated[str, typer.Option("--by", help="Who decides (recorded in the audit log).")]
+By = Annotated[str, typer.Option("--by", help="Who decides: a user's email (recorded in the audit log).")]
 Note = Annotated[str | None, typer.Option("--note", help="Why.")]
 DraftId = Annotated[str, typer.Argument(help="The draft's id, or its first characters.")]
 
@@ -129,11 +129,13 @@ def send(draft_id: DraftId, by: By) -> None:
     """Deliver an approved draft again (after a failed delivery)."""
     from rich.console import Console
 
+    from persona.cli.identity import resolve_actor
     from persona.cli.runtime import with_runtime
 
     async def work(rt: Runtime) -> tuple[str, str]:
+        actor = resolve_actor(rt, by)
         resolved = _resolve(rt, draft_id)
-        return resolved, (await rt.reviews().send(resolved, by=by)).status
+        return resolved, (await rt.reviews().send(resolved, by=actor)).status
 
     resolved, status = with_runtime(work)
     Console(highlight=False).print(f"draft {resolved}: {status}", markup=False)
@@ -145,30 +147,34 @@ def send(draft_id: DraftId, by: By) -> None:
 def mark_sent(draft_id: DraftId, by: By, note: Note = None) -> None:
     """Record that you sent the message yourself (no outbound channel, or another one); a draft still waiting
     for review is approved by you first."""
+    from persona.cli.identity import resolve_actor
     from persona.cli.runtime import with_runtime
 
-    async def work(rt: Runtime) -> tuple[str, str]:
+    async def work(rt: Runtime) -> tuple[str, str, str]:
+        actor = resolve_actor(rt, by)
         resolved = _resolve(rt, draft_id)
-        return resolved, (await rt.reviews().mark_sent(resolved, by=by, note=note)).status
+        return resolved, (await rt.reviews().mark_sent(resolved, by=actor, note=note)).status, actor
 
-    resolved, status = with_runtime(work)
-    typer.echo(f"draft {resolved}: {status} (by hand, {by})")
+    resolved, status, actor = with_runtime(work)
+    typer.echo(f"draft {resolved}: {status} (by hand, {actor})")
 
 
 def _decide(draft_id: str, by: str, note: str | None, *, approve: bool) -> None:
     from rich.console import Console
 
+    from persona.cli.identity import resolve_actor
     from persona.cli.runtime import with_runtime
     from persona.drafts import Draft
 
-    async def work(rt: Runtime) -> Draft:
+    async def work(rt: Runtime) -> tuple[Draft, str]:
+        actor = resolve_actor(rt, by)
         resolved = _resolve(rt, draft_id)
         queue = rt.reviews()
         if approve:
-            return await queue.approve(resolved, by=by, note=note)
-        return await queue.reject(resolved, by=by, note=note)
+            return await queue.approve(resolved, by=actor, note=note), actor
+        return await queue.reject(resolved, by=actor, note=note), actor
 
-    draft = with_runtime(work)
+    draft, by = with_runtime(work)
     last = (draft.delivery or {}).get("attempts", [{}])[-1]
     detail = f" (HTTP {last.get('status_code')})" if last.get("status_code") else ""
     if last.get("error"):

@@ -72,16 +72,18 @@ def _money(amount: Decimal | None, currency: str | None) -> str:
 def triage(
     invoice: Annotated[str, Opt("--invoice", "-i", help="The Plisio invoice id (txn_id).")],
     reason: Annotated[str, Opt("--reason", "-r", help="Why the customer wants a refund.")],
-    by: Annotated[str, Opt("--by", help="Who asks (recorded in the audit log).")],
+    by: Annotated[str, Opt("--by", help="Who asks: a user's email (recorded in the audit log).")],
     as_json: AsJson = False,
 ) -> None:
     """Decide a refund request by the policy; the persona explains it and estimates the sending cost."""
     from persona.app import Runtime
+    from persona.cli.identity import resolve_actor
     from persona.cli.runtime import with_runtime
     from persona.flows.refunds import triage as run_triage
 
     async def work(rt: Runtime) -> RefundOutcome:
-        return await run_triage(rt, txn_id=invoice, reason=reason, requested_by=by, trigger="cli")
+        actor = resolve_actor(rt, by)
+        return await run_triage(rt, txn_id=invoice, reason=reason, requested_by=actor, trigger="cli")
 
     outcome = with_runtime(work)
     if as_json:
@@ -225,11 +227,18 @@ def scan(
         Opt("--scheduled", help="Run the current slot of flows.churn.schedule (once per slot, for cron)."),
     ] = False,
     slot: Annotated[str | None, Opt("--slot", help="Run this slot (ISO 8601, UTC); once per slot.")] = None,
-    by: Annotated[str, Opt("--by", help="Who runs it (recorded in the audit log).")] = "cli",
+    by: Annotated[
+        str | None,
+        Opt(
+            "--by",
+            help="Who runs it: a user's email (recorded in the audit log); without it, the run is recorded as cli.",
+        ),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Scan the invoice history for churn signals and store a report."""
     from persona.app import Runtime
+    from persona.cli.identity import resolve_actor
     from persona.cli.runtime import with_runtime
     from persona.errors import ConfigError, NotConfigured
     from persona.flows.churn import due_slot
@@ -255,7 +264,9 @@ def scan(
                 )
             when = due_slot(schedule, rt.now())
         trigger = "schedule" if scheduled else "cli"
-        return await run_scan(rt, trigger=trigger, slot=when, requested_by=by)
+        # Without --by the run names no one: recorded as "cli" (not an email, so never taken for a user).
+        actor = "cli" if by is None else resolve_actor(rt, by)
+        return await run_scan(rt, trigger=trigger, slot=when, requested_by=actor)
 
     report = with_runtime(work)
     if as_json:

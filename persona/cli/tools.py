@@ -120,12 +120,14 @@ async def _run_read(settings: Any, tool: Any, parsed: Any, user: str | None) -> 
     it) and audited as the CLI user's call."""
     from persona.app import Runtime
     from persona.audit import AuditEvent
+    from persona.cli.identity import resolve_actor
     from persona.events import Event, Source
     from tools.plisio.tools import PlisioContext
     from tools.registry import run, to_jsonable
 
     rt = Runtime.build(settings)
     try:
+        user = None if user is None else resolve_actor(rt, user, "--user")
         arguments = to_jsonable(parsed.model_dump(mode="python"))
         await rt.audit.append(AuditEvent(event=Event.TOOL_CALL_ATTEMPTED, source=Source.CLI, user=user,
                                          tool=tool.name, payload={"arguments": arguments}))  # fmt: skip
@@ -148,12 +150,14 @@ async def _run_gated(
     import uuid
 
     from persona.app import Runtime
+    from persona.cli.identity import resolve_actor
     from persona.dispatcher import Outcome
     from persona.events import Source
     from persona.llm import ToolCall
 
     rt = Runtime.build(settings)
     try:
+        user = resolve_actor(rt, user, "--user")
         ctx = rt.context(persona, user, conversation_id=f"cli_{uuid.uuid4().hex[:16]}", source=Source.CLI)
         done = await rt.dispatcher.dispatch(ToolCall(id="cli_call", name=tool.name, arguments=raw), ctx)
         if done.outcome in (Outcome.SUCCEEDED, Outcome.REPLAYED):

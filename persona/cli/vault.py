@@ -45,7 +45,11 @@ grants_app = typer.Typer(
 )
 
 By = Annotated[
-    str | None, typer.Option("--by", help="Who does this, for the audit log (default: local:<OS user>).")
+    str | None,
+    typer.Option(
+        "--by",
+        help="Who does this, for the audit log: a user's email, checked once users exist (default: local:<OS user>).",
+    ),
 ]
 KeyStdin = Annotated[
     bool, typer.Option("--key-stdin", help="Read the key from standard input instead of a hidden prompt.")
@@ -64,9 +68,12 @@ class VaultContext:
     users: Users
 
     def actor(self, by: str | None) -> Actor:
+        """A given ``--by`` must be a user (:func:`persona.cli.identity.resolve_actor`); without one, the OS
+        account is recorded (``local:<name>``: not an email, so never taken for a user)."""
+        from persona.cli.identity import resolve_actor
         from persona.vault_types import Actor
 
-        return Actor("cli", by or local_user())
+        return Actor("cli", local_user() if by is None else resolve_actor(self, by))
 
 
 def local_user() -> str:

@@ -73,6 +73,23 @@ def facts_for(op: Operation) -> dict[str, Any]:
     }
 
 
+def debt_terms(facts: dict[str, Any]) -> dict[str, Any] | None:
+    """What a fresh link for this failed invoice must ask, fixed in code: the original price, currency and
+    email; for an expired, underpaid invoice exactly the remainder, in the coin it was paid in. None when
+    the invoice holds too little to tie a link to (no link is offered then)."""
+    email = facts.get("customer_email")
+    if facts.get("underpaid") and facts.get("amount_still_due") and facts.get("psys_cid"):
+        return {"amount": facts["amount_still_due"], "currency": facts["psys_cid"], "source_amount": None,
+                "source_currency": None, "email": email}  # fmt: skip
+    if facts.get("price") and facts.get("price_currency"):
+        return {"source_amount": facts["price"], "source_currency": facts["price_currency"], "amount": None,
+                "email": email}  # fmt: skip
+    if facts.get("amount_due") and facts.get("psys_cid"):
+        return {"amount": facts["amount_due"], "currency": facts["psys_cid"], "source_amount": None,
+                "source_currency": None, "email": email}  # fmt: skip
+    return None
+
+
 _JSON_OBJECT = re.compile(r"\{.*\}", re.S)
 
 
@@ -143,15 +160,15 @@ async def _template_link(
 ) -> tuple[str | None, str | None]:
     """Without a model, code asks for the fresh link itself, through the same dispatcher and policy."""
     settings = rt.settings.flows.recovery
-    if not settings.offer_new_link or not facts.get("price") or not facts.get("price_currency"):
+    terms = debt_terms(facts)
+    if not settings.offer_new_link or terms is None:
         return None, None
     args = {
         "order_name": facts.get("order_name") or "Order",
-        "source_amount": facts["price"],
-        "source_currency": facts["price_currency"],
-        "email": facts.get("customer_email"),
+        **{k: v for k, v in terms.items() if v is not None},
     }
     ctx = rt.context(settings.persona, f"system:{FLOW}", source=source, flow_key=key, slots=SLOTS,
+                     pinned={"plisio_create_invoice": terms},
                      conversation_id=f"{FLOW}_template_{facts['txn_id']}")  # fmt: skip
     done = await rt.dispatcher.dispatch(ToolCall(id="fresh_link", name="plisio_create_invoice",
                                                  arguments=json.dumps(args)), ctx, seq=0)  # fmt: skip
@@ -179,6 +196,7 @@ async def handle_failure(rt: Runtime, op: Operation, *, trigger: str) -> Draft |
     # A "running" run left by a crashed worker: the caller holds the inbox lease, so it takes over.
     source = Source.WORKER if trigger in {"webhook", "reconciler", "worker"} else trigger
     facts = facts_for(op)
+    terms = debt_terms(facts)
     try:
         shop = await _shop_name(rt)
         result = await persona_turn(
@@ -186,7 +204,7 @@ async def handle_failure(rt: Runtime, op: Operation, *, trigger: str) -> Draft |
             instruction="A customer's payment failed. Check their invoice and history with your tools, then draft "
             "one recovery message.",
             facts=facts, user=f"system:{FLOW}", extra={"offer_new_link": settings.offer_new_link, "shop": shop},
-            slots=SLOTS,
+            slots=SLOTS, pinned={"plisio_create_invoice": terms} if terms is not None else None,
         )  # fmt: skip
         fallback_subject = f"Your payment for {facts.get('order_name') or 'your order'} did not go through"
         if result is None or result.stopped_by is not None:

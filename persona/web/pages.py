@@ -7,18 +7,16 @@ against the same lists of values, and a bad one is a 400 page that names the val
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from persona.audit import AuditFilter
-from persona.drafts import DRAFT_STATUSES, Draft, DraftStore
-from persona.effects.keys import EffectKey
-from persona.effects.ledger import Effect, EffectLedger
+from persona.draft_links import link_of, original_terms
+from persona.drafts import DRAFT_STATUSES, DraftStore
+from persona.effects.ledger import EffectLedger
 from persona.errors import NotFound, PersonaError
 from persona.events import Source
 from persona.http_auth import ADMIN, READERS, STAFF
@@ -39,51 +37,6 @@ DONE = {
     "triaged": "Triaged by the written policy.",
 }
 """Messages shown after an action (``?done=KEY``): fixed texts, so nothing from the URL is echoed."""
-
-
-@dataclass(frozen=True)
-class FreshLink:
-    """The payment link a recovery draft offers, beside the invoice that failed."""
-
-    url: str | None
-    txn_id: str | None
-    amount: str | None
-    currency: str | None
-    email: str | None
-    state: str | None
-    effect_id: str | None
-    warnings: tuple[str, ...]
-
-
-def fresh_link(draft: Draft, effect: Effect | None) -> FreshLink:
-    """What the link asks the customer to pay, and where it differs from the failed invoice."""
-    facts, args = draft.context, (effect.arguments if effect else {})
-    amount, currency, email = args.get("source_amount"), args.get("source_currency"), args.get("email")
-    warnings: list[str] = []
-    if draft.payment_link and effect is None:
-        warnings.append("no effect record for this link: its amount and email are unknown")
-    if effect is not None:
-        if not _same_amount(amount, facts.get("price")):
-            warnings.append(f"amount {amount} {currency} differs from the failed invoice's "
-                            f"{facts.get('price')} {facts.get('price_currency')}")  # fmt: skip
-        elif currency != facts.get("price_currency"):
-            warnings.append(
-                f"currency {currency} differs from the failed invoice's {facts.get('price_currency')}"
-            )
-        if (email or None) != (facts.get("customer_email") or None):
-            warnings.append(
-                f"billed to {email or 'no email'}, not to {facts.get('customer_email') or 'no email'}"
-            )
-    return FreshLink(draft.payment_link, draft.new_txn_id, None if amount is None else str(amount), currency,
-                     email, None if effect is None else effect.state.value,
-                     None if effect is None else effect.id, tuple(warnings))  # fmt: skip
-
-
-def _same_amount(a: Any, b: Any) -> bool:
-    try:
-        return Decimal(str(a)) == Decimal(str(b))
-    except (InvalidOperation, ValueError):
-        return False
 
 
 def choice(value: str | None, allowed: tuple[str, ...], name: str) -> str | None:
@@ -121,7 +74,7 @@ def router(console: Console) -> APIRouter:
             return bad(request, session, exc)
         store = DraftStore(rt.store)
         found = await asyncio.to_thread(store.find, None if wanted in (None, "all") else wanted)
-        links = {d.id: fresh_link(d, await asyncio.to_thread(ledger.by_key, _link_key(d))) for d in found}
+        links = {d.id: await asyncio.to_thread(link_of, ledger, d) for d in found}
         return page(request, session, "drafts.html.j2", drafts=found, links=links, status=wanted or "all",
                     statuses=(*DRAFT_STATUSES, "all"))  # fmt: skip
 
@@ -131,8 +84,8 @@ def router(console: Console) -> APIRouter:
             found = await asyncio.to_thread(DraftStore(rt.store).get, draft_id)
         except NotFound as exc:
             return bad(request, session, exc)
-        link = fresh_link(found, await asyncio.to_thread(ledger.by_key, _link_key(found)))
-        return page(request, session, "draft.html.j2", draft=found, link=link)
+        link = await asyncio.to_thread(link_of, ledger, found)
+        return page(request, session, "draft.html.j2", draft=found, link=link, owed=original_terms(found))
 
     @web.get("/approvals")
     async def approvals(request: Request, status: str | None = None, session: Session = approver) -> Response:
@@ -234,10 +187,6 @@ def router(console: Console) -> APIRouter:
                     entries=entries(records), first=records[0], last=records[-1])  # fmt: skip
 
     return web
-
-
-def _link_key(draft: Draft) -> EffectKey:
-    return EffectKey(draft.flow_key, "fresh_link")
 
 
 def _policy_currency(console: Console, persona: str) -> str | None:

@@ -1,7 +1,8 @@
 """Argument models of the Plisio tools: what a model may send, and nothing else.
 
 Identifiers that end up in a URL path are pattern-checked (no ``/``, no ``..``); amounts are
-decimal strings parsed to ``Decimal``; statuses and types are enums with Plisio's real values,
+ASCII decimal strings with bounded digits (:data:`AMOUNT_INTEGER_DIGITS`, :data:`CRYPTO_FRACTION_DIGITS`,
+:data:`FIAT_FRACTION_DIGITS`) parsed to ``Decimal``; statuses and types are enums with Plisio's real values,
 so ``"paid"`` is refused with the list of valid ones. The service, not the model, chooses
 the order number and the callback URL of a new invoice.
 """
@@ -10,22 +11,76 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
 
 from tools.plisio.models import FeePlanName, OperationStatus, OperationType, WithdrawalType
-from tools.registry import ToolArgs
+from tools.registry import EXPECTED_KEYWORD, ToolArgs
 
-AMOUNT_PATTERN = r"^\d+(\.\d+)?$"
+# The bounds of every amount a caller (a model, the CLI, a flow) may give: declared here, once.
+AMOUNT_INTEGER_DIGITS = 18
+"""Digits before the decimal point, any amount (10^18 of anything is far beyond a real invoice)."""
+CRYPTO_FRACTION_DIGITS = 8
+"""Digits after the point for an amount of a coin (``amount``, ``amounts``)."""
+FIAT_FRACTION_DIGITS = 2
+"""Digits after the point for a fiat price (``source_amount``)."""
+
+
+def amount_pattern(fraction_digits: int) -> str:
+    """The JSON-schema pattern of an amount: ASCII ``[0-9]`` only (``\\d`` would admit Unicode digits)."""
+    return rf"^[0-9]{{1,{AMOUNT_INTEGER_DIGITS}}}(\.[0-9]{{1,{fraction_digits}}})?$"
+
+
+def amount_expected(fraction_digits: int) -> str:
+    """The bound in words: the field-level error a caller gets past it."""
+    example = "49.90" if fraction_digits == FIAT_FRACTION_DIGITS else "0.0015"
+    return (
+        f"a decimal string of ASCII digits 0-9, at most {AMOUNT_INTEGER_DIGITS} before the point and at most "
+        f'{fraction_digits} after it, with no sign, spaces or exponent (e.g. "{example}")'
+    )
+
+
+def _amount_validator(fraction_digits: int) -> BeforeValidator:
+    """The same bound in pydantic, so a caller that skips the JSON schema meets it too."""
+    # fullmatch without anchors: Python's ``$`` also matches before a trailing newline.
+    form = re.compile(amount_pattern(fraction_digits).removeprefix("^").removesuffix("$"))
+    expected = amount_expected(fraction_digits)
+
+    def check(value: Any) -> Any:
+        if isinstance(value, Decimal) and value.is_finite() and value.adjusted() < AMOUNT_INTEGER_DIGITS:
+            value = format(value, "f")  # a Decimal from code is held to the same form as a model's string
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not form.fullmatch(value):
+            raise ValueError(f"must be {expected}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _amount_schema(fraction_digits: int) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": amount_pattern(fraction_digits),
+            EXPECTED_KEYWORD: amount_expected(fraction_digits),
+        }
+    )
+
 
 # Every constraint is a JSON-schema keyword OpenAI's strict mode accepts (pattern, enum, minimum, ...),
 # so the model is told exactly what is enforced; lengths are patterns because strict mode has no maxLength.
-Amount = Annotated[
-    Decimal,
-    Field(gt=0),
-    WithJsonSchema({"type": "string", "pattern": AMOUNT_PATTERN}),
+# An amount is checked by jsonschema (the pattern), then by pydantic (the same bound), then parsed to an
+# exact ``Decimal`` > 0.
+CryptoAmount = Annotated[
+    Decimal, _amount_validator(CRYPTO_FRACTION_DIGITS), Field(gt=0), _amount_schema(CRYPTO_FRACTION_DIGITS)
 ]
+"""An amount of a coin: at most 18 + 8 digits."""
+FiatAmount = Annotated[
+    Decimal, _amount_validator(FIAT_FRACTION_DIGITS), Field(gt=0), _amount_schema(FIAT_FRACTION_DIGITS)
+]
+"""A fiat price: at most 18 + 2 digits."""
 PsysCid = Annotated[str, Field(pattern=r"^\w{2,20}$")]
 """A coin's Plisio id (BTC, ETH, USDT_TRX, ...); the tool descriptions say "coin" where it matters."""
 Fiat = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="e.g. USD")]
@@ -53,9 +108,9 @@ def _same_length(addresses: list[str] | None, amounts: list[Decimal] | None) -> 
 class CreateInvoiceArgs(ToolArgs):
     order_name: str = Field(pattern=r"^[^\n]{1,120}$")
     """What is paid for, as the payer sees it (the tool description says so)."""
-    source_amount: Amount | None = Field(None, description="Fiat price")
+    source_amount: FiatAmount | None = Field(None, description="Fiat price")
     source_currency: Fiat | None = None
-    amount: Amount | None = Field(None, description="Or crypto price")
+    amount: CryptoAmount | None = Field(None, description="Or crypto price")
     currency: PsysCid | None = Field(None, description="Coin, e.g. BTC; null: payer picks")
     allowed_psys_cids: list[Annotated[str, Field(pattern=r"^\w{2,20}$")]] | None = Field(None, max_length=20)
     description: str | None = Field(None, pattern=r"^[\s\S]{0,500}$")
@@ -80,7 +135,7 @@ class CreateInvoiceArgs(ToolArgs):
 class EstimateFeeArgs(ToolArgs):
     psys_cid: PsysCid
     addresses: list[Address] = Field(min_length=1, max_length=50)
-    amounts: list[Amount] = Field(min_length=1, max_length=50, description="Per address, in order")
+    amounts: list[CryptoAmount] = Field(min_length=1, max_length=50, description="Per address, in order")
     fee_plan: FeePlanName | None = None
 
     @model_validator(mode="after")
