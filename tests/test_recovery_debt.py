@@ -141,3 +141,22 @@ async def test_the_reviewer_is_told_when_a_link_differs_from_the_debt(rt: Runtim
         "amount 999 USD differs from the failed invoice's 240 USD",
         "billed to x@evil.example, not to maria.garcia@example.com",
     )
+
+
+async def test_drafts_show_puts_the_failed_invoice_beside_the_link(tmp_path: Any, sandbox: Sandbox) -> None:
+    from persona.config import load_settings
+    from tests.harness import run_cli, write_config
+
+    cfg = write_config(tmp_path)
+    settings = load_settings(cfg, env={})
+    store = Store.open(settings.store.url)
+    store.create_all()
+    rt = build_runtime(store, sandbox, settings=settings)
+    rt.model_factory = steered(source_amount="999", source_currency="USD", email="attacker@example.net")
+    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    assert draft is not None
+    await rt.aclose()
+    shown = run_cli(cfg, "drafts", "show", draft.id).stdout
+    assert "Failed invoice: 240 USD · expired · maria.garcia@example.com · owed 240 USD" in shown
+    assert f"(new invoice {draft.new_txn_id}) · 240 USD · maria.garcia@example.com" in shown, shown
+    assert "attacker" not in shown and "! " not in shown

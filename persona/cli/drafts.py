@@ -77,7 +77,9 @@ def show(draft_id: DraftId, as_json: AsJson = False) -> None:
 
     from persona.cli.output import print_json
     from persona.cli.runtime import with_runtime
+    from persona.draft_links import link_of, original_terms
     from persona.drafts import DraftStore
+    from persona.effects.ledger import EffectLedger
     from persona.wire import rfc3339
 
     console = Console(highlight=False, soft_wrap=True)
@@ -100,8 +102,22 @@ def show(draft_id: DraftId, as_json: AsJson = False) -> None:
             console.print(Panel(Text(d.body), expand=False), soft_wrap=False)
         else:
             console.print(d.body, markup=False)
+        owed = original_terms(d)
+        console.print(
+            f"Failed invoice: {d.context.get('price') or d.context.get('amount_due')} "
+            f"{d.context.get('price_currency') or d.context.get('psys_cid')} · {d.context.get('status')} · "
+            f"{d.customer_email or 'no email'} · owed {owed.amount} {owed.currency}",
+            markup=False,
+        )
         if d.payment_link:
-            console.print(f"Payment link: {d.payment_link} (new invoice {d.new_txn_id})", markup=False)
+            link = link_of(EffectLedger(rt.store, rt.now), d)
+            console.print(
+                f"Payment link: {d.payment_link} (new invoice {d.new_txn_id}) · {link.terms.amount} "
+                f"{link.terms.currency} · {link.terms.email or 'no email'}",
+                markup=False,
+            )
+            for warning in link.warnings:
+                console.print(f"! {warning}", markup=False)
         if d.decided_by:
             at = rfc3339(d.decided_at, precise=False) if d.decided_at else "-"
             console.print(f"Decided by {d.decided_by} at {at}: {d.note or ''}", markup=False)
