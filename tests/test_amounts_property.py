@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from persona.config import InvoicePolicy, PersonaSettings
 from persona.policy import MAX_MAGNITUDE, ExtraCaps, Policy, PolicyDecision, Verdict
+from tests.test_amounts import Rates
 from tools.plisio.args import AMOUNT_INTEGER_DIGITS, FIAT_FRACTION_DIGITS, CreateInvoiceArgs
 from tools.plisio.tools import PLISIO_TOOLS
 from tools.registry import ToolFailure
@@ -37,20 +38,6 @@ QUANTUM = Fraction(1, 10**8)
 PROPERTY = settings(
     max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
-
-
-class Rates:
-    def __init__(self, table: dict[tuple[str, str], Any]) -> None:
-        self.table = table
-
-    async def price(self, coin: str, fiat: str) -> Decimal:
-        found = self.table.get((coin, fiat))
-        if found is None:
-            raise LookupError(f"Plisio gives no {fiat} rate for {coin}")
-        if isinstance(found, BaseException):
-            raise found
-        assert isinstance(found, Decimal)
-        return found
 
 
 # ----------------------------------------------------------------------------- strategies
