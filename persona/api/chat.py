@@ -115,7 +115,6 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
 
 def _chat_model(rt: Runtime, persona: str, user: str) -> tuple[ChatModel, bool]:
     """The injected model (tests, replay) or the configured LLM; True when we must close it."""
-    rt.settings.chat_persona(persona)  # NotFound (or a flow-only persona refused) before anything else
     if rt.model_factory is not None:
         return rt.model_factory("chat", persona, {"user": user}), False
     return rt.chat_model(persona), True

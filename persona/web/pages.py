@@ -74,7 +74,7 @@ def router(console: Console) -> APIRouter:
             return bad(request, session, exc)
         store = DraftStore(rt.store)
         found = await asyncio.to_thread(store.find, None if wanted in (None, "all") else wanted)
-        links = {d.id: await asyncio.to_thread(link_of, ledger, d) for d in found}
+        links = await asyncio.to_thread(lambda: {d.id: link_of(ledger, d) for d in found})  # one thread hop
         return page(request, session, "drafts.html.j2", drafts=found, links=links, status=wanted or "all",
                     statuses=(*DRAFT_STATUSES, "all"))  # fmt: skip
 
