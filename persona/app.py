@@ -24,6 +24,7 @@ from persona.credentials import PersonaAccess, service_key_source
 from persona.dispatcher import Dispatcher
 from persona.effects.executor import EffectExecutor
 from persona.effects.ledger import EffectLedger
+from persona.effects.seal import Seal
 from persona.errors import NoMasterKey, NotConfigured
 from persona.events import Source
 from persona.grants import GrantGate, Grants
@@ -188,8 +189,11 @@ class Runtime:
         store.create_all()
         audit = AuditLog(store, now=now)
         vault = Vault(store, master_keys or MasterKeySource.from_settings(settings), audit, now)
+        seal: Seal | None = None
         try:
-            audit.use_keys(vault.audit_keys(create=not keys_optional))
+            macs = vault.audit_keys(create=not keys_optional)
+            audit.use_keys(macs)
+            seal = Seal.of(macs)
         except NoMasterKey:
             if not keys_optional:
                 raise
@@ -206,7 +210,7 @@ class Runtime:
         policy = Policy(PlisioPrices(plisio.client), caps=gate.caps)
         access = PersonaAccess(vault, plisio.client, plisio.client_for)
         effects = EffectExecutor(
-            ledger=EffectLedger(store, now), audit=audit, registry=registry, plisio=access,
+            ledger=EffectLedger(store, now, seal), audit=audit, registry=registry, plisio=access,
             callback_url=settings.callback_url(), now=now, resolve_after_s=settings.effects.resolve_after_s,
         )  # fmt: skip
         dispatcher = Dispatcher(

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from persona.effects.ledger import Effect, EffectLedger, State, approval_status
+from persona.effects.seal import SealState
 from persona.errors import NotFound
 
 STATUSES = ("pending", "approved", "executed", "failed", "unknown", "rejected")
@@ -41,6 +42,9 @@ class Approval:
     decision_note: str | None
     result: str | None
     order_number: str
+    seal: str | None
+    """A pending call's seal: intact, broken, unsealed or uncheckable (:mod:`persona.effects.seal`); None
+    once decided (approving re-values the amount, so only a pending row is compared with its seal)."""
 
 
 class ApprovalStore:
@@ -58,8 +62,16 @@ class ApprovalStore:
             arguments=effect.arguments, arguments_hash=effect.arguments_hash, reason=effect.reason or "",
             amount=effect.amount, created_at=effect.created_at, decided_by=effect.decided_by,
             decided_at=effect.decided_at, decision_note=effect.decision_note, result=effect.result,
-            order_number=effect.order_number,
+            order_number=effect.order_number, seal=self.seal_of(effect),
         )  # fmt: skip
+
+    def seal_of(self, effect: Effect) -> str | None:
+        if effect.state is not State.HELD:
+            return None
+        seal = self._ledger.seal
+        if seal is None:
+            return SealState.UNCHECKABLE.value
+        return seal.check(effect.held(), effect.seal, effect.seal_kv).state.value
 
     def effect(self, approval_id: str) -> Effect:
         """The held (or once held) effect behind an approval id."""

@@ -24,7 +24,7 @@ import structlog
 from pydantic import ValidationError
 
 from persona.approvals import Approval, ApprovalStore
-from persona.audit import AuditLog
+from persona.audit import AuditEvent, AuditLog
 from persona.calls import (
     CallContext,
     Dispatched,
@@ -37,7 +37,8 @@ from persona.calls import (
 from persona.config import PersonaSettings, Settings, resolve_tools
 from persona.effects.executor import EffectExecutor, pending_content
 from persona.effects.keys import EffectKey, arguments_hash
-from persona.effects.ledger import Intent, State
+from persona.effects.ledger import Effect, Intent, State
+from persona.effects.seal import Check, SealState
 from persona.errors import Conflict, Forbidden, VaultError
 from persona.events import Event, Source
 from persona.llm import ToolCall
@@ -332,6 +333,8 @@ class Dispatcher:
         ``claimed``, which the sweep resolves by order number, so no approval stays half-done."""
         ledger = self.effects.ledger
         effect = await asyncio.to_thread(self.approvals.effect, approval_id)
+        if effect.state is State.HELD:
+            await self._check_seal(effect, by=by, source=source)
         if (
             self.settings.approvals.require_different_user
             and same_identity(by, effect.user_id)  # normalised: Bob@Example.com is bob@example.com
@@ -371,7 +374,7 @@ class Dispatcher:
         refused = decision.verdict is not Verdict.ALLOW
         claim = await asyncio.to_thread(
             ledger.approve, approval_id, by=by, note=note, reason=decision.reason, amount=decision.amount,
-            currency=decision.currency, day=self._day(), cap=decision.daily_total, refused=refused,
+            currency=decision.currency, day=self._day(), cap=decision.daily_total, checked=effect, refused=refused,
         )  # fmt: skip
         denied = None
         if claim.status == "over_cap":
@@ -396,6 +399,33 @@ class Dispatcher:
             ctx, call_id, tool, parsed, claim.effect, _with_total(decision, claim.spent)
         )
         return await asyncio.to_thread(self.approvals.get, approval_id), done
+
+    async def _check_seal(self, effect: Effect, *, by: str, source: str) -> None:
+        """Refuse, audited, a held call whose row is not the one that was sealed when it was asked for."""
+        seal = self.effects.ledger.seal
+        check = (
+            Check(SealState.UNCHECKABLE, "no master key is loaded here, so its seal cannot be checked")
+            if seal is None
+            else seal.check(effect.held(), effect.seal, effect.seal_kv)
+        )
+        if check.intact:
+            return
+        # Not through a CallContext: a tampered row may name a persona the configuration does not have.
+        await self.audit.append(AuditEvent(
+            event=Event.APPROVAL_SEAL_BROKEN, source=source, user=by, persona=effect.persona,
+            conversation_id=effect.conversation_id, tool=effect.tool, decision="refused", reason=check.why,
+            payload={"approval_id": effect.id, "effect_id": effect.id, "seal": check.state.value,
+                     "asked_by": effect.user_id, "arguments": effect.arguments},
+        ))  # fmt: skip
+        log.warning("approval_seal_broken", approval_id=effect.id, seal=check.state.value, by=by)
+        fix = (
+            "restore the master key that has that version"
+            if check.state is SealState.UNCHECKABLE
+            else "reject it and ask for the call again; check who can write the database"
+        )
+        raise Conflict(
+            f"approval {effect.id} cannot be approved: {check.why}; nothing was executed (fix: {fix})"
+        )
 
     async def reject(
         self, approval_id: str, *, by: str, note: str | None = None, source: str = Source.CLI

@@ -27,6 +27,8 @@ class Event(StrEnum):
     APPROVAL_REQUESTED = "approval_requested"
     APPROVAL_GRANTED = "approval_granted"
     APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_SEAL_BROKEN = "approval_seal_broken"
+    """An approval was refused because its stored row does not match its seal (or has none)."""
     CLAIM_UNVERIFIED = "claim_unverified"
     LIMIT_REACHED = "limit_reached"
 

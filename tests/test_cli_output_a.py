@@ -15,9 +15,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from persona.audit_keys import MacKeys
 from persona.drafts import DraftStore
 from persona.effects.keys import EffectKey
 from persona.effects.ledger import EffectLedger, Intent
+from persona.effects.seal import Seal
+from persona.masterkey import Keyring
 from persona.store.engine import Store
 from tests.harness import run_cli, write_config
 
@@ -55,7 +58,7 @@ def seed(tmp_path: Path) -> tuple[list[str], list[str]]:
             )[0].id
             for n in range(ROWS)
         ]  # fmt: skip
-        ledger = EffectLedger(store, lambda: WHEN)
+        ledger = EffectLedger(store, lambda: WHEN, Seal.of(MacKeys.of(Keyring(1, {1: b"k" * 32}), [])))
         effect_ids = [
             ledger.hold(
                 Intent(

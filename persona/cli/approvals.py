@@ -44,7 +44,7 @@ def list_approvals(
     async def work(rt: Runtime) -> None:
         found = rt.approvals.find(None if status == "all" else status)
         rows = [
-            (a.id, a.status, a.persona, a.user_id, a.tool.removeprefix("plisio_"),
+            (a.id, a.status if a.seal in (None, "intact") else f"{a.status}, seal {a.seal}", a.persona, a.user_id, a.tool.removeprefix("plisio_"),
              "" if a.amount is None else f"{a.amount.quantize(Decimal('0.01'))}", a.created_at, a.reason)
             for a in found
         ]  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, text, update
 
 from persona.effects.keys import EffectKey, order_number
+from persona.effects.seal import Held, Seal
 from persona.errors import Conflict, NotFound
 from persona.store.engine import Store, is_conflict
 from persona.store.tables import effects
@@ -69,10 +70,17 @@ class Effect:
     decided_by: str | None
     decided_at: datetime | None
     decision_note: str | None
+    seal: str | None = None
+    seal_kv: int | None = None
 
     @property
     def key(self) -> EffectKey:
         return EffectKey(self.namespace, self.slot)
+
+    def held(self) -> Held:
+        """What this call's seal binds, as stored now."""
+        return Held(self.key, self.order_number, self.tool, self.persona, self.user_id, self.conversation_id,
+                    self.arguments_hash, self.amount, self.currency)  # fmt: skip
 
 
 def _effect(row: Any) -> Effect:
@@ -100,6 +108,10 @@ class Intent:
     amount: Decimal | None = None
     currency: str | None = None
 
+    def held(self) -> Held:
+        return Held(self.key, order_number(self.key), self.tool, self.persona, self.user, self.conversation_id,
+                    self.arguments_hash, self.amount, self.currency)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -112,8 +124,11 @@ class Claim:
 
 
 class EffectLedger:
-    def __init__(self, store: Store, now: Callable[[], datetime]) -> None:
-        self._store, self._now = store, now
+    """``seal`` signs calls held for approval (:mod:`persona.effects.seal`); a ledger built to read or to
+    claim without one refuses to hold a call, and its approvals cannot be checked."""
+
+    def __init__(self, store: Store, now: Callable[[], datetime], seal: Seal | None = None) -> None:
+        self._store, self._now, self.seal = store, now, seal
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -254,7 +269,7 @@ class EffectLedger:
                 arguments_hash=intent.arguments_hash, amount=intent.amount, currency=intent.currency, day=day,
                 needs_approval=int(held), reason=scrub(intent.reason), result=None, decided_by=None,
                 decided_at=None, decision_note=None, attempts=effects.c.attempts + (0 if held else 1),
-                updated_at=self._now(),
+                updated_at=self._now(), **self._sealed(intent, state),
             )
         ).rowcount  # fmt: skip
         return bool(changed == 1)
@@ -270,10 +285,12 @@ class EffectLedger:
         currency: str | None,
         day: str,
         cap: Decimal | None,
+        checked: Effect,
         refused: bool = False,
     ) -> Claim:
         """``held -> claimed`` with the reservation, in one transaction; over the cap, or ``refused`` (the
-        policy or the grant says no at execution), it ends ``failed`` instead."""
+        policy or the grant says no at execution), it ends ``failed`` instead. ``checked`` is the row whose
+        seal the caller verified: the update applies only while the row still holds that call."""
         now = self._now()
         with self._store.begin("approve a held call") as conn:
             found = self._get(conn, effect_id)
@@ -287,7 +304,7 @@ class EffectLedger:
             over = refused or (amount is not None and cap is not None and spent + amount > cap)
             changed = conn.execute(
                 update(effects)
-                .where(effects.c.id == effect_id, effects.c.state == State.HELD.value)
+                .where(effects.c.id == effect_id, effects.c.state == State.HELD.value, *self._as_checked(checked))
                 .values(
                     state=(State.FAILED if over else State.CLAIMED).value, amount=amount, currency=currency,
                     day=day, reason=reason, decided_by=by, decided_at=now, decision_note=note,
@@ -296,7 +313,8 @@ class EffectLedger:
             ).rowcount  # fmt: skip
             if changed != 1:
                 raise Conflict(
-                    f"approval {effect_id} was decided by someone else meanwhile; nothing was done"
+                    f"approval {effect_id} was decided by someone else, or its row changed, meanwhile; "
+                    "nothing was done"
                 )
         return Claim("over_cap" if over else "claimed", self.get(effect_id), spent)
 
@@ -363,9 +381,29 @@ class EffectLedger:
                 arguments_hash=intent.arguments_hash, order_number=order_number(intent.key), amount=intent.amount,
                 currency=intent.currency, day=day, needs_approval=int(needs_approval), reason=scrub(intent.reason),
                 result=None, attempts=0 if state is State.HELD else 1, created_at=now, updated_at=now,
+                **self._sealed(intent, state),
             )
         )  # fmt: skip
         return effect_id
+
+    def _sealed(self, intent: Intent, state: State) -> dict[str, Any]:
+        """A held call's seal columns; a claimed one has none (nobody approves it later)."""
+        if state is not State.HELD:
+            return {"seal": None, "seal_kv": None}
+        if self.seal is None:
+            raise RuntimeError("this EffectLedger has no seal and cannot hold a call for approval")
+        seal, version = self.seal.sign(intent.held())
+        return {"seal": seal, "seal_kv": version}
+
+    @staticmethod
+    def _as_checked(checked: Effect) -> tuple[Any, ...]:
+        """Conditions under which a row still holds the call whose seal was checked."""
+        c = effects.c
+        return (
+            c.seal == checked.seal, c.seal_kv == checked.seal_kv, c.arguments_hash == checked.arguments_hash,
+            c.tool == checked.tool, c.persona == checked.persona, c.user_id == checked.user_id,
+            c.order_number == checked.order_number,
+        )  # fmt: skip
 
     def _get(self, conn: Connection, effect_id: str) -> Effect:
         row = conn.execute(select(effects).where(effects.c.id == effect_id)).first()

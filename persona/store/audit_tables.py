@@ -44,12 +44,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    inspect,
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from persona.store.metadata import metadata
+from persona.store.metadata import add_missing_columns, metadata
 
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of record 1, and the head's hash while the log is empty."""
@@ -210,10 +209,7 @@ _PG_TRIGGERS = (
 
 def install(conn: Connection, dialect: str) -> None:
     """Install the triggers and the head row, idempotently, inside the caller's transaction."""
-    present = {column["name"] for column in inspect(conn).get_columns("audit_log")}
-    for name, kind in _KEYED_COLUMNS:
-        if name not in present:
-            conn.exec_driver_sql(f"ALTER TABLE audit_log ADD COLUMN {name} {kind}")
+    add_missing_columns(conn, "audit_log", _KEYED_COLUMNS)
     if dialect == "sqlite":
         for ddl in _SQLITE_TRIGGERS:
             conn.exec_driver_sql(ddl)

@@ -117,6 +117,7 @@ class Store:
                 # Two instances starting at once must not race on CREATE TABLE.
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262617412)")
             metadata.create_all(conn)
+            tables.install(conn)
             audit_tables.install(conn, self.dialect)
 
     @property

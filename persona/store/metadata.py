@@ -6,7 +6,9 @@ PostgreSQL alike, so a migration (or a trigger that names a table) can refer to 
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, MetaData, inspect
 
 NAMING_CONVENTION: dict[str, str] = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -17,3 +19,12 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def add_missing_columns(conn: Connection, table: str, columns: Iterable[tuple[str, str]]) -> None:
+    """Add nullable ``(name, SQL type)`` columns a table created by an older release lacks (``create_all``
+    never alters a table), inside the caller's transaction; until the store has migrations."""
+    present = {column["name"] for column in inspect(conn).get_columns(table)}
+    for name, kind in columns:
+        if name not in present:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")

@@ -5,9 +5,20 @@ The audit tables live in ``audit_tables.py``; all share ``metadata`` from ``meta
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, Numeric, String, Table, Text, UniqueConstraint
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
-from persona.store.metadata import metadata
+from persona.store.metadata import add_missing_columns, metadata
 
 effects = Table(
     "effects",
@@ -40,11 +51,22 @@ effects = Table(
     Column("decided_by", String(254)),
     Column("decided_at", DateTime(timezone=True)),
     Column("decision_note", Text),
+    # A held call's seal: HMAC of what the approver decides on (persona/effects/seal.py), and its key version.
+    Column("seal", String(64)),
+    Column("seal_kv", Integer),
     UniqueConstraint("namespace", "slot", name="uq_effects_key"),
 )
 Index("ix_effects_state_updated", effects.c.state, effects.c.updated_at)
 Index("ix_effects_persona_day", effects.c.persona, effects.c.day)
 Index("ix_effects_namespace_hash", effects.c.namespace, effects.c.arguments_hash)
+
+_SEAL_COLUMNS = (("seal", "VARCHAR(64)"), ("seal_kv", "INTEGER"))
+"""Added to an ``effects`` table created before approvals were sealed; its held rows stay unsealed."""
+
+
+def install(conn: Connection) -> None:
+    add_missing_columns(conn, "effects", _SEAL_COLUMNS)
+
 
 chat_requests = Table(
     "chat_requests",
