@@ -332,14 +332,16 @@ class Settings(Frozen):
             raise NotFound(f"no persona named {name!r} in {self.source}; the personas are: {known}")
         return self.personas[name]
 
-    def chat_persona(self, name: str) -> PersonaSettings:
-        """The persona, if people may chat with it; a flow-only one is refused, naming those that can chat."""
+    def chat_persona(self, name: str, doing: str = "chat with") -> PersonaSettings:
+        """The persona, if people may chat with it (or call its tools by hand: a flow-only persona's looser
+        policy, e.g. recovery's links without approval, holds only inside its flow); a flow-only one is
+        refused, naming those that can chat."""
         found = self.persona(name)
         if not found.chat:
             can = ", ".join(sorted(n for n, p in self.personas.items() if p.chat)) or "none"
             raise ConfigError(
                 f"persona {name!r} only writes for its flow (personas.{name}.chat: false in {self.source})",
-                fix=f"chat with one of: {can}",
+                fix=f"{doing} one of: {can}",
             )  # fmt: skip
         return found
 

@@ -77,6 +77,8 @@ def call(
             f"{name} {tool.side_effect}: it runs only through a persona's gate (scope, caps, approvals, grants, "
             "audit): add --persona NAME (e.g. --persona finance)"
         )
+    if persona is not None:
+        STATE.settings().chat_persona(persona, doing="call tools as")  # not a flow's persona, by hand
     parsed = tool.parse(args)
     from tools.registry import ToolFailure
 
