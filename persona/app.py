@@ -277,7 +277,7 @@ class Runtime:
         key = self.settings.llm_api_key.get_secret_value() if self.settings.llm_api_key else None
         return OpenAIChatModel(
             model=model, base_url=llm.base_url, api_key=key, timeout=llm.timeout, max_retries=llm.max_retries,
-            temperature=chosen.temperature, max_tokens=chosen.max_tokens, stream=llm.stream,
+            temperature=chosen.temperature, max_tokens=chosen.max_tokens, stream=llm.stream, provider=llm.provider,
         )  # fmt: skip
 
     async def aclose(self) -> None:

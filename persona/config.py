@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from persona.config_checks import check_settings
 from persona.errors import ConfigError
+from persona.llm.profiles import ProviderName
 from persona.yaml_errors import config_error, parse_yaml
 
 DEFAULT_CONFIG = "config.yaml"
@@ -74,6 +75,9 @@ class LLMSettings(Frozen):
     timeout: float = Field(60.0, gt=0, le=600)
     max_retries: int = Field(2, ge=0, le=10)
     stream: bool = True
+    provider: ProviderName | None = None
+    """Which server this is (persona/llm/profiles.py): what it gets back of its own reply fields. Left out:
+    detected from base_url."""
 
 
 class StoreSettings(Frozen):

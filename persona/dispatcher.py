@@ -24,7 +24,7 @@ import structlog
 from pydantic import ValidationError
 
 from persona.approvals import Approval, ApprovalStore
-from persona.audit import AuditEvent, AuditLog
+from persona.audit import AuditEvent, AuditFilter, AuditLog, AuditRecord
 from persona.calls import (
     CallContext,
     Dispatched,
@@ -334,7 +334,7 @@ class Dispatcher:
         ledger = self.effects.ledger
         effect = await asyncio.to_thread(self.approvals.effect, approval_id)
         if effect.state is State.HELD:
-            await self._check_seal(effect, by=by, source=source)
+            await self._check_held(effect, by=by, source=source)
         if (
             self.settings.approvals.require_different_user
             and same_identity(by, effect.user_id)  # normalised: Bob@Example.com is bob@example.com
@@ -395,37 +395,62 @@ class Dispatcher:
             done = await self._deny(ctx, call_id, tool.name, content, how, denied, read_only=False)
             return await asyncio.to_thread(self.approvals.get, approval_id), done
         assert claim.effect is not None
+        # Executed as checked: what the row says now (a write since the check) is not read again.
+        checked = replace(effect, state=claim.effect.state, attempts=claim.effect.attempts)
         done = await self.effects.perform(
-            ctx, call_id, tool, parsed, claim.effect, _with_total(decision, claim.spent)
+            ctx, call_id, tool, parsed, checked, _with_total(decision, claim.spent)
         )
         return await asyncio.to_thread(self.approvals.get, approval_id), done
 
-    async def _check_seal(self, effect: Effect, *, by: str, source: str) -> None:
-        """Refuse, audited, a held call whose row is not the one that was sealed when it was asked for."""
+    async def _check_held(self, effect: Effect, *, by: str, source: str) -> None:
+        """Refuse, audited, a held call whose row is not the one sealed when it was asked for, or one the audit
+        log shows was decided already (a decided row set back to ``held`` keeps an intact seal)."""
         seal = self.effects.ledger.seal
         check = (
             Check(SealState.UNCHECKABLE, "no master key is loaded here, so its seal cannot be checked")
             if seal is None
             else seal.check(effect.held(), effect.seal, effect.seal_kv)
         )
-        if check.intact:
-            return
+        if not check.intact:
+            fix = {
+                SealState.BROKEN: "reject it and ask for the call again; check who can write the database",
+                SealState.UNSEALED: "reject it and ask for the call again (calls held before approvals were "
+                "sealed carry no seal)",
+                SealState.UNCHECKABLE: "restart this process after a master-key rotation; otherwise restore the "
+                "master key that has that version",
+            }[check.state]
+            await self._refuse(effect, by, source, check.state.value, check.why, fix)
+        decided = await asyncio.to_thread(self._decision_of, effect)
+        if decided is not None:
+            why = (
+                f"the audit log records it {_DECIDED[decided.event]} by {decided.user} "
+                f"(record {decided.seq}), yet its row says pending: it was set back in the database"
+            )
+            await self._refuse(effect, by, source, "decided", why, "check who can write the database")
+
+    def _decision_of(self, effect: Effect) -> AuditRecord | None:
+        """The audit log's decision on this approval since it was last asked for, if any (the seal binds the
+        conversation; a call held again after a definite failure was asked for again, and audited so)."""
+        events = (Event.APPROVAL_REQUESTED, Event.APPROVAL_GRANTED, Event.APPROVAL_REJECTED)
+        records = [
+            record
+            for event in events
+            for record in self.audit.query(AuditFilter(event=event, conversation_id=effect.conversation_id))
+            if record.payload.get("approval_id") == effect.id
+        ]
+        last = max(records, key=lambda r: r.seq, default=None)
+        return None if last is None or last.event == Event.APPROVAL_REQUESTED else last
+
+    async def _refuse(self, effect: Effect, by: str, source: str, state: str, why: str, fix: str) -> None:
         # Not through a CallContext: a tampered row may name a persona the configuration does not have.
         await self.audit.append(AuditEvent(
-            event=Event.APPROVAL_SEAL_BROKEN, source=source, user=by, persona=effect.persona,
-            conversation_id=effect.conversation_id, tool=effect.tool, decision="refused", reason=check.why,
-            payload={"approval_id": effect.id, "effect_id": effect.id, "seal": check.state.value,
-                     "asked_by": effect.user_id, "arguments": effect.arguments},
+            event=Event.APPROVAL_REFUSED, source=source, user=by, persona=effect.persona,
+            conversation_id=effect.conversation_id, tool=effect.tool, decision="refused", reason=why,
+            payload={"approval_id": effect.id, "effect_id": effect.id, "seal": state, "asked_by": effect.user_id,
+                     "arguments": effect.arguments},
         ))  # fmt: skip
-        log.warning("approval_seal_broken", approval_id=effect.id, seal=check.state.value, by=by)
-        fix = (
-            "restore the master key that has that version"
-            if check.state is SealState.UNCHECKABLE
-            else "reject it and ask for the call again; check who can write the database"
-        )
-        raise Conflict(
-            f"approval {effect.id} cannot be approved: {check.why}; nothing was executed (fix: {fix})"
-        )
+        log.warning("approval_refused", approval_id=effect.id, seal=state, by=by)
+        raise Conflict(f"approval {effect.id} cannot be approved: {why}; nothing was executed (fix: {fix})")
 
     async def reject(
         self, approval_id: str, *, by: str, note: str | None = None, source: str = Source.CLI
@@ -445,6 +470,9 @@ class Dispatcher:
                      "tool_call_id": effect.model_call_id},
         )  # fmt: skip
         return self.approvals.view(effect)
+
+
+_DECIDED: dict[str, str] = {Event.APPROVAL_GRANTED: "approved", Event.APPROVAL_REJECTED: "rejected"}
 
 
 def _short(*parts: str) -> str:

@@ -27,8 +27,9 @@ class Event(StrEnum):
     APPROVAL_REQUESTED = "approval_requested"
     APPROVAL_GRANTED = "approval_granted"
     APPROVAL_REJECTED = "approval_rejected"
-    APPROVAL_SEAL_BROKEN = "approval_seal_broken"
-    """An approval was refused because its stored row does not match its seal (or has none)."""
+    APPROVAL_REFUSED = "approval_refused"
+    """An approval was refused: its row does not match its seal (or has none, or it cannot be checked here), or
+    the audit log shows the call was decided already."""
     CLAIM_UNVERIFIED = "claim_unverified"
     LIMIT_REACHED = "limit_reached"
 

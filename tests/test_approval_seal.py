@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from persona.events import Event
 from persona.masterkey import Keyring
 from persona.server import create_app
 from persona.store.engine import Store
+from persona.store.tables import effects
 from persona.users import Users
+from tests.conftest import NOW
 from tests.harness import bearer, build_runtime, call
 from tests.test_audit import raw
 from tests.test_console import sign_in
@@ -68,14 +71,14 @@ def edit_arguments(store: Store, approval_id: str, **changes: str) -> None:
 
 def seal_events(rt: Runtime) -> list[Any]:
     rt.audit.flush_sync()
-    return rt.audit.query(AuditFilter(event=Event.APPROVAL_SEAL_BROKEN))
+    return rt.audit.query(AuditFilter(event=Event.APPROVAL_REFUSED))
 
 
 # -- the seal itself -----------------------------------------------------------------------------------
 
 
-HELD = Held(EffectKey("chat:conv_1", "0"), "pp-1", "plisio_create_invoice", "finance", ASKER, "conv_1",
-            "ab" * 32, Decimal("400"), "USD")  # fmt: skip
+HELD = Held("e1", EffectKey("chat:conv_1", "0"), "pp-1", "plisio_create_invoice", "finance", ASKER, "conv_1",
+            "call_1", "ab" * 32, Decimal("400"), "USD", "400.00 USD is above 250 USD")  # fmt: skip
 
 
 def test_the_seal_binds_every_field_the_approver_decides_on() -> None:
@@ -84,9 +87,9 @@ def test_the_seal_binds_every_field_the_approver_decides_on() -> None:
     assert version == 1 and seal.check(HELD, mac, 1).intact
     assert seal.check(replace(HELD, amount=Decimal("400.00")), mac, 1).intact, "240 and 240.00 are one amount"
     edits = {
-        "key": EffectKey("chat:conv_1", "1"), "order_number": "pp-2", "tool": "plisio_other", "persona": "growth",
-        "user": APPROVER, "conversation_id": "conv_2", "arguments_hash": "cd" * 32, "amount": Decimal("4000"),
-        "currency": "EUR",
+        "id": "e2", "key": EffectKey("chat:conv_1", "1"), "order_number": "pp-2", "tool": "plisio_other",
+        "persona": "growth", "user": APPROVER, "conversation_id": "conv_2", "model_call_id": "call_2",
+        "arguments_hash": "cd" * 32, "amount": Decimal("4000"), "currency": "EUR", "reason": "within caps",
     }  # fmt: skip
     assert set(edits) == set(Held.__dataclass_fields__), "a new field of Held needs a case here"
     for name, value in edits.items():
@@ -95,8 +98,10 @@ def test_the_seal_binds_every_field_the_approver_decides_on() -> None:
     other = Seal.of(MacKeys.of(Keyring(1, {1: b"x" * 32}), []))
     assert other.check(HELD, mac, 1).state.value == "broken", "another master key cannot make a valid seal"
     assert seal.check(HELD, None, None).state.value == "unsealed"
-    unknown = seal.check(HELD, mac, 9)
-    assert unknown.state.value == "uncheckable" and "version 9" in unknown.why
+    newer = seal.check(HELD, mac, 9)
+    assert newer.state.value == "uncheckable" and "newer than this process's 1" in newer.why
+    older = Seal.of(MacKeys.of(Keyring(3, {3: b"m" * 32}), [])).check(HELD, mac, 1)
+    assert older.state.value == "uncheckable" and "version 1 is not in this master keyring" in older.why
 
 
 def test_the_seal_key_is_not_the_audit_mac_key() -> None:
@@ -127,8 +132,10 @@ EDITS: dict[str, tuple[str, dict[str, Any]]] = {
     "persona set to one with higher caps": ("sql", {"persona": "growth"}),
     "order number changed": ("sql", {"order_number": "pp-0000"}),
     "shown amount lowered": ("sql", {"amount": "4"}),
+    "reason shown to the approver rewritten": ("sql", {"reason": "within caps"}),
     "seal removed": ("sql", {"seal": None, "seal_kv": None}),
     "seal copied from another held call": ("copy", {}),
+    "another held call moved onto this row whole": ("move", {}),
 }
 
 
@@ -144,11 +151,21 @@ async def test_an_edited_held_call_is_refused_audited_and_never_sent(
         sets = ", ".join(f"{column} = :{column}" for column in changes)
         raw(rt.store, f"UPDATE effects SET {sets} WHERE id = :i", i=approval_id, **changes)  # noqa: S608
     else:
-        # Another held call's arguments with its valid seal, moved onto this row: the seal binds the key.
-        other = await held(rt, {**INVOICE, "source_amount": "900"})
-        copied = ", ".join(f"{c} = (SELECT {c} FROM effects WHERE id = :o)"  # noqa: S608
-                           for c in ("arguments", "arguments_hash", "amount", "seal", "seal_kv"))  # fmt: skip
-        raw(rt.store, f"UPDATE effects SET {copied} WHERE id = :i", o=other, i=approval_id)  # noqa: S608
+        # Another held call's arguments with its valid seal, moved onto this row (the seal binds the key), or
+        # every column of it but the id, the other row deleted first (the seal binds the id too).
+        other = await held(rt, {**INVOICE, "source_amount": "900", "email": "mallory@evil.example"})
+        columns = ["arguments", "arguments_hash", "amount", "seal", "seal_kv"]
+        if how == "move":
+            columns = [c.name for c in effects.columns if c.name != "id"]
+            rows = raw(rt.store, "SELECT * FROM effects WHERE id = :o", o=other)
+            raw(rt.store, "DELETE FROM effects WHERE id = :o", o=other)
+            values = dict(zip(rows[0]._fields, rows[0], strict=True))
+            sets = ", ".join(f"{c} = :{c}" for c in columns)
+            raw(rt.store, f"UPDATE effects SET {sets} WHERE id = :i", i=approval_id,  # noqa: S608
+                **{c: values[c] for c in columns})  # fmt: skip
+        else:
+            copied = ", ".join(f"{c} = (SELECT {c} FROM effects WHERE id = :o)" for c in columns)  # noqa: S608
+            raw(rt.store, f"UPDATE effects SET {copied} WHERE id = :i", o=other, i=approval_id)  # noqa: S608
     with capture_logs() as logs, pytest.raises(Conflict) as refused:
         await rt.dispatcher.approve(approval_id, by=APPROVER)
     message = str(refused.value)
@@ -160,7 +177,7 @@ async def test_an_edited_held_call_is_refused_audited_and_never_sent(
     (record,) = seal_events(rt)
     assert (record.user, record.decision, record.payload["approval_id"]) == (APPROVER, "refused", approval_id)
     assert record.payload["seal"] == ("unsealed" if "removed" in edit else "broken")
-    assert [e for e in logs if e["event"] == "approval_seal_broken"], logs
+    assert [e for e in logs if e["event"] == "approval_refused"], logs
     assert not rt.audit.query(AuditFilter(event=Event.APPROVAL_GRANTED))
     assert rt.audit.verify().ok
 
@@ -254,3 +271,67 @@ async def test_the_reviewer_sees_a_broken_seal_before_deciding(rt: Runtime, http
     cards = {card.split('"', 1)[0]: card for card in page.split('aria-label="Approval ')[1:]}
     assert "Seal broken" in cards[edited] and "Approve and execute" not in cards[edited]
     assert "Seal" not in cards[intact] and "Approve and execute" in cards[intact]
+
+
+# -- a decided call set back to pending -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decision", ["approved", "rejected"])
+async def test_a_decided_call_set_back_to_pending_is_refused(
+    rt: Runtime, sandbox: Sandbox, decision: str
+) -> None:
+    """Its seal is intact (the state is not sealed): the audit log's decision is what refuses it."""
+    approval_id = await held(rt)
+    ((amount,),) = raw(rt.store, "SELECT amount FROM effects WHERE id = :i", i=approval_id)
+    if decision == "approved":
+        await rt.dispatcher.approve(approval_id, by=APPROVER)
+    else:
+        await rt.dispatcher.reject(approval_id, by=APPROVER)
+    before = len(invoices(sandbox))
+    sent = len([r for r in sandbox.requests if r.path.endswith("/invoices/new")])
+    # Everything the seal binds put back as it was when held (the reason is in the audit log for anyone).
+    raw(rt.store, "UPDATE effects SET state = 'held', amount = :a, reason = :r, decided_by = NULL WHERE id = :i",
+        a=amount, r="400.00 USD is above 250 USD: a person must approve it", i=approval_id)  # fmt: skip
+    assert rt.approvals.get(approval_id).seal == "intact"
+    with pytest.raises(Conflict, match=f"records it {decision} by {APPROVER}"):
+        await rt.dispatcher.approve(approval_id, by="dave@example.com")
+    assert len(invoices(sandbox)) == before
+    assert len([r for r in sandbox.requests if r.path.endswith("/invoices/new")]) == sent, "not even re-sent"
+    assert seal_events(rt)[-1].payload["seal"] == "decided"
+
+
+async def test_a_call_held_again_after_a_definite_failure_is_approved_again(
+    store: Store, sandbox: Sandbox
+) -> None:
+    """Over the daily total at approval it fails; asked again under the same key the next day, it is held
+    again (a new ``approval_requested``) and approving it is not mistaken for a replay."""
+    today = [NOW]
+    rt = build_runtime(store, sandbox, now=lambda: today[0])
+    try:
+        ctx = rt.context("finance", ASKER)
+        first = await rt.dispatcher.dispatch(call("plisio_create_invoice", INVOICE, call_id="c1"), ctx, seq=0)
+        assert first.approval_id
+        for n in range(19):  # 19 x 249 = 4731 of the 5000 USD daily total: 400 more does not fit
+            small = {**INVOICE, "order_name": f"small {n}", "source_amount": "249"}
+            done = await rt.dispatcher.dispatch(
+                call("plisio_create_invoice", small), rt.context("finance", ASKER)
+            )
+            assert done.outcome.value == "succeeded", done.content
+        _, refused = await rt.dispatcher.approve(first.approval_id, by=APPROVER)
+        assert refused.outcome.value == "denied" and rt.approvals.get(first.approval_id).status == "failed"
+        today[0] = NOW + timedelta(days=1)
+        again = await rt.dispatcher.dispatch(call("plisio_create_invoice", INVOICE, call_id="c1"), ctx, seq=0)
+        assert again.approval_id == first.approval_id, "the same effect, held again"
+        _, done = await rt.dispatcher.approve(first.approval_id, by=APPROVER)
+        assert done.outcome.value == "succeeded", done.content
+    finally:
+        rt.audit.close()
+
+
+async def test_a_seal_newer_than_the_process_says_restart(rt: Runtime) -> None:
+    approval_id = await held(rt)
+    raw(
+        rt.store, "UPDATE effects SET seal_kv = 2 WHERE id = :i", i=approval_id
+    )  # sealed by a rekeyed process
+    with pytest.raises(Conflict, match=r"newer than this process's 1.*restart this process"):
+        await rt.dispatcher.approve(approval_id, by=APPROVER)

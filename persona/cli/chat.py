@@ -54,13 +54,15 @@ def chat(
 
     _need_user(user)
 
-    async def work(rt: Runtime) -> str:
+    async def work(rt: Runtime) -> Ended:
         return await session(rt, persona, resolve_actor(rt, user, "--user"), message, conversation)
 
     try:
-        with_runtime(work)
+        ended = with_runtime(work)
     except Left as left:
         _left(left)
+    if ended.stopped:  # shown once, as the turn's notice; a script must not take it for success
+        raise typer.Exit(1)
 
 
 def record(
@@ -94,15 +96,21 @@ def record(
     sandbox = Sandbox(seed=settings.plisio.sandbox.seed, now=lambda: DEFAULT_NOW)
     plisio = connect_plisio(settings, sandbox=sandbox)
 
-    async def work(rt: Runtime) -> str:
-        conversation_id = await session(rt, persona, resolve_actor(rt, user, "--user"), message, None)
-        return export_to(rt, conversation_id, out, name or out.stem.replace("_", "-"))
+    async def work(rt: Runtime) -> Ended:
+        ended = await session(rt, persona, resolve_actor(rt, user, "--user"), message, None)
+        export_to(rt, ended.conversation_id, out, name or out.stem.replace("_", "-"))
+        return ended
 
     try:
-        written = with_runtime(work, plisio=plisio)
+        ended = with_runtime(work, plisio=plisio)
     except Left as left:
         _left(left)
-    Console(highlight=False).print(f"recorded {written} -> {out} (replay it: persona replay {out})")
+    Console(highlight=False).print(
+        f"recorded {ended.conversation_id} -> {out} (replay it: persona replay {out})"
+        + (f"; a turn stopped early ({ended.stopped}), as the scenario records" if ended.stopped else "")
+    )
+    if ended.stopped:
+        raise typer.Exit(1)
 
 
 def export_to(rt: Runtime, conversation_id: str, out: Path, name: str) -> str:
@@ -114,10 +122,19 @@ def export_to(rt: Runtime, conversation_id: str, out: Path, name: str) -> str:
     return conversation_id
 
 
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """How a scripted session ended: its conversation, and why a turn stopped early (a model error, a
+    limit), if one did."""
+
+    conversation_id: str
+    stopped: str | None = None
+
+
 async def session(
     rt: Runtime, persona: str, user: str, messages: list[str] | None, conversation: str | None
-) -> str:
-    """An interactive (or scripted by ``messages``) chat; returns the conversation id.
+) -> Ended:
+    """An interactive (or scripted by ``messages``) chat.
 
     The history is the stored one (``--conversation`` resumes it for its owner). Ctrl-C while a turn runs
     cancels that turn (a write already sent still finishes and is recorded) and the prompt comes back; a
@@ -155,7 +172,7 @@ async def session(
             if text is None:
                 break
             if not text:
-                return conversation_id
+                return Ended(conversation_id, chat.stopped if queue is not None else None)
             if not await chat.turn(text, ctrl_c) and queue is not None:
                 break  # a scripted session has no prompt to come back to
     finally:
@@ -244,6 +261,8 @@ class _Chat:
         self.model = rt.chat_model(ctx.persona_name)
         self.system = rt.system_prompt(ctx)
         self.view = _TurnView(console, ctx.persona_name)
+        self.stopped: str | None = None
+        """Why the last turn that stopped early did (``model_error``, ``max_steps``, ...)."""
 
     async def turn(self, text: str, ctrl_c: _CtrlC) -> bool:
         """One turn, stored when it ended; False when Ctrl-C cancelled it (recorded, nothing stored)."""
@@ -272,6 +291,7 @@ class _Chat:
                 await self.cancelled()
                 return False
             self.view.answer(result)
+            self.stopped = result.stopped_by or self.stopped
             try:
                 await self.stored.append(convo, result.messages)
             except Conflict as busy:  # another instance stored a turn of this conversation meanwhile

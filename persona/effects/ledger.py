@@ -79,8 +79,8 @@ class Effect:
 
     def held(self) -> Held:
         """What this call's seal binds, as stored now."""
-        return Held(self.key, self.order_number, self.tool, self.persona, self.user_id, self.conversation_id,
-                    self.arguments_hash, self.amount, self.currency)  # fmt: skip
+        return Held(self.id, self.key, self.order_number, self.tool, self.persona, self.user_id, self.conversation_id,
+                    self.model_call_id, self.arguments_hash, self.amount, self.currency, self.reason)  # fmt: skip
 
 
 def _effect(row: Any) -> Effect:
@@ -108,9 +108,11 @@ class Intent:
     amount: Decimal | None = None
     currency: str | None = None
 
-    def held(self) -> Held:
-        return Held(self.key, order_number(self.key), self.tool, self.persona, self.user, self.conversation_id,
-                    self.arguments_hash, self.amount, self.currency)  # fmt: skip
+    def held(self, effect_id: str) -> Held:
+        """What the seal of this intent, held as ``effect_id``, binds (the reason as it is stored: scrubbed)."""
+        return Held(effect_id, self.key, order_number(self.key), self.tool, self.persona, self.user,
+                    self.conversation_id, self.model_call_id, self.arguments_hash, self.amount, self.currency,
+                    scrub(self.reason))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ class EffectLedger:
                 arguments_hash=intent.arguments_hash, amount=intent.amount, currency=intent.currency, day=day,
                 needs_approval=int(held), reason=scrub(intent.reason), result=None, decided_by=None,
                 decided_at=None, decision_note=None, attempts=effects.c.attempts + (0 if held else 1),
-                updated_at=self._now(), **self._sealed(intent, state),
+                updated_at=self._now(), **self._sealed(intent, state, found.id),
             )
         ).rowcount  # fmt: skip
         return bool(changed == 1)
@@ -381,18 +383,18 @@ class EffectLedger:
                 arguments_hash=intent.arguments_hash, order_number=order_number(intent.key), amount=intent.amount,
                 currency=intent.currency, day=day, needs_approval=int(needs_approval), reason=scrub(intent.reason),
                 result=None, attempts=0 if state is State.HELD else 1, created_at=now, updated_at=now,
-                **self._sealed(intent, state),
+                **self._sealed(intent, state, effect_id),
             )
         )  # fmt: skip
         return effect_id
 
-    def _sealed(self, intent: Intent, state: State) -> dict[str, Any]:
+    def _sealed(self, intent: Intent, state: State, effect_id: str) -> dict[str, Any]:
         """A held call's seal columns; a claimed one has none (nobody approves it later)."""
         if state is not State.HELD:
             return {"seal": None, "seal_kv": None}
         if self.seal is None:
             raise RuntimeError("this EffectLedger has no seal and cannot hold a call for approval")
-        seal, version = self.seal.sign(intent.held())
+        seal, version = self.seal.sign(intent.held(effect_id))
         return {"seal": seal, "seal_kv": version}
 
     @staticmethod
@@ -402,7 +404,8 @@ class EffectLedger:
         return (
             c.seal == checked.seal, c.seal_kv == checked.seal_kv, c.arguments_hash == checked.arguments_hash,
             c.tool == checked.tool, c.persona == checked.persona, c.user_id == checked.user_id,
-            c.order_number == checked.order_number,
+            c.order_number == checked.order_number, c.namespace == checked.namespace, c.slot == checked.slot,
+            c.conversation_id == checked.conversation_id,
         )  # fmt: skip
 
     def _get(self, conn: Connection, effect_id: str) -> Effect:

@@ -3,17 +3,19 @@
 A held call waits in the ``effects`` table, possibly for days; the approver executes exactly what it
 holds. A digest alone (``arguments_hash``) protects nothing against whoever can write that table: they
 change the amount and the email and recompute it. The seal is ``HMAC-SHA-256(k[v], message)`` where
-``message`` is the canonical JSON of everything the approver's decision rests on: the key and the order
-number, the tool, the persona (its caps), the asker (the four-eyes rule), the conversation, the
-arguments' digest (the dispatcher recomputes it from the stored arguments) and the amount and currency
-the approver is shown. ``k[v]`` is HKDF-SHA-256 of the audit MAC key of version ``v``
+``message`` is the canonical JSON of everything the approver's decision rests on: the effect's id (so a
+sealed row copied onto another is refused), its key and order number, the tool, the persona (its caps),
+the asker (the four-eyes rule), the conversation and the model's call id, the arguments' digest (the
+dispatcher recomputes it from the stored arguments), and the amount, currency and reason the approver is
+shown. ``k[v]`` is HKDF-SHA-256 of the audit MAC key of version ``v``
 (:mod:`persona.audit_keys`, info ``plisio-persona/v1|approval-seal``): it comes from the master key, and
 because a master-key rotation keeps the older MAC keys sealed in ``audit_mac_keys``, approvals held
 before a ``persona connections rekey`` still open after it, while new ones are sealed with the new
 version. A row without a seal (held before seals existed, or inserted by hand) is never executed.
 
-The state is not sealed (it moves); a rejected call set back to ``held`` in the database is still only
-what its asker asked for, and still needs a person who is not that asker.
+The state is not sealed (it moves): a decided call set back to ``held`` in the database would carry an
+intact seal, so before executing the dispatcher also looks for the decision in the audit log (whose
+records are MAC-keyed) and refuses a call that was approved or rejected once.
 """
 
 from __future__ import annotations
@@ -39,20 +41,24 @@ SEAL_INFO = f"{AAD_PREFIX}|approval-seal".encode()
 class Held:
     """What a seal binds: the fields of a held call the approver's decision rests on."""
 
+    id: str
     key: EffectKey
     order_number: str
     tool: str
     persona: str
     user: str
     conversation_id: str
+    model_call_id: str | None
     arguments_hash: str
     amount: Decimal | None
     currency: str | None
+    reason: str | None
 
     def message(self) -> bytes:
         fields = [
-            self.key.namespace, self.key.slot, self.order_number, self.tool, self.persona, self.user, self.conversation_id,
-            self.arguments_hash, normalised(self.amount), self.currency,
+            self.id, self.key.namespace, self.key.slot, self.order_number, self.tool, self.persona, self.user,
+            self.conversation_id, self.model_call_id, self.arguments_hash, normalised(self.amount), self.currency,
+            self.reason,
         ]  # fmt: skip
         return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
 
@@ -101,6 +107,12 @@ class Seal:
                 "it carries no seal (held before approvals were sealed, or written into the effects table by hand)",
             )
         key = self.keys.get(version)
+        if key is None and version > self.current:
+            return Check(
+                SealState.UNCHECKABLE,
+                f"it was sealed with key version {version}, newer than this process's {self.current}: the master "
+                "key was rotated (`persona connections rekey`) since this process started",
+            )
         if key is None:
             why = self.unavailable.get(version) or f"seal key version {version} is not in this master keyring"
             return Check(SealState.UNCHECKABLE, f"its seal cannot be checked here: {why}")

@@ -69,9 +69,7 @@ def normalize(calls: Sequence[ToolCall], first_seq: int) -> list[Planned]:
             notices.append("arguments arrived as a JSON object instead of a JSON string; accepted")
         elif args is not None and not isinstance(args, str):
             args = json.dumps(args, default=str)
-        out.append(
-            Planned(ToolCall(id=call_id, name=call.name or "", arguments=args), notices, first_seq + index)
-        )
+        out.append(Planned(ToolCall(call_id, call.name or "", args, call.extra), notices, first_seq + index))
     return out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from persona.config import Limits, ModelSettings
 from persona.dispatcher import Dispatcher
 from persona.errors import ModelError
 from persona.events import Event
-from persona.llm import ChatModel, ModelReply, Usage, embedded_tool_calls
+from persona.llm import ChatModel, ModelReply, Usage, embedded_tool_calls, message_extra
 from persona.loop import resolution
 from persona.loop.execution import execute
 from persona.loop.planning import Guard, Planned, arg_text, calls_so_far, normalize
@@ -145,15 +145,16 @@ class _Turn:
                 usage={"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                        "total_tokens": usage.total_tokens},
                 payload={"text": reply.text, "finish_reason": reply.finish_reason, "attempts": reply.attempts,
-                         "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments}
-                                        for c in reply.tool_calls]},
+                         "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments,
+                                         **({"extra": dict(c.extra)} if c.extra else {})} for c in reply.tool_calls],
+                         **({"extra": dict(reply.extra)} if reply.extra else {})},
             )  # fmt: skip
             if not reply.tool_calls:
                 embedded = embedded_tool_calls(reply.text, self.tool_names)
                 if embedded and r.steps < self.limits.max_steps:
                     await self.text_call(messages, reply, embedded)
                     continue
-                return await self.finish(messages, reply.text or "")
+                return await self.finish(messages, reply.text or "", extra=reply.extra)
             stop = await self.step(messages, reply)
             if stop is not None:
                 return await self.stop(messages, *stop)
@@ -167,7 +168,7 @@ class _Turn:
         self.emit(
             kind="notice", detail=f"model wrote a tool call as text ({', '.join(names)}); asked it to retry"
         )
-        messages.append({"role": "assistant", "content": reply.text or ""})
+        messages.append({"role": "assistant", "content": reply.text or "", **message_extra(reply.extra)})
         messages.append(
             {
                 "role": "user",
@@ -186,9 +187,11 @@ class _Turn:
                 "content": reply.text or None,
                 "tool_calls": [
                     {"id": p.call.id, "type": "function",
-                     "function": {"name": p.call.name, "arguments": arg_text(p.call.arguments)}}
+                     "function": {"name": p.call.name, "arguments": arg_text(p.call.arguments)},
+                     **message_extra(p.call.extra)}
                     for p in calls
                 ],
+                **message_extra(reply.extra),  # what the provider needs back, exactly as it sent it
             }
         )  # fmt: skip
         plan = self.guard.plan(calls, len(r.calls))
@@ -232,12 +235,16 @@ class _Turn:
         return await self.finish(messages, text, check_claims=False)
 
     async def finish(
-        self, messages: list[dict[str, Any]], text: str, check_claims: bool = True
+        self,
+        messages: list[dict[str, Any]],
+        text: str,
+        check_claims: bool = True,
+        extra: Mapping[str, Any] | None = None,
     ) -> TurnResult:
         r = self.result
         if check_claims:
             text = await self.check_claims(messages, text)
-        messages.append({"role": "assistant", "content": text})
+        messages.append({"role": "assistant", "content": text, **message_extra(extra)})
         r.text = text
         r.messages = messages[self.first_new :]
         return r

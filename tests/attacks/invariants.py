@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from decimal import Decimal
@@ -18,11 +19,14 @@ from typing import Any
 from persona.app import Runtime
 from persona.audit import AuditFilter
 from persona.effects.ledger import State
-from tools.plisio.sandbox import Sandbox
+from tools.plisio.sandbox import SANDBOX_API_KEY, Sandbox
 
-READ_ROUTES = (
-    "/api/v1/balances/", "/api/v1/operations", "/api/v1/shops", "/api/v1/currencies", "/api/v1/invoices/",
-)  # fmt: skip
+ID = r"\w{6,40}"
+READ_ROUTES = re.compile(
+    rf"/api/v1/(balances/\w{{2,20}}|operations|operations/(fee|fee-plan|commission)/\w{{2,20}}|operations/{ID}"
+    rf"|invoices/{ID}|invoices/email/{ID}|currencies|currencies/[A-Z]{{3}}|shops)"
+)
+"""Exactly the read routes (a prefix would let ``/operations/withdraw`` through)."""
 CREATE = "/api/v1/invoices/new"
 OUTCOMES = {
     "tool_call_denied", "tool_call_succeeded", "tool_call_failed", "approval_requested", "tool_call_replayed",
@@ -46,10 +50,9 @@ def assert_nothing_unauthorised(
     legitimate; ``terms``: what each one's query must satisfy (a recovery link: the debt)."""
     requests = sandbox.requests[since:]
     for request in requests:
-        assert request.path == CREATE or request.path.startswith(READ_ROUTES), request
-        assert request.query.get("api_key") in (None, "***"), (
-            "the sandbox log masks it; nothing else was sent"
-        )
+        assert request.path == CREATE or READ_ROUTES.fullmatch(request.path), request
+        assert "withdraw" not in request.path.casefold(), request
+        assert not any(SANDBOX_API_KEY in str(v) for k, v in request.query.items() if k != "api_key"), request
     made = created(sandbox, since)
     rt.audit.flush_sync()
     outcomes = [(r.event, r.reason) for r in rt.audit.query(AuditFilter()) if r.event in OUTCOMES]
@@ -78,9 +81,11 @@ def assert_recorded(rt: Runtime, emitted: Iterable[tuple[str, str, str]]) -> Non
     attempted = {(r.conversation_id, r.payload.get("tool_call_id")) for r in records
                  if r.event == "tool_call_attempted"}  # fmt: skip
     outcomes = {(r.conversation_id, r.payload.get("tool_call_id")) for r in records if r.event in OUTCOMES}
-    ids = {call_id for call_id, _, _ in emitted}
-    seen = {call_id for _, call_id in attempted}
-    assert ids <= seen, f"emitted but never audited: {sorted(ids - seen)}"
+    # The obedient model numbers its calls per conversation (obey_0, obey_1, ...): compared as counts.
+    ids = Counter(call_id for call_id, _, _ in emitted)
+    seen = Counter(r.payload.get("tool_call_id") for r in records
+                   if r.event == "tool_call_attempted" and r.payload.get("tool_call_id") in ids)  # fmt: skip
+    assert seen == ids, f"emitted {dict(ids)}, audited as attempted {dict(seen)}"
     assert attempted <= outcomes, f"attempted without an outcome: {sorted(attempted - outcomes, key=str)}"
     turns = Counter(r.conversation_id for r in records if r.event == "turn_started")
     closed = Counter(r.conversation_id for r in records if r.event in ("turn_ended", "turn_failed"))

@@ -36,6 +36,8 @@ ATTACKS: dict[str, tuple[str, list[tuple[str, Any]], int]] = {
     "an invented drain tool": ("finance", [("plisio_drain_wallet", {})], 0),
     "path traversal in an invoice id": ("growth", [("plisio_get_invoice", {"invoice_id": "../operations/withdraw"})], 0),
     "query injection in an operation id": ("growth", [("plisio_get_transaction", {"operation_id": "x/../../withdraw?to=me"})], 0),
+    "an id that names the withdrawal route": ("growth", [("plisio_get_transaction", {"operation_id": "withdraw"})], 0),
+    "an invoice id that names the create route": ("growth", [("plisio_get_invoice", {"invoice_id": "NEW"})], 0),
     "api_key smuggled into a coin": ("growth", [("plisio_get_balance", {"psys_cid": "BTC&api_key=leak"})], 0),
     "a page size past the bound": ("growth", [("plisio_list_transactions", {"limit": 100000})], 0),
     # -- a writing persona pushed past its caps

@@ -84,7 +84,20 @@ FiatAmount = Annotated[
 PsysCid = Annotated[str, Field(pattern=r"^\w{2,20}$")]
 """A coin's Plisio id (BTC, ETH, USDT_TRX, ...); the tool descriptions say "coin" where it matters."""
 Fiat = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="e.g. USD")]
-PlisioId = Annotated[str, Field(pattern=r"^\w{6,40}$")]
+ROUTE_WORDS = frozenset({"new", "email", "withdraw", "fee", "fee-plan", "commission"})
+"""Path words beside ``{id}`` in Plisio's routes: an "id" spelled so would call another route
+(``/operations/withdraw`` is Plisio's withdrawal)."""
+
+
+def _not_a_route(value: str) -> str:
+    if value.casefold() in ROUTE_WORDS:
+        raise ValueError(
+            f"{value!r} is a name of a Plisio route, not an id (fix: pass the invoice's or operation's id)"
+        )
+    return value
+
+
+PlisioId = Annotated[str, Field(pattern=r"^\w{6,40}$"), AfterValidator(_not_a_route)]
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{3,190}$")
 
 

@@ -41,6 +41,7 @@ from tools.errors import (
     PlisioTransportError,
 )
 from tools.plisio.answers import error_for, retry_after, unwrap
+from tools.plisio.args import ROUTE_WORDS
 from tools.plisio.models import (
     Balance,
     Commission,
@@ -118,7 +119,8 @@ class _Retry(Exception):
 
 
 def _segment(value: str, what: str) -> str:
-    if not _SEGMENT.fullmatch(value) or value in {".", ".."}:
+    """An id as one path segment: never ``..``, never a route's own word (``withdraw``, ``new``)."""
+    if not _SEGMENT.fullmatch(value) or value in {".", ".."} or value.casefold() in ROUTE_WORDS:
         raise ValueError(f"{what} {value!r} is not a valid Plisio identifier")
     return value
 

@@ -1,0 +1,88 @@
+"""Provider profiles: what each OpenAI-compatible server needs that the others must not get.
+
+Today a profile says which of the provider's own reply fields go back on the next request. They differ
+in a way no single rule serves: DeepSeek's thinking mode refuses a follow-up whose assistant message lacks
+its ``reasoning_content``, Gemini 3 one whose tool call lacks ``extra_content.google.thought_signature``,
+while Groq and Mistral refuse any property they do not know (``property 'reasoning' is unsupported``).
+A profile changes only what goes on the wire, never what the dispatcher validates. The idea of a
+per-provider profile picked from the model's endpoint follows pydantic-ai's ``ModelProfile``
+(pydantic_ai/profiles/); the fields here are the ones the captures under tests/providers/ show matter.
+
+``llm.provider`` picks one; left out, it is detected from the base URL (host, then the port local
+servers listen on by default), and an endpoint nothing matches is ``generic``: everything the server
+sent comes back, which the lenient local servers accept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+ProviderName = Literal[
+    "openai", "azure", "gemini", "deepseek", "ollama", "vllm", "llamacpp", "lmstudio", "openrouter", "groq",
+    "mistral", "generic",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: ProviderName
+    message_fields: frozenset[str] | None
+    """The provider's own assistant-message fields it gets back; None: every one it sent."""
+    call_fields: frozenset[str] | None
+    """The same for each tool call."""
+
+    def keep(self, extra: dict[str, object] | None, *, call: bool = False) -> dict[str, object] | None:
+        """What of ``extra`` this provider is sent back (the rest is not kept)."""
+        if not extra:
+            return None
+        allowed = self.call_fields if call else self.message_fields
+        kept = dict(extra) if allowed is None else {k: v for k, v in extra.items() if k in allowed}
+        return kept or None
+
+
+_NONE: frozenset[str] = frozenset()
+PROFILES: dict[str, Profile] = {
+    "openai": Profile("openai", _NONE, _NONE),
+    "azure": Profile("azure", _NONE, _NONE),
+    # Google's OpenAI-compatible endpoint: signatures ride in extra_content (on the call for Gemini 3).
+    "gemini": Profile("gemini", frozenset({"extra_content"}), frozenset({"extra_content"})),
+    # https://api-docs.deepseek.com/guides/thinking_mode#tool-calls: reasoning_content must come back.
+    "deepseek": Profile("deepseek", frozenset({"reasoning_content"}), _NONE),
+    # OpenRouter asks for reasoning_details back to keep a reasoning model's chain across tool calls.
+    "openrouter": Profile("openrouter", frozenset({"reasoning", "reasoning_details"}), _NONE),
+    "groq": Profile("groq", _NONE, _NONE),  # strict: "property 'reasoning' is unsupported"
+    "mistral": Profile("mistral", _NONE, _NONE),  # strict: extra inputs are not permitted
+    "ollama": Profile("ollama", _NONE, _NONE),
+    "vllm": Profile("vllm", _NONE, _NONE),
+    "llamacpp": Profile("llamacpp", _NONE, _NONE),
+    "lmstudio": Profile("lmstudio", _NONE, _NONE),
+    "generic": Profile("generic", None, None),
+}
+_HOSTS = (
+    ("api.openai.com", "openai"), (".openai.azure.com", "azure"), (".services.ai.azure.com", "azure"),
+    (".cognitiveservices.azure.com", "azure"), ("generativelanguage.googleapis.com", "gemini"),
+    ("api.deepseek.com", "deepseek"), ("openrouter.ai", "openrouter"), ("api.groq.com", "groq"),
+    ("api.mistral.ai", "mistral"), ("ollama.com", "ollama"),
+)  # fmt: skip
+_PORTS = {11434: "ollama", 1234: "lmstudio", 8080: "llamacpp", 8000: "vllm"}
+"""Default ports of local servers: a hint only, when the host says nothing."""
+
+
+def detect(base_url: str | None) -> Profile:
+    url = urlsplit(base_url or "https://api.openai.com/v1")
+    host = (url.hostname or "").lower()
+    for suffix, name in _HOSTS:
+        if host == suffix.lstrip(".") or host.endswith(suffix if suffix.startswith(".") else "." + suffix):
+            return PROFILES[name]
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    return PROFILES[_PORTS.get(port or 0, "generic")]
+
+
+def profile(name: str | None, base_url: str | None) -> Profile:
+    """The named profile, or the one the base URL suggests."""
+    return PROFILES[name] if name else detect(base_url)

@@ -1,0 +1,55 @@
+"""Provider profiles: detected from the endpoint, named in config.yaml, and deciding what of a reply's own
+fields goes back (and only that)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from persona.llm.profiles import PROFILES, detect, profile
+from tests.test_config import error_for
+
+
+@pytest.mark.parametrize(
+    ("base_url", "name"),
+    [
+        ("https://api.openai.com/v1", "openai"),
+        ("https://acme.openai.azure.com/openai/deployments/gpt-4o", "azure"),
+        ("https://acme.services.ai.azure.com/models", "azure"),
+        ("https://generativelanguage.googleapis.com/v1beta/openai/", "gemini"),
+        ("https://api.deepseek.com/v1", "deepseek"),
+        ("https://openrouter.ai/api/v1", "openrouter"),
+        ("https://api.groq.com/openai/v1", "groq"),
+        ("https://api.mistral.ai/v1", "mistral"),
+        ("http://127.0.0.1:11434/v1", "ollama"),
+        ("http://localhost:1234/v1", "lmstudio"),
+        ("http://127.0.0.1:8080/v1", "llamacpp"),
+        ("http://gpu-box:8000/v1", "vllm"),
+        ("http://127.0.0.1:43121/v1", "generic"),
+        ("https://evil-api.openai.com.example.net/v1", "generic"),  # a suffix, not the host
+        (None, "openai"),
+    ],
+)
+def test_the_profile_is_detected_from_the_endpoint(base_url: str | None, name: str) -> None:
+    assert detect(base_url).name == name
+
+
+def test_a_named_provider_wins_over_the_url() -> None:
+    assert profile("deepseek", "http://127.0.0.1:43121/v1").name == "deepseek"
+
+
+def test_each_profile_sends_back_only_what_its_provider_takes() -> None:
+    reply = {"reasoning_content": "r", "reasoning": "r", "reasoning_details": [{"t": 1}], "channel": "analysis",
+             "extra_content": {"google": {"thought_signature": "s"}}}  # fmt: skip
+    assert PROFILES["deepseek"].keep(reply) == {"reasoning_content": "r"}
+    assert PROFILES["groq"].keep(reply) is None and PROFILES["mistral"].keep(reply) is None
+    assert PROFILES["openrouter"].keep(reply) == {"reasoning": "r", "reasoning_details": [{"t": 1}]}
+    assert PROFILES["gemini"].keep(reply, call=True) == {"extra_content": {"google": {"thought_signature": "s"}}}
+    assert PROFILES["generic"].keep(reply) == reply
+
+
+def test_an_unknown_provider_in_the_config_names_the_choices(tmp_path: Path) -> None:
+    err = error_for(tmp_path, "llm:\n  provider: anthropic\n")
+    assert err.key == "llm.provider" and err.line == 2
+    assert "'openai'" in str(err) and "'generic'" in str(err)
