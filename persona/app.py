@@ -28,7 +28,7 @@ from persona.effects.seal import Seal
 from persona.errors import NoMasterKey, NotConfigured
 from persona.events import Source
 from persona.grants import GrantGate, Grants
-from persona.llm import ChatModel
+from persona.llm import ChatModel, OpenAIChatModel
 from persona.masterkey import MasterKeySource
 from persona.policy import PlisioPrices, Policy
 from persona.prompts import PromptLibrary
@@ -267,21 +267,26 @@ class Runtime:
         )
 
     def chat_model(self, persona: str) -> ChatModel:
-        llm = self.settings.llm
-        chosen = self.settings.persona(persona).model
-        model = chosen.model or llm.model
-        if not llm.base_url or not model:
-            raise NotConfigured(NO_LLM_HELP)
-        from persona.llm import OpenAIChatModel
-
-        key = self.settings.llm_api_key.get_secret_value() if self.settings.llm_api_key else None
-        return OpenAIChatModel(
-            model=model, base_url=llm.base_url, api_key=key, timeout=llm.timeout, max_retries=llm.max_retries,
-            temperature=chosen.temperature, max_tokens=chosen.max_tokens, stream=llm.stream, provider=llm.provider,
-        )  # fmt: skip
+        return model_for(self.settings, persona)
 
     async def aclose(self) -> None:
         await self.audit.aclose()
         await self.access.aclose()
         await self.plisio.aclose()
         self.store.close()
+
+
+def model_for(settings: Settings, persona: str, *, stream: bool | None = None) -> OpenAIChatModel:
+    """The configured endpoint as ``persona`` uses it (its model, temperature, max_tokens); ``stream``
+    overrides ``llm.stream`` (``persona llm check`` tries both)."""
+    llm = settings.llm
+    chosen = settings.persona(persona).model
+    model = chosen.model or llm.model
+    if not llm.base_url or not model:
+        raise NotConfigured(NO_LLM_HELP)
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    return OpenAIChatModel(
+        model=model, base_url=llm.base_url, api_key=key, timeout=llm.timeout, max_retries=llm.max_retries,
+        temperature=chosen.temperature, max_tokens=chosen.max_tokens, stream=llm.stream if stream is None else stream,
+        provider=llm.provider,
+    )  # fmt: skip

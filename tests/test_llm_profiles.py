@@ -45,7 +45,9 @@ def test_each_profile_sends_back_only_what_its_provider_takes() -> None:
     assert PROFILES["deepseek"].keep(reply) == {"reasoning_content": "r"}
     assert PROFILES["groq"].keep(reply) is None and PROFILES["mistral"].keep(reply) is None
     assert PROFILES["openrouter"].keep(reply) == {"reasoning": "r", "reasoning_details": [{"t": 1}]}
-    assert PROFILES["gemini"].keep(reply, call=True) == {"extra_content": {"google": {"thought_signature": "s"}}}
+    assert PROFILES["gemini"].keep(reply, call=True) == {
+        "extra_content": {"google": {"thought_signature": "s"}}
+    }
     assert PROFILES["generic"].keep(reply) == reply
 
 

@@ -66,6 +66,7 @@ def _register() -> None:
         drafts,
         effects,
         flows,
+        llm,
         replay,
         sandbox,
         serve,
@@ -93,6 +94,7 @@ def _register() -> None:
     app.add_typer(vault.connections_app, name="connections")
     app.add_typer(vault.grants_app, name="grants")
     app.add_typer(users.app, name="users")
+    app.add_typer(llm.app, name="llm")
 
 
 _register()

@@ -83,6 +83,16 @@ class OpenAIChatModel:
     def __repr__(self) -> str:
         return f"OpenAIChatModel(base_url={self._base_url!r}, model={self._model!r})"
 
+    async def list_models(self) -> list[str]:
+        """The model ids the endpoint lists (``GET /models``); a failure is a :class:`ModelError`."""
+        try:
+            listed = await self._client.get("/models", cast_to=object)
+        except (openai.OpenAIError, ValueError, httpx2.HTTPError) as exc:
+            err = exc if isinstance(exc, openai.OpenAIError) else _undecodable(exc)
+            raise ModelError(self._explain(err, None)[0]) from None
+        data = get_field(listed, "data") or []
+        return [str(get_field(m, "id")) for m in data if get_field(m, "id")]
+
     async def aclose(self) -> None:
         """Close the HTTP client if we created it (a caller's client stays the caller's)."""
         if self._owns_http:

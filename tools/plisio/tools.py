@@ -177,7 +177,11 @@ async def get_transaction(args: TransactionArgs, ctx: PlisioContext) -> dict[str
 PLISIO_TOOLS: tuple[Tool[Any, PlisioContext], ...] = (
     Tool(
         name="plisio_create_invoice",
-        description="Create a payment invoice for order_name; get its link. Capped.",
+        description=(
+            "Create a payment invoice (a link the customer pays) for order_name, priced in a fiat (source_amount + "
+            "source_currency) or a coin (amount + currency). Returns txn_id, invoice_url, status. Capped; may be held "
+            "for a person's approval."
+        ),
         args_model=CreateInvoiceArgs,
         handler=create_invoice,
         read_only=False,
@@ -188,73 +192,107 @@ PLISIO_TOOLS: tuple[Tool[Any, PlisioContext], ...] = (
     ),
     Tool(
         name="plisio_estimate_fee",
-        description="Network fee to send amounts of a coin.",
+        description=(
+            "Network (miner) fee to send amounts of a coin to addresses, per fee plan. For Plisio's own charge on "
+            "a payout too, use plisio_estimate_commission."
+        ),
         args_model=EstimateFeeArgs,
         handler=estimate_fee,
     ),
     Tool(
         name="plisio_get_balance",
-        description="Shop balance in one coin.",
+        description=(
+            "The shop's balance in one coin. For rates of every coin use plisio_get_currencies_by_fiat."
+        ),
         args_model=CoinArgs,
         handler=get_balance,
     ),
     Tool(
         name="plisio_estimate_commission",
-        description="Commission + network fee to send amounts of a coin.",
+        description=(
+            "What sending amounts of a coin out of the shop costs: Plisio's commission and the network fee. For "
+            "the network fee alone use plisio_estimate_fee."
+        ),
         args_model=EstimateCommissionArgs,
         handler=estimate_commission,
     ),
     Tool(
         name="plisio_get_currencies_by_fiat",
-        description="Enabled coins, rates in a fiat.",
+        description=(
+            "The shop's enabled coins with their rates in one fiat (e.g. EUR) and minimums: for converting between "
+            "that fiat and a coin."
+        ),
         args_model=FiatArgs,
         handler=get_currencies_by_fiat,
     ),
     Tool(
         name="plisio_get_fee_plans",
-        description="Fee and unit per plan of a coin.",
+        description=(
+            "A coin's fee plans (e.g. normal, priority) with each plan's fee and unit: a summary to choose a plan "
+            "by. The chain settings behind them: plisio_get_fee_plan_details."
+        ),
         args_model=CoinArgs,
         handler=get_fee_plans,
     ),
     Tool(
         name="plisio_get_fee_plan_details",
-        description="Chain-specific fee settings per plan.",
+        description=(
+            "The chain-specific settings behind each fee plan of a coin (e.g. gas price and limit, fee rate). A "
+            "plain fee per plan: plisio_get_fee_plans."
+        ),
         args_model=CoinArgs,
         handler=get_fee_plan_details,
     ),
     Tool(
         name="plisio_get_invoice",
-        description="An invoice by txn_id: status, paid, due, payer, expiry.",
+        description=(
+            "One invoice by txn_id as its payment page has it: status, amount, received, remaining, payer email, "
+            "expiry, link. For its ledger record (fee, commission, confirmations) use plisio_get_transaction."
+        ),
         args_model=InvoiceArgs,
         handler=get_invoice,
     ),
     Tool(
         name="plisio_get_invoice_by_email",
-        description="An invoice by id and payer email.",
+        description=(
+            "Like plisio_get_invoice, but only if the payer's email matches: for a customer asking about their own "
+            "invoice."
+        ),
         args_model=InvoiceByEmailArgs,
         handler=get_invoice_by_email,
     ),
     Tool(
         name="plisio_get_shop_info",
-        description="Shop profile and commission setup.",
+        description=(
+            "The shop itself: name, link, verified, white-label, who pays the commission and any extra commission."
+        ),
         args_model=NoArgs,
         handler=get_shop_info,
     ),
     Tool(
         name="plisio_list_transactions",
-        description="Invoices, deposits, withdrawals, newest first.",
+        description=(
+            "The shop's operations (invoices, deposits, withdrawals), newest first, one page at a time, filtered by "
+            "type, status, coin or search (txid, order number, email); says the page and the total count."
+        ),
         args_model=ListTransactionsArgs,
         handler=list_transactions,
     ),
     Tool(
         name="plisio_get_supported_currencies",
-        description="Accepted coins, USD rates, minimums.",
+        description=(
+            "The coins the shop accepts, each with its USD rate and minimum amount (include_hidden: disabled ones "
+            "too)."
+        ),
         args_model=SupportedCurrenciesArgs,
         handler=get_supported_currencies,
     ),
     Tool(
         name="plisio_get_transaction",
-        description="One operation by id.",
+        description=(
+            "One operation (invoice, deposit or withdrawal) by id as Plisio's ledger holds it: status, amounts, "
+            "fee, commission, confirmations, blockchain links."
+        ),
         args_model=TransactionArgs,
         handler=get_transaction,
     ),
