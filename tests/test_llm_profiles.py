@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from persona.llm import OpenAIChatModel
 from persona.llm.profiles import PROFILES, detect, profile
+from tests.providers.replay_server import Capture, ReplayServer
 from tests.test_config import error_for
+from tools.plisio.sandbox import LoopbackServer
 
 
 @pytest.mark.parametrize(
@@ -55,3 +58,23 @@ def test_an_unknown_provider_in_the_config_names_the_choices(tmp_path: Path) -> 
     err = error_for(tmp_path, "llm:\n  provider: anthropic\n")
     assert err.key == "llm.provider" and err.line == 2
     assert "'openai'" in str(err) and "'generic'" in str(err)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("provider", "key"), [("openai", "max_completion_tokens"), ("azure", "max_completion_tokens"),
+                                                ("ollama", "max_tokens"), (None, "max_tokens")])  # fmt: skip
+async def test_the_length_bound_goes_by_the_providers_name(provider: str | None, key: str) -> None:
+    capture = Capture(Path("inline.json"), {"provider": "inline", "case": "x", "response": {
+        "status": 200, "body": {"id": "x", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}}})  # fmt: skip
+    server = ReplayServer(capture)
+    with LoopbackServer(server.app) as http:
+        model = OpenAIChatModel(model="m", base_url=f"{http.base_url}/v1", max_tokens=100, provider=provider,
+                                max_retries=0)  # fmt: skip
+        try:
+            await model.complete([{"role": "user", "content": "hi"}], [])
+        finally:
+            await model.aclose()
+    [sent] = server.requests
+    (other,) = {"max_tokens", "max_completion_tokens"} - {key}
+    assert sent[key] == 100 and other not in sent

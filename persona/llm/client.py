@@ -113,7 +113,7 @@ class OpenAIChatModel:
         if self._temperature is not None:
             request["temperature"] = self._temperature
         if self._max_tokens is not None:
-            request["max_tokens"] = self._max_tokens
+            request[self.profile.max_tokens_key] = self._max_tokens
         counter = [0]
         token = _ATTEMPTS.set(counter)
         started = time.perf_counter()

@@ -1,6 +1,7 @@
 """Provider profiles: what each OpenAI-compatible server needs that the others must not get.
 
-Today a profile says which of the provider's own reply fields go back on the next request. They differ
+A profile says which of the provider's own reply fields go back on the next request, and how the reply's
+length bound is named (``max_completion_tokens`` for OpenAI and Azure). Providers differ
 in a way no single rule serves: DeepSeek's thinking mode refuses a follow-up whose assistant message lacks
 its ``reasoning_content``, Gemini 3 one whose tool call lacks ``extra_content.google.thought_signature``,
 while Groq and Mistral refuse any property they do not know (``property 'reasoning' is unsupported``).
@@ -32,6 +33,10 @@ class Profile:
     """The provider's own assistant-message fields it gets back; None: every one it sent."""
     call_fields: frozenset[str] | None
     """The same for each tool call."""
+    max_tokens_key: str = "max_tokens"
+    """OpenAI deprecated ``max_tokens`` for ``max_completion_tokens``, which its reasoning models require
+    ("Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' instead"); most compatible servers
+    know only ``max_tokens``."""
 
     def keep(self, extra: dict[str, object] | None, *, call: bool = False) -> dict[str, object] | None:
         """What of ``extra`` this provider is sent back (the rest is not kept)."""
@@ -44,8 +49,8 @@ class Profile:
 
 _NONE: frozenset[str] = frozenset()
 PROFILES: dict[str, Profile] = {
-    "openai": Profile("openai", _NONE, _NONE),
-    "azure": Profile("azure", _NONE, _NONE),
+    "openai": Profile("openai", _NONE, _NONE, "max_completion_tokens"),
+    "azure": Profile("azure", _NONE, _NONE, "max_completion_tokens"),
     # Google's OpenAI-compatible endpoint: signatures ride in extra_content (on the call for Gemini 3).
     "gemini": Profile("gemini", frozenset({"extra_content"}), frozenset({"extra_content"})),
     # https://api-docs.deepseek.com/guides/thinking_mode#tool-calls: reasoning_content must come back.
