@@ -95,6 +95,23 @@ async def test_a_repeated_id_on_every_fragment_is_still_one_call(serve: Any) -> 
     assert [(c.id, c.arguments) for c in reply.tool_calls] == [("call_a", '{"psys_cid":"BTC"}')]
 
 
+async def test_calls_without_index_are_told_apart_by_id_even_interleaved(serve: Any) -> None:
+    def frag(ident: str, name: str | None, args: str) -> dict[str, Any]:
+        fragment: dict[str, Any] = {"id": ident, "type": "function", "function": {"arguments": args}}
+        if name:
+            fragment["function"]["name"] = name
+        return chunk({"tool_calls": [fragment]})
+
+    reply = await serve(stream(sse(
+        frag("a", "plisio_get_balance", '{"psys_cid":'), frag("b", "plisio_get_balance", '{"psys_cid":'),
+        frag("a", None, '"BTC"}'), frag("b", None, '"ETH"}'),
+    )), stream=True)  # fmt: skip
+    assert [(c.id, c.arguments) for c in reply.tool_calls] == [
+        ("a", '{"psys_cid":"BTC"}'),
+        ("b", '{"psys_cid":"ETH"}'),
+    ]
+
+
 # -- provider fields that must come back -----------------------------------------------------------------
 
 
@@ -124,6 +141,28 @@ async def test_fields_of_a_whole_reply_are_kept_and_nulls_dropped(serve: Any) ->
     assert reply.tool_calls[0].extra == {"extra_content": {"google": {"thought_signature": "s"}}}
 
 
+async def test_streamed_reasoning_details_are_joined_by_item_and_other_fields_kept_once(serve: Any) -> None:
+    """OpenRouter streams reasoning_details items by index (text in pieces, the signature last); Groq repeats
+    ``channel`` on every delta."""
+    reply = await serve(stream(sse(
+        chunk({"role": "assistant", "channel": "analysis",
+               "reasoning_details": [{"type": "reasoning.text", "text": "Let me ", "index": 0}]}),
+        chunk({"channel": "analysis", "reasoning_details": [{"type": "reasoning.text", "text": "look.", "index": 0}]}),
+        chunk({"reasoning_details": [{"type": "reasoning.text", "signature": "sig==", "index": 0}]}),
+        chunk({"content": "Done."}, "stop"),
+    )), stream=True)  # fmt: skip
+    assert reply.extra == {"reasoning_details": [{"type": "reasoning.text", "text": "Let me look.", "index": 0,
+                                                  "signature": "sig=="}]}, "generic keeps no channel"  # fmt: skip
+
+
+async def test_list_content_parts_give_the_text(serve: Any) -> None:
+    message = {"role": "assistant", "content": [{"type": "thinking", "thinking": [{"type": "text", "text": "hm"}]},
+                                                 {"type": "text", "text": "The balance is 0.8 BTC."}]}  # fmt: skip
+    body = {"id": "x", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}  # fmt: skip
+    assert (await serve({"status": 200, "body": body}, stream=False)).text == "The balance is 0.8 BTC."
+
+
 # -- failures: every shape, one ModelError ----------------------------------------------------------------
 
 FAILURES: dict[str, tuple[dict[str, Any], bool, str]] = {
@@ -147,6 +186,13 @@ FAILURES: dict[str, tuple[dict[str, Any], bool, str]] = {
         False, "Missing `reasoning_content`"),
     "a JSON body that is not JSON": ({"status": 200, "content_type": "application/json", "text": "{\"id\": "}, False,
                                      "could not be decoded"),
+    "choices that are not a list": ({"status": 200, "body": {"id": "x", "choices": 5}}, False, "unexpected shape"),
+    "tool calls that are not a list": ({"status": 200, "body": {"choices": [{"index": 0, "message": {
+        "role": "assistant", "tool_calls": 5}}]}}, False, "unexpected shape"),
+    "a stream answered with an error body": ({"status": 200, "body": {"error": {"message": "model is loading"}}},
+                                             True, "model is loading"),
+    "a stream answered with a whole completion": ({"status": 200, "body": {"id": "x", "choices": []}}, True,
+                                                  "answered with no stream"),
 }  # fmt: skip
 
 

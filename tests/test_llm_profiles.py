@@ -51,7 +51,25 @@ def test_each_profile_sends_back_only_what_its_provider_takes() -> None:
     assert PROFILES["gemini"].keep(reply, call=True) == {
         "extra_content": {"google": {"thought_signature": "s"}}
     }
-    assert PROFILES["generic"].keep(reply) == reply
+    assert PROFILES["generic"].keep(reply) == {k: v for k, v in reply.items() if k != "channel"}, (
+        "an unknown server gets what some provider needs back, not whatever another attached"
+    )
+
+
+def test_a_history_from_another_provider_is_sent_without_its_fields() -> None:
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "reasoning_content": "r", "channel": "analysis",
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"},
+                         "extra_content": {"google": {"thought_signature": "s"}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "{}"},
+    ]  # fmt: skip
+    sent = PROFILES["groq"].outgoing(history)
+    assert sent[1] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}  # fmt: skip
+    assert sent[0] is history[0] and sent[2] is history[2], "messages without provider fields are not copied"
+    assert PROFILES["deepseek"].outgoing(history)[1]["reasoning_content"] == "r"
+    assert history[1]["channel"] == "analysis", "the stored history is not changed"
 
 
 def test_an_unknown_provider_in_the_config_names_the_choices(tmp_path: Path) -> None:

@@ -296,6 +296,7 @@ class _Chat:
                 await self.stored.append(convo, result.messages)
             except Conflict as busy:  # another instance stored a turn of this conversation meanwhile
                 self.console.print(f"[yellow]! {escape(str(busy))}[/]", soft_wrap=True)
+                self.stopped = "not_stored"
         return True
 
     async def cancelled(self) -> None:

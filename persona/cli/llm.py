@@ -33,9 +33,9 @@ def check(
     settings.chat_persona(persona, doing="check")
     name = settings.persona(persona).model.model or settings.llm.model or ""
     make = lambda stream: model_for(settings, persona, stream=stream)  # noqa: E731
-    rows = asyncio.run(run_checks(make, name, streams=settings.llm.stream))
+    shown, rows = asyncio.run(run_checks(make, name, streams=settings.llm.stream))
     table = [(r.check, "ok" if r.ok else ("FAILED" if r.needed else "no"), r.detail) for r in rows]
-    emit_list(f"{settings.llm.base_url} · model {name}", ("check", "result", "detail"), table,
+    emit_list(f"{shown} · model {name}", ("check", "result", "detail"), table,
               [{"check": r.check, "ok": r.ok, "needed": r.needed, "detail": r.detail, "fix": r.fix} for r in rows],
               as_json=as_json)  # fmt: skip
     failed = [r for r in rows if not r.ok and r.needed]

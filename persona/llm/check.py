@@ -63,9 +63,12 @@ def _described(reply: ModelReply) -> str:
                      for c in reply.tool_calls)  # fmt: skip
 
 
-async def run_checks(make: Callable[[bool], OpenAIChatModel], model_name: str, *, streams: bool) -> list[Row]:
+async def run_checks(
+    make: Callable[[bool], OpenAIChatModel], model_name: str, *, streams: bool
+) -> tuple[str, list[Row]]:
     """The probes, in order; ``make(stream)`` builds the configured model, streaming or not; ``streams``:
-    the personas stream (``llm.stream``), so streamed tool calls are needed."""
+    the personas stream (``llm.stream``), so streamed tool calls are needed. Returns the endpoint as it may
+    be shown, and the rows."""
     plain, streamed = make(False), make(True)
     rows: list[Row] = []
     try:
@@ -74,18 +77,19 @@ async def run_checks(make: Callable[[bool], OpenAIChatModel], model_name: str, *
             models = await plain.list_models()
         except ModelError as err:
             rows.append(Row("reachable", False, str(err)))  # the message carries its own fix
-            return rows
+            return plain.base_url, rows
         rows.append(Row("reachable", True, f"{len(models)} model(s) listed"))
         rows.append(
             Row("model found", model_name in models, model_name if model_name in models else f"{model_name} is not "
                 f"listed ({', '.join(models[:5]) or 'none'}{'…' if len(models) > 5 else ''})",
-                "set llm.model (or personas.<name>.model.model) to one the server lists", needed=bool(models))
+                "check llm.model (or personas.<name>.model.model); some servers list other names (an Azure "
+                "deployment, Ollama's ':latest'), so this is a note", needed=False)
         )  # fmt: skip
         one = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ONE}]
         first = await _probe(rows, "tool calls", lambda: plain.complete(one, [PROBE_TOOL]), {"BTC"},
                              "use a model that supports tool calling (function calling) on this server")  # fmt: skip
-        await _probe(rows, "streaming tool calls", lambda: streamed.complete(one, [PROBE_TOOL]), {"BTC"},
-                     "set llm.stream: false (this server does not stream tool calls)", needed=streams)  # fmt: skip
+        flowing = await _probe(rows, "streaming tool calls", lambda: streamed.complete(one, [PROBE_TOOL]), {"BTC"},
+                               "set llm.stream: false (this server does not stream tool calls)", needed=streams)  # fmt: skip
         two = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TWO}]
         await _probe(rows, "parallel calls", lambda: plain.complete(two, [PROBE_TOOL]), {"BTC", "ETH"},
                      "set personas.<name>.model.parallel_tool_calls: false", needed=False)  # fmt: skip
@@ -94,11 +98,16 @@ async def run_checks(make: Callable[[bool], OpenAIChatModel], model_name: str, *
             rows.append(Row("usage reported", usage > 0, f"{usage} tokens" if usage else "no usage in the reply",
                             "none needed: tokens are then estimated for personas.<name>.limits.max_tokens",
                             needed=False))  # fmt: skip
-            rows.append(await _round_trip(plain, one, first))
+            # Sent back as personas will: from the streamed reply when they stream (its fields are assembled
+            # from deltas), else from the plain one.
+            if streams and flowing is not None:
+                rows.append(await _round_trip(streamed, one, flowing))
+            else:
+                rows.append(await _round_trip(plain, one, first))
     finally:
         await plain.aclose()
         await streamed.aclose()
-    return rows
+    return plain.base_url, rows
 
 
 async def _probe(

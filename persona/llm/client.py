@@ -87,11 +87,16 @@ class OpenAIChatModel:
         """The model ids the endpoint lists (``GET /models``); a failure is a :class:`ModelError`."""
         try:
             listed = await self._client.get("/models", cast_to=object)
-        except (openai.OpenAIError, ValueError, httpx2.HTTPError) as exc:
+            data = get_field(listed, "data") or []
+            return [str(get_field(m, "id")) for m in data if get_field(m, "id")]
+        except _UNREADABLE as exc:
             err = exc if isinstance(exc, openai.OpenAIError) else _undecodable(exc)
             raise ModelError(self._explain(err, None)[0]) from None
-        data = get_field(listed, "data") or []
-        return [str(get_field(m, "id")) for m in data if get_field(m, "id")]
+
+    @property
+    def base_url(self) -> str:
+        """The endpoint as it may be shown (no userinfo, secrets scrubbed)."""
+        return self._base_url
 
     async def aclose(self) -> None:
         """Close the HTTP client if we created it (a caller's client stays the caller's)."""
@@ -107,7 +112,7 @@ class OpenAIChatModel:
         on_text: Callable[[str], None] | None = None,
     ) -> ModelReply:
         """One Chat Completions call; ``on_text`` gets each streamed delta (or the whole text once)."""
-        request: dict[str, Any] = {"model": self._model, "messages": list(messages)}
+        request: dict[str, Any] = {"model": self._model, "messages": self.profile.outgoing(messages)}
         if tools:  # some servers reject parallel_tool_calls (or an empty tools list) without tools
             request.update(tools=list(tools), parallel_tool_calls=parallel_tool_calls)
         if self._temperature is not None:
@@ -120,8 +125,7 @@ class OpenAIChatModel:
         try:
             run = self._streamed if self._stream else self._single
             text, calls, usage, model, finish, extra = await run(request, on_text)
-        except (openai.OpenAIError, ValueError, httpx2.HTTPError) as exc:
-            # ValueError: a JSON body that is not JSON; httpx2.HTTPError: bytes that do not decode.
+        except _UNREADABLE as exc:
             err = exc if isinstance(exc, openai.OpenAIError) else _undecodable(exc)
             attempts = counter[0] if self._owns_http else None
             message, status = self._explain(err, attempts)
@@ -160,7 +164,7 @@ class OpenAIChatModel:
                 message="the endpoint returned no choices", request=_NO_REQUEST, body=completion
             )
         message, finish = get_field(choices[0], "message"), get_field(choices[0], "finish_reason")
-        text = get_field(message, "content")
+        text = _text_of(get_field(message, "content"))
         if on_text is not None and text:
             on_text(text)
         calls = self._kept(tool_call_of(tc) for tc in (get_field(message, "tool_calls") or []))
@@ -206,11 +210,31 @@ _NO_REQUEST = httpx2.Request("POST", "http://llm.invalid/chat/completions")
 _Parts = tuple[str | None, tuple[ToolCall, ...], Usage, str | None, str | None, dict[str, Any] | None]
 
 
+_UNREADABLE = (openai.OpenAIError, ValueError, TypeError, KeyError, AttributeError, httpx2.HTTPError)
+"""What reading a reply can raise: ValueError for a JSON body that is not JSON, httpx2.HTTPError for bytes
+that do not decode, TypeError/KeyError/AttributeError for a body of another shape (``"choices": 5``)."""
+
+
 def _undecodable(exc: Exception) -> openai.APIError:
+    what = (
+        "could not be decoded"
+        if isinstance(exc, ValueError | httpx2.HTTPError)
+        else "has an unexpected shape"
+    )
     return openai.APIError(
-        message=f"the reply could not be decoded ({type(exc).__name__}: {str(exc)[:200]})", request=_NO_REQUEST,
-        body=None,
-    )  # fmt: skip
+        message=f"the reply {what} ({type(exc).__name__}: {str(exc)[:200]})", request=_NO_REQUEST, body=None
+    )
+
+
+def _text_of(content: Any) -> str | None:
+    """The answer's text: a string, or the text parts of a list (Mistral's reasoning models send
+    ``[{"type": "thinking", ...}, {"type": "text", "text": ...}]``)."""
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [get_field(p, "text") for p in content if get_field(p, "type") in (None, "text")]
+        return "".join(p for p in parts if isinstance(p, str)) or None
+    raise TypeError(f"message content is a {type(content).__name__}")
 
 
 async def _count_attempt(request: httpx2.Request) -> None:

@@ -23,6 +23,9 @@ MESSAGE_KEYS = frozenset(
 """Assistant-message keys of the Chat Completions schema itself; any other key is the provider's own."""
 CALL_KEYS = frozenset({"id", "type", "function", "index", "custom"})
 """Tool-call keys of the schema itself (``index`` only in stream deltas)."""
+STREAMED_TEXT = frozenset({"reasoning_content", "reasoning"})
+"""Provider fields that stream as text in pieces (joined); any other field keeps its first value, except
+``reasoning_details``, whose items stream by ``index`` (see :func:`_details`)."""
 
 
 def extra_of(obj: Any, known: frozenset[str]) -> dict[str, Any] | None:
@@ -63,6 +66,22 @@ def _stream_error(payload: Any, request: httpx2.Request) -> openai.APIError:
     return openai.APIError(message=text, request=request, body=error)
 
 
+def _not_a_stream(body: str, request: httpx2.Request) -> openai.APIError:
+    """A streamed request answered without a single ``data:`` line: an error body, or a server that ignores
+    ``stream``; either way the turn must not end as an empty answer."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, (Mapping, list)) and (not isinstance(parsed, Mapping) or parsed.get("error")):
+        return _stream_error(parsed[0] if isinstance(parsed, list) and parsed else parsed, request)
+    shown = body if len(body) <= 120 else body[:117] + "..."
+    return openai.APIError(
+        message=f"a streamed request was answered with no stream ({shown!r}); fix: set llm.stream: false",
+        request=request, body=None,
+    )  # fmt: skip
+
+
 def _decoded(data: str, request: httpx2.Request) -> Any:
     try:
         return json.loads(data)
@@ -86,6 +105,8 @@ class ChunkStream(openai.AsyncStream[Any]):
         response = self.response
         request = response.request
         event = None
+        streamed = False
+        other: list[str] = []
         try:
             async for line in response.aiter_lines():
                 if not line:
@@ -97,7 +118,10 @@ class ChunkStream(openai.AsyncStream[Any]):
                 if line.startswith("error:"):
                     raise _stream_error(_decoded(line[6:].strip(), request), request)
                 if not line.startswith("data:"):
+                    if not line.startswith((":", "id:", "retry:")) and len(other) < 50:
+                        other.append(line)
                     continue  # comments, ids, retry hints
+                streamed = True
                 data = line[5:].strip()
                 if data.startswith("[DONE]"):
                     break
@@ -105,6 +129,8 @@ class ChunkStream(openai.AsyncStream[Any]):
                 if event == "error" or (isinstance(chunk, Mapping) and chunk.get("error")):
                     raise _stream_error(chunk, request)
                 yield chunk
+            if not streamed:
+                raise _not_a_stream("\n".join(other), request)
         except httpx2.TimeoutException as exc:
             raise openai.APITimeoutError(request=request) from exc
         except httpx2.TransportError as exc:
@@ -127,6 +153,7 @@ class StreamedReply:
         self.parts: list[str] = []
         self.extra: dict[str, Any] = {}
         self.slots: dict[int, dict[str, Any]] = {}
+        self._last = 0
         self._alias: dict[int, int] = {}
         """A server's index -> our slot, once two calls came under one index (see :meth:`add_call`)."""
 
@@ -134,10 +161,19 @@ class StreamedReply:
         """Fold one ``choices[0].delta``; returns its text piece, if any."""
         for key, value in (extra_of(delta, MESSAGE_KEYS) or {}).items():
             before = self.extra.get(key)
-            self.extra[key] = before + value if isinstance(value, str) and isinstance(before, str) else value
+            if before is None:
+                self.extra[key] = list(value) if isinstance(value, list) else value
+            elif key in STREAMED_TEXT and isinstance(before, str) and isinstance(value, str):
+                self.extra[key] = before + value
+            elif key == "reasoning_details" and isinstance(before, list) and isinstance(value, list):
+                _details(before, value)
         for fragment in get_field(delta, "tool_calls") or []:
             self.add_call(fragment)
         piece = get_field(delta, "content")
+        if isinstance(piece, list):  # content parts (Mistral's reasoning models): the text ones
+            piece = "".join(
+                str(get_field(p, "text") or "") for p in piece if get_field(p, "type") in (None, "text")
+            )
         if isinstance(piece, str) and piece:
             self.parts.append(piece)
             return piece
@@ -152,9 +188,14 @@ class StreamedReply:
         function = get_field(delta, "function")
         name = get_field(function, "name")
         name = name if isinstance(name, str) else ""
-        if not isinstance(index, int):  # a server that omits index: a new id opens a new call
-            known = {s["id"] for s in self.slots.values()}
-            index = len(self.slots) if (ident and ident not in known) or not self.slots else max(self.slots)
+        if not isinstance(index, int):  # a server that omits index: calls are told apart by id
+            by_id = {s["id"]: key for key, s in self.slots.items() if s["id"]}
+            if ident and ident in by_id:
+                index = by_id[ident]
+            elif ident or not self.slots:
+                index = max(self.slots, default=-1) + 1
+            else:
+                index = self._last  # a fragment with no id continues the call before it
         else:
             index = self._alias.get(index, index)
             slot = self.slots.get(index)
@@ -164,6 +205,7 @@ class StreamedReply:
                 fresh = max(self.slots) + 1
                 self._alias[get_field(delta, "index")] = fresh
                 index = fresh
+        self._last = index
         slot = self.slots.setdefault(index, {"id": None, "name": "", "arguments": None, "extra": {}})
         if ident and slot["id"] is None:
             slot["id"] = ident
@@ -185,6 +227,28 @@ class StreamedReply:
             ToolCall(s["id"], s["name"], s["arguments"], s["extra"] or None)
             for _, s in sorted(self.slots.items())
         )
+
+
+def _details(before: list[Any], pieces: list[Any]) -> None:
+    """OpenRouter's ``reasoning_details`` stream as items with an ``index``: an item's text pieces are
+    joined, its other fields (a signature arrives last) kept as they come."""
+    for piece in pieces:
+        index = piece.get("index") if isinstance(piece, Mapping) else None
+        same = next(
+            (b for b in before if isinstance(b, dict) and index is not None and b.get("index") == index), None
+        )
+        if same is None:
+            before.append(dict(piece) if isinstance(piece, Mapping) else piece)
+            continue
+        for key, value in piece.items():
+            if (
+                key in ("text", "summary", "data")
+                and isinstance(value, str)
+                and isinstance(same.get(key), str)
+            ):
+                same[key] += value
+            elif value is not None and same.get(key) is None:
+                same[key] = value
 
 
 def _merged(before: Any, value: Any) -> Any:

@@ -58,6 +58,11 @@ def reason_of(body: Any) -> str:
     return ""
 
 
+def _cut(text: str, key: str, limit: int = 300) -> str:
+    """Scrubbed, then cut: a secret cut in half by the limit would no longer be recognised."""
+    return scrub(text, (key,))[:limit]
+
+
 def _request_fix(reason: str) -> str:
     if _ROUND_TRIP.search(reason):
         return (
@@ -84,7 +89,7 @@ def explain(
         )
     elif isinstance(err, openai.APIConnectionError) and isinstance(err.__cause__, httpx2.DecodingError):
         text = (
-            f"{where} answered with a body that could not be decoded ({str(err.__cause__)[:200]}) {tries}; "
+            f"{where} answered with a body that could not be decoded ({_cut(str(err.__cause__), key, 200)}) {tries}; "
             f"fix: {_SERVER_FIX}"
         )
     elif isinstance(err, openai.APIConnectionError):
@@ -99,11 +104,11 @@ def explain(
         reason = reason_of(err.body) if status != 401 else ""
         if status in (400, 422):
             fix = _request_fix(reason)
-        detail = f": {reason[:300]}" if reason else ""
+        detail = f": {_cut(reason, key)}" if reason else ""
         text = f"{where} {what} (HTTP {status}){detail} {tries}; fix: {fix}"
     elif isinstance(err, openai.APIError):
         reason = reason_of(err.body) or err.message
-        text = f"{where} failed mid-response {tries}: {reason[:300]}; fix: {_SERVER_FIX}"
+        text = f"{where} failed mid-response {tries}: {_cut(reason, key)}; fix: {_SERVER_FIX}"
     else:
-        text = f"{where} could not be used: {type(err).__name__}: {str(err)[:300]}"
+        text = f"{where} could not be used: {type(err).__name__}: {_cut(str(err), key)}"
     return scrub(text, (key,)), status

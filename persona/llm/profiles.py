@@ -10,14 +10,15 @@ per-provider profile picked from the model's endpoint follows pydantic-ai's ``Mo
 (pydantic_ai/profiles/); the fields here are the ones the captures under tests/providers/ show matter.
 
 ``llm.provider`` picks one; left out, it is detected from the base URL (host, then the port local
-servers listen on by default), and an endpoint nothing matches is ``generic``: everything the server
-sent comes back, which the lenient local servers accept.
+servers listen on by default), and an endpoint nothing matches is ``generic``: what some provider needs
+back (reasoning, signatures) comes back, which lenient servers ignore; nothing else a server attached.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 ProviderName = Literal[
@@ -37,6 +38,30 @@ class Profile:
     """OpenAI deprecated ``max_tokens`` for ``max_completion_tokens``, which its reasoning models require
     ("Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' instead"); most compatible servers
     know only ``max_tokens``."""
+
+    def outgoing(self, messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The messages as this provider may be sent them: a stored history may carry fields another
+        provider attached (the conversation began under another ``llm.provider``)."""
+        out: list[Mapping[str, Any]] = []
+        for m in messages:
+            calls = m.get("tool_calls") or () if m.get("role") == "assistant" else ()
+            if m.get("role") != "assistant" or (
+                m.keys() <= _ASSISTANT and all(c.keys() <= _CALL for c in calls)
+            ):
+                out.append(m)  # nothing of a provider's own: as it is (the common case, no copy)
+                continue
+            kept = {k: v for k, v in m.items() if k in _ASSISTANT or self._allowed(k, call=False)}
+            if m.get("tool_calls"):
+                kept["tool_calls"] = [
+                    {k: v for k, v in c.items() if k in _CALL or self._allowed(k, call=True)}
+                    for c in m["tool_calls"]
+                ]
+            out.append(kept)
+        return out
+
+    def _allowed(self, key: str, *, call: bool) -> bool:
+        allowed = self.call_fields if call else self.message_fields
+        return allowed is None or key in allowed
 
     def keep(self, extra: dict[str, object] | None, *, call: bool = False) -> dict[str, object] | None:
         """What of ``extra`` this provider is sent back (the rest is not kept)."""
@@ -63,8 +88,16 @@ PROFILES: dict[str, Profile] = {
     "vllm": Profile("vllm", _NONE, _NONE),
     "llamacpp": Profile("llamacpp", _NONE, _NONE),
     "lmstudio": Profile("lmstudio", _NONE, _NONE),
-    "generic": Profile("generic", None, None),
+    # Anything else (a proxy such as LiteLLM, a server not listed): the fields some provider needs back,
+    # nothing it merely attached; a strict server behind a proxy needs llm.provider set.
+    "generic": Profile(
+        "generic",
+        frozenset({"reasoning_content", "reasoning", "reasoning_details", "extra_content"}),
+        frozenset({"extra_content"}),
+    ),
 }
+_ASSISTANT = frozenset({"role", "content", "tool_calls", "name", "refusal"})
+_CALL = frozenset({"id", "type", "function"})
 _HOSTS = (
     ("api.openai.com", "openai"), (".openai.azure.com", "azure"), (".services.ai.azure.com", "azure"),
     (".cognitiveservices.azure.com", "azure"), ("generativelanguage.googleapis.com", "gemini"),

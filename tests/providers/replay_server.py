@@ -72,6 +72,24 @@ def _has_reasoning(body: dict[str, Any], key: str) -> bool:
     return all(isinstance(m.get(key), str | list) and m.get(key) for m in _assistants(body))
 
 
+def sent_as_received(capture: Capture, body: dict[str, Any], key: str) -> bool:
+    """The follow-up's assistant message carries ``key`` exactly as the capture held it (streamed text
+    joined here, independently of the client's own assembly)."""
+    response = capture.response
+    if "sse" in response:
+        pieces = []
+        for line in response["sse"].splitlines():
+            if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
+                for choice in json.loads(line[5:]).get("choices") or []:
+                    piece = (choice.get("delta") or {}).get(key)
+                    if isinstance(piece, str):
+                        pieces.append(piece)
+        expected: Any = "".join(pieces) or None
+    else:
+        expected = response["body"]["choices"][0]["message"].get(key)
+    return expected is not None and all(m.get(key) == expected for m in _assistants(body))
+
+
 def _has_signatures(body: dict[str, Any]) -> bool:
     calls = [c for m in _assistants(body) for c in m["tool_calls"]]
     return all(
@@ -137,7 +155,8 @@ class ReplayServer:
                 {"error": {"message": message, "type": "invalid_request_error"}}, status_code=400
             )
         for need in expect.get("round_trip", []):
-            if not CHECKS[need](body):
+            exact = need != "reasoning_content" or sent_as_received(self.capture, body, need)
+            if not CHECKS[need](body) or not exact:
                 self.refused.append(need)
                 return self._verbatim(self._refusal())
         return self._final(body)
