@@ -18,6 +18,9 @@ effect is one invoice. Its states (:mod:`persona.effects.ledger`)::
   ``effects.resolve_after_s``, concludes "not there" = ``failed``; an answer that still arrives after that
   moves it to ``applied`` (the invoice exists: the truth wins over the conclusion).
 
+A held call is sealed (:mod:`persona.effects.seal`): an HMAC keyed from the master key over what its
+approver decides on, checked before it executes.
+
 Errors: this package raises the service's own :mod:`persona.errors` (``NotFound`` for an unknown id,
 ``Conflict`` for a transition someone else made first, ``StoreError`` from the store); a tool's failure
 is an outcome recorded on the effect, never an exception.
