@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -328,11 +329,15 @@ async def test_chat_cannot_continue_a_flow_conversation_or_use_an_unusable_id(rt
 
 
 class SlowClaim(Conversations):
-    """Claims that take a while in their thread, so a cancel can strike while one is in flight."""
+    """Claims that take a while in their thread and say when they started, so a cancel strikes while one is
+    in flight (not before it, however slow the machine)."""
+
+    started = threading.Event()
 
     def claim(self, *args: Any) -> None:
         import time
 
+        self.started.set()
         time.sleep(0.3)
         super().claim(*args)
 
@@ -347,8 +352,9 @@ async def test_a_turn_cancelled_while_it_claims_leaves_the_conversation_free(sto
         async with conversations.turn("conv_cancel", "finance", ALICE):
             raise AssertionError("the turn was cancelled before it started")
 
+    conversations.started = threading.Event()
     task = asyncio.create_task(turn())
-    await asyncio.sleep(0.1)
+    assert await asyncio.to_thread(conversations.started.wait, 30), "the claim began"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
