@@ -85,6 +85,10 @@ class StoreSettings(Frozen):
     """SQLite path (relative to the config file) or ``postgresql+psycopg://...`` for several instances."""
 
 
+StopReason = Literal["max_steps", "max_tool_calls", "wall_clock", "max_tokens", "loop_guard", "model_error"]
+"""Why a turn ended before the model finished: a limit below, the loop guard, or a model failure."""
+
+
 class Limits(Frozen):
     """Bounds of one turn: whatever the model asks for, the turn ends within these."""
 

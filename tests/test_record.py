@@ -77,3 +77,23 @@ def test_audit_export_as_scenario_then_replay(cfg: Path, tmp_path: Path) -> None
     assert scenario["user"] == "bob@example.com" and scenario["persona"] == "finance"
     replayed = persona(cfg, "replay", str(out))
     assert "pass" in replayed.stdout
+
+
+def test_a_recording_that_stopped_replays_only_as_stopped(tmp_path: Path) -> None:
+    """The recorded turn hit the loop guard: record exits 1, the scenario says so, and its replay passes
+    only while it expects that stop (without it, replay exits 1 and names the stop)."""
+    looping = FakeOpenAI(lambda body: FakeStep(tool_calls=[
+        {"id": f"c{len(body['messages'])}", "name": "plisio_get_balance", "arguments": '{"psys_cid":"BTC"}'}]))  # fmt: skip
+    with LoopbackServer(looping.app) as server:
+        cfg = write_config(tmp_path, llm_url=server.base_url, store=False)
+        out = tmp_path / "looping.yaml"
+        recorded = persona(cfg, "record", "--persona", "finance", "--user", "alice@example.com",
+                           "-m", "BTC balance?", "--out", str(out), code=1)  # fmt: skip
+    assert "a turn stopped early (loop_guard), as the scenario records" in recorded.stdout
+    scenario = assert_clean(out)
+    assert scenario["expect"]["stopped_by"] == "loop_guard"
+    assert "pass" in persona(cfg, "replay", str(out)).stdout
+    del scenario["expect"]["stopped_by"]
+    out.write_text(yaml.safe_dump(scenario, sort_keys=False))
+    failed = persona(cfg, "replay", str(out), code=1)
+    assert "a turn stopped by loop_guard (I stopped before finishing" in " ".join(failed.stdout.split())

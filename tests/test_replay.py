@@ -119,3 +119,37 @@ def test_invalid_scenarios_name_file_line_and_field(tmp_path: Path, text: str, n
     with pytest.raises(ScenarioError) as info:
         load(path)
     assert str(info.value).startswith(str(path)) and needle in str(info.value), str(info.value)
+
+
+LOOPING = {
+    "name": "looping",
+    "persona": "finance",
+    "turns": [
+        {
+            "user": "What is my BTC balance?",
+            "model": [{"tool_calls": [{"name": "plisio_get_balance", "arguments": {"psys_cid": "BTC"}}]}] * 4,
+        }
+    ],
+}
+
+
+async def test_a_turn_stopped_by_a_limit_fails_unless_expected() -> None:
+    result = await replay(copy.deepcopy(LOOPING))
+    assert not result.ok
+    (failure,) = [f for f in result.failures if "stopped by" in f]
+    assert failure.startswith("a turn stopped by loop_guard (I stopped before finishing"), failure
+    assert failure.endswith("say so: expect: stopped_by: loop_guard")
+
+
+async def test_an_expected_stop_passes_and_another_fails() -> None:
+    assert (await replay({**copy.deepcopy(LOOPING), "expect": {"stopped_by": "loop_guard"}})).ok
+    other = await replay({**copy.deepcopy(LOOPING), "expect": {"stopped_by": "max_steps"}})
+    assert other.failures == ["the turn should end by max_steps, it ended by loop_guard"]
+
+
+def test_a_stop_reason_that_means_nothing_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**LOOPING, "expect": {"stopped_by": "limit"}}, sort_keys=False))
+    with pytest.raises(ScenarioError) as info:
+        load(path)
+    assert "expect.stopped_by: Input should be 'completed', 'max_steps'" in str(info.value), str(info.value)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from persona.calls import error_content
+from persona.config import StopReason
 from persona.dispatcher import canonical
 from persona.llm import ToolCall
 
@@ -41,7 +42,7 @@ class StepPlan:
     """Calls answered without running (budget, loop guard), by id."""
     guarded: list[Planned] = field(default_factory=list)
     """Calls the loop guard stopped (the turn audits them)."""
-    stop: tuple[str, str] | None = None
+    stop: tuple[StopReason, str] | None = None
 
 
 def calls_so_far(messages: Sequence[dict[str, Any]]) -> int:

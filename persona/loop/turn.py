@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from persona.calls import CallContext, Dispatched, call_event
-from persona.config import Limits, ModelSettings
+from persona.config import Limits, ModelSettings, StopReason
 from persona.dispatcher import Dispatcher
 from persona.errors import ModelError
 from persona.events import Event
@@ -58,7 +58,7 @@ class TurnResult:
     usage: Usage = field(default_factory=Usage)
     steps: int = 0
     calls: list[Dispatched] = field(default_factory=list)
-    stopped_by: str | None = None
+    stopped_by: StopReason | None = None
     flags: list[str] = field(default_factory=list)
     error: Exception | None = None
     model: str = ""
@@ -226,7 +226,7 @@ class _Turn:
         tool = self.dispatcher.registry.get(name)
         return tool is None or tool.read_only
 
-    async def stop(self, messages: list[dict[str, Any]], reason: str, what: str) -> TurnResult:
+    async def stop(self, messages: list[dict[str, Any]], reason: StopReason, what: str) -> TurnResult:
         r = self.result
         r.stopped_by = reason
         text = resolution.stop_text(what, reason, r.calls)

@@ -46,6 +46,8 @@ class Observed:
     steps: int = 0
     final_text: str = ""
     stopped_by: str | None = None
+    stops: list[str] = field(default_factory=list)
+    """Each turn that ended on a limit or a model failure: its reason and what the user was told."""
     flags: int = 0
     plisio_paths: list[str] = field(default_factory=list)
     approvals_pending: int = 0
@@ -207,6 +209,11 @@ def check(expect: Expectations, seen: Observed) -> list[str]:
     if expect.stopped_by is not None and expect.stopped_by != (seen.stopped_by or "completed"):
         failures.append(
             f"the turn should end by {expect.stopped_by}, it ended by {seen.stopped_by or 'completed'}"
+        )
+    elif expect.stopped_by is None and seen.stops:
+        failures.append(
+            f"a turn stopped by {seen.stops[-1]}; if this scenario shows that on purpose, say so: "
+            f"expect: stopped_by: {seen.stops[-1].split(' ', 1)[0]}"
         )
     if expect.flags is not None and expect.flags != seen.flags:
         failures.append(f"expected {expect.flags} flagged claim(s), found {seen.flags}")

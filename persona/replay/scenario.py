@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from persona.config import StopReason
 from persona.errors import ScenarioError
 from persona.yaml_errors import line_of
 
@@ -115,7 +116,8 @@ class Expectations(Strict):
     churn_signals: dict[str, list[str]] | None = None
     """e.g. ``churned_repeat_customers: [olivia.hart@example.com]`` (subset match)."""
     final_text: TextExpect | None = None
-    stopped_by: str | None = None
+    stopped_by: Literal["completed", StopReason] | None = None
+    """How the turn must end; left out, a turn stopped by a limit or a model failure fails the scenario."""
     flags: int | None = None
 
 
