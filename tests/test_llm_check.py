@@ -122,7 +122,7 @@ def test_a_server_that_needs_its_reasoning_back_passes_and_says_so(tmp_path: Pat
     seen = rows(out)
     assert all(result == "ok" for result, _ in seen.values()), out
     assert "sent back: reasoning_content" in seen["round trip"][1]
-    assert seen["profile"][1] == "generic" and "a persona can use this endpoint" in out
+    assert seen["profile"][1] == "generic (tools: loose schema)" and "a persona can use this endpoint" in out
 
 
 def test_a_server_that_is_down_is_one_clear_failure(tmp_path: Path, closed_port: int) -> None:

@@ -213,6 +213,31 @@ async def test_a_round_trip_refusal_says_why_not_temperature(serve: Any) -> None
     assert "temperature" not in str(failed.value) and "sent back" in str(failed.value)
 
 
+def _refused(message: str) -> dict[str, Any]:
+    return {"status": 400, "body": {"error": {"message": message, "type": "invalid_request_error"}}}
+
+
+@pytest.mark.parametrize(
+    ("reason", "fix"),
+    [
+        ("Parallel tool calls are not supported.",
+         "this endpoint does not take parallel_tool_calls: set llm.provider to the kind of server it is (now generic"),
+        ("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+         "this endpoint does not take max_tokens: set llm.provider"),
+        ("Unrecognized request argument supplied: stream_options", "this endpoint does not take stream_options: set llm.provider"),
+        ("Failed to initialize samplers: failed to parse grammar", "set llm.provider: llamacpp (or lmstudio; now generic)"),
+        ("json: cannot unmarshal array into Go struct field .tools.function.parameters.properties.type of type string",
+         "refuses type arrays in tool schemas: set llm.provider: ollama"),
+        ("Invalid value for 'temperature': must be at most 2", "check the sampling parameters sent"),
+    ],
+)  # fmt: skip
+async def test_a_refused_request_gets_the_fix_of_its_cause(serve: Any, reason: str, fix: str) -> None:
+    with pytest.raises(ModelError) as failed:
+        await serve(_refused(reason), stream=False)
+    message = str(failed.value)
+    assert reason in message and fix in message.partition("; fix: ")[2], message
+
+
 @pytest.mark.parametrize("streamed", [True, False])
 async def test_bytes_that_do_not_decode_are_a_model_error(streamed: bool) -> None:
     """A body labelled gzip that is not: ``httpx`` raises DecodingError while the body is read."""

@@ -96,3 +96,17 @@ async def test_the_length_bound_goes_by_the_providers_name(provider: str | None,
     [sent] = server.requests
     (other,) = {"max_tokens", "max_completion_tokens"} - {key}
     assert sent[key] == 100 and other not in sent
+
+
+def test_the_readme_table_is_the_profiles() -> None:
+    """What the README says each profile sends is what the code sends."""
+    rows = []
+    for name, prof in PROFILES.items():
+        back = sorted((prof.message_fields or set()) | (prof.call_fields or set()))
+        rows.append(
+            f"| `{name}` | {'strict mode' if prof.strict_tools else prof.dialect} | "
+            f"{'sent' if prof.parallel_tool_calls else 'left out'} | {'asked' if prof.stream_usage else 'not asked'} | "
+            f"{', '.join(f'`{b}`' for b in back) or 'nothing'} | `{prof.max_tokens_key}` |"
+        )
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "\n".join(rows) in readme

@@ -17,17 +17,15 @@ from persona.errors import ModelError
 from persona.llm.client import OpenAIChatModel
 from persona.llm.replies import ModelReply, message_extra
 
-PROBE_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "plisio_get_balance",
-        "description": "Shop balance in one coin.",
-        "parameters": {
-            "type": "object", "properties": {"psys_cid": {"type": "string", "pattern": "^\\w{2,20}$"}},
-            "required": ["psys_cid"], "additionalProperties": False,
-        },
-    },
-}  # fmt: skip
+
+def _probe_tool() -> dict[str, Any]:
+    """The registry's own balance tool, so the probe sends what a persona sends (in the profile's dialect)."""
+    from tools.plisio.tools import PLISIO_TOOLS
+
+    return next(t.openai_tool() for t in PLISIO_TOOLS if t.name == "plisio_get_balance")
+
+
+PROBE_TOOL = _probe_tool()
 SYSTEM = "You check a tool interface. Use the tool when asked; answer in one short sentence."
 ONE = "Call plisio_get_balance with psys_cid BTC."
 TWO = "Call plisio_get_balance twice in one step, in parallel: once with psys_cid BTC and once with ETH."
@@ -72,7 +70,7 @@ async def run_checks(
     plain, streamed = make(False), make(True)
     rows: list[Row] = []
     try:
-        rows.append(Row("profile", True, plain.profile.name, needed=False))
+        rows.append(Row("profile", True, plain.profile.summary, needed=False))
         try:
             models = await plain.list_models()
         except ModelError as err:

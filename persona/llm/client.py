@@ -114,7 +114,9 @@ class OpenAIChatModel:
         """One Chat Completions call; ``on_text`` gets each streamed delta (or the whole text once)."""
         request: dict[str, Any] = {"model": self._model, "messages": self.profile.outgoing(messages)}
         if tools:  # some servers reject parallel_tool_calls (or an empty tools list) without tools
-            request.update(tools=list(tools), parallel_tool_calls=parallel_tool_calls)
+            request["tools"] = self.profile.tools(tools)
+            if self.profile.parallel_tool_calls:
+                request["parallel_tool_calls"] = parallel_tool_calls
         if self._temperature is not None:
             request["temperature"] = self._temperature
         if self._max_tokens is not None:
@@ -172,7 +174,9 @@ class OpenAIChatModel:
         return text, calls, usage, model, finish, self.profile.keep(extra_of(message, MESSAGE_KEYS))
 
     async def _streamed(self, request: dict[str, Any], on_text: Callable[[str], None] | None) -> _Parts:
-        body = {**request, "stream": True, "stream_options": {"include_usage": True}}
+        body = {**request, "stream": True}
+        if self.profile.stream_usage:
+            body["stream_options"] = {"include_usage": True}
         stream = await self._client.post(
             "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=ChunkStream
         )
@@ -201,7 +205,7 @@ class OpenAIChatModel:
         tries = f"after {'' if attempts else 'up to '}{n} attempt{'s' if n != 1 else ''}"
         return explain(
             err, where=f"LLM endpoint {self._host} (model {self._model})", base_url=self._base_url,
-            timeout=self._timeout, tries=tries, key=self._key,
+            timeout=self._timeout, tries=tries, key=self._key, provider=self.profile.name,
         )  # fmt: skip
 
 

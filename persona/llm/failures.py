@@ -35,6 +35,15 @@ _STATUS_HELP = {
 _ROUND_TRIP = re.compile(r"reasoning_content|thought_signature|thought signature|reasoning_details", re.I)
 _SAMPLING = re.compile(r"temperature|max_tokens|max_completion_tokens|top_p", re.I)
 _TOOLS = re.compile(r"\btools?\b|function|tool_choice|parallel_tool_calls", re.I)
+_REFUSED = re.compile(
+    r"unknown (?:name|parameter|field)|unrecognized request argument|cannot find field|extra inputs|"
+    r"not (?:permitted|supported)|unsupported", re.I,
+)  # fmt: skip
+_WIRE = re.compile(
+    r"parallel[_ ]tool[_ ]calls|stream_options|max_completion_tokens|max_tokens|\bstrict\b", re.I
+)
+_GRAMMAR = re.compile(r"failed to parse grammar|grammar", re.I)
+_TYPE_ARRAY = re.compile(r"cannot unmarshal array into Go struct field \S*\.type\b", re.I)
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
 _TAGS = re.compile(r"<[^>]+>")
 
@@ -44,6 +53,9 @@ def reason_of(body: Any) -> str:
     if isinstance(body, list):
         return next((r for r in (reason_of(item) for item in body) if r), "")
     if isinstance(body, Mapping):
+        loc, msg = body.get("loc"), body.get("msg")
+        if isinstance(loc, list) and isinstance(msg, str):  # a pydantic error item (Mistral, FastAPI servers)
+            return f"{'.'.join(str(part) for part in loc)}: {msg}"
         for key in ("message", "error", "detail", "msg", "error_message"):
             found = reason_of(body.get(key)) if key in body else ""
             if found:
@@ -63,7 +75,28 @@ def _cut(text: str, key: str, limit: int = 300) -> str:
     return scrub(text, (key,))[:limit]
 
 
-def _request_fix(reason: str) -> str:
+def _request_fix(reason: str, provider: str) -> str:
+    wire = _WIRE.search(reason)
+    if wire and _REFUSED.search(reason):
+        if wire.group(0) == "stream_options" and provider == "azure":
+            return (
+                "this Azure API version does not take stream_options (before 2024-09-01-preview): use a newer "
+                "api-version or the v1 endpoint, or set llm.stream: false"
+            )
+        return (
+            f"this endpoint does not take {wire.group(0).replace(' ', '_').lower()}: set llm.provider to the kind of server it is "
+            f"(now {provider}; the README lists them), whose profile leaves it out"
+        )
+    if _GRAMMAR.search(reason):
+        return (
+            "the server could not compile the tool schemas into a grammar: set llm.provider: llamacpp (or "
+            f"lmstudio; now {provider}), whose schema dialect writes patterns its grammar compiler reads"
+        )
+    if _TYPE_ARRAY.search(reason):
+        return (
+            f"this server (Ollama before 0.6.6) refuses type arrays in tool schemas: set llm.provider: ollama "
+            f"(now {provider}), or upgrade the server"
+        )
     if _ROUND_TRIP.search(reason):
         return (
             "the endpoint wants fields of its own earlier reply sent back; this client keeps and returns them, "
@@ -78,8 +111,9 @@ def _request_fix(reason: str) -> str:
 
 
 def explain(
-    err: openai.OpenAIError, *, where: str, base_url: str, timeout: float, tries: str, key: str
-) -> tuple[str, int | None]:
+    err: openai.OpenAIError, *, where: str, base_url: str, timeout: float, tries: str, key: str,
+    provider: str = "generic",
+) -> tuple[str, int | None]:  # fmt: skip
     """The sentence for ``err``, and its HTTP status when it has one."""
     status: int | None = None
     if isinstance(err, openai.APITimeoutError):
@@ -103,7 +137,7 @@ def explain(
         what, fix = _STATUS_HELP.get(status, ("failed", _SERVER_FIX))
         reason = reason_of(err.body) if status != 401 else ""
         if status in (400, 422):
-            fix = _request_fix(reason)
+            fix = _request_fix(reason, provider)
         detail = f": {_cut(reason, key)}" if reason else ""
         text = f"{where} {what} (HTTP {status}){detail} {tries}; fix: {fix}"
     elif isinstance(err, openai.APIError):

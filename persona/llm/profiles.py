@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from persona.llm.dialects import write
+
 ProviderName = Literal[
     "openai", "azure", "gemini", "deepseek", "ollama", "vllm", "llamacpp", "lmstudio", "openrouter", "groq",
     "mistral", "generic",
@@ -38,6 +40,37 @@ class Profile:
     """OpenAI deprecated ``max_tokens`` for ``max_completion_tokens``, which its reasoning models require
     ("Unsupported parameter: 'max_tokens' ... Use 'max_completion_tokens' instead"); most compatible servers
     know only ``max_tokens``."""
+    strict_tools: bool = False
+    """Send ``"strict": true`` on each function (OpenAI's constrained decoding). Elsewhere it is refused
+    (Google: ``Unknown name "strict"``) or means nothing, and the schema goes in a loose dialect."""
+    dialect: str = "loose"
+    """How the tool parameters are written (persona/llm/dialects.py)."""
+    parallel_tool_calls: bool = True
+    """The endpoint takes the ``parallel_tool_calls`` parameter (Google's answered ``Unknown name
+    "parallel_tool_calls"``, then ``Parallel tool calls are not supported``): left out, the model may
+    still answer with several calls, which the loop handles the same way."""
+    stream_usage: bool = True
+    """Ask for the usage chunk of a stream (``stream_options.include_usage``)."""
+
+    @property
+    def summary(self) -> str:
+        """The profile and what it changes on the wire, in a few words (``persona llm check``)."""
+        tools = "strict mode" if self.strict_tools else f"{self.dialect} schema"
+        quirks = [q for q, on in (("no parallel_tool_calls", not self.parallel_tool_calls),
+                                  ("no stream usage", not self.stream_usage)) if on]  # fmt: skip
+        return f"{self.name} (tools: {', '.join([tools, *quirks])})"
+
+    def tools(self, tools: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The tool declarations as this endpoint takes them (the registry writes strict mode's)."""
+        if self.strict_tools and self.dialect == "strict":
+            return list(tools)
+        out: list[Mapping[str, Any]] = []
+        for tool in tools:
+            fn = {k: v for k, v in tool["function"].items() if k != "strict" or self.strict_tools}
+            if isinstance(fn.get("parameters"), Mapping):
+                fn["parameters"] = write(self.dialect, fn["parameters"])
+            out.append({**tool, "function": fn})
+        return out
 
     def outgoing(self, messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """The messages as this provider may be sent them: a stored history may carry fields another
@@ -74,20 +107,25 @@ class Profile:
 
 _NONE: frozenset[str] = frozenset()
 PROFILES: dict[str, Profile] = {
-    "openai": Profile("openai", _NONE, _NONE, "max_completion_tokens"),
-    "azure": Profile("azure", _NONE, _NONE, "max_completion_tokens"),
+    "openai": Profile("openai", _NONE, _NONE, "max_completion_tokens", strict_tools=True, dialect="strict"),
+    "azure": Profile("azure", _NONE, _NONE, "max_completion_tokens", strict_tools=True, dialect="strict"),
     # Google's OpenAI-compatible endpoint: signatures ride in extra_content (on the call for Gemini 3).
-    "gemini": Profile("gemini", frozenset({"extra_content"}), frozenset({"extra_content"})),
+    "gemini": Profile(
+        "gemini", frozenset({"extra_content"}), frozenset({"extra_content"}), dialect="gemini",
+        parallel_tool_calls=False,
+    ),
     # https://api-docs.deepseek.com/guides/thinking_mode#tool-calls: reasoning_content must come back.
     "deepseek": Profile("deepseek", frozenset({"reasoning_content"}), _NONE),
     # OpenRouter asks for reasoning_details back to keep a reasoning model's chain across tool calls.
     "openrouter": Profile("openrouter", frozenset({"reasoning", "reasoning_details"}), _NONE),
     "groq": Profile("groq", _NONE, _NONE),  # strict: "property 'reasoning' is unsupported"
-    "mistral": Profile("mistral", _NONE, _NONE),  # strict: extra inputs are not permitted
+    # Refuses any field it does not know ("Extra inputs are not permitted"), stream_options included;
+    # its streams end with usage unasked.
+    "mistral": Profile("mistral", _NONE, _NONE, stream_usage=False),
     "ollama": Profile("ollama", _NONE, _NONE),
     "vllm": Profile("vllm", _NONE, _NONE),
-    "llamacpp": Profile("llamacpp", _NONE, _NONE),
-    "lmstudio": Profile("lmstudio", _NONE, _NONE),
+    "llamacpp": Profile("llamacpp", _NONE, _NONE, dialect="grammar"),
+    "lmstudio": Profile("lmstudio", _NONE, _NONE, dialect="grammar"),
     # Anything else (a proxy such as LiteLLM, a server not listed): the fields some provider needs back,
     # nothing it merely attached; a strict server behind a proxy needs llm.provider set.
     "generic": Profile(
@@ -95,7 +133,7 @@ PROFILES: dict[str, Profile] = {
         frozenset({"reasoning_content", "reasoning", "reasoning_details", "extra_content"}),
         frozenset({"extra_content"}),
     ),
-}
+}  # fmt: skip
 _ASSISTANT = frozenset({"role", "content", "tool_calls", "name", "refusal"})
 _CALL = frozenset({"id", "type", "function"})
 _HOSTS = (

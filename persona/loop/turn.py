@@ -178,7 +178,7 @@ class _Turn:
             }
         )
 
-    async def step(self, messages: list[dict[str, Any]], reply: ModelReply) -> tuple[str, str] | None:
+    async def step(self, messages: list[dict[str, Any]], reply: ModelReply) -> tuple[StopReason, str] | None:
         r = self.result
         calls = normalize(reply.tool_calls, calls_so_far(messages))
         messages.append(

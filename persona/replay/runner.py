@@ -153,7 +153,9 @@ def _observe(rt: Runtime, sandbox: Sandbox, seen: Observed) -> None:
         if seen.stopped_by is None:
             seen.stopped_by = ended[-1].reason
     seen.stops = [
-        f"{r.reason} ({str(r.payload.get('text') or '')[:160]})" for r in records if r.event == "limit_reached"
+        f"{r.reason} ({str(r.payload.get('text') or '')[:160]})"
+        for r in records
+        if r.event == "limit_reached"
     ]
     seen.plisio_paths = [r.path for r in sandbox.requests]
     seen.approvals_pending = len(rt.approvals.find("pending"))

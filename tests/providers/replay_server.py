@@ -12,6 +12,7 @@ when it is missing, with a plain final answer when it is there.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,11 @@ class Capture:
     @property
     def expect(self) -> dict[str, Any]:
         return dict(self.data.get("expect", {}))
+
+
+def _load(name: str) -> Capture:
+    path = CAPTURES / f"{name}.json"
+    return Capture(path, json.loads(path.read_text(encoding="utf-8")))
 
 
 def captures() -> Iterator[Capture]:
@@ -113,6 +119,35 @@ CHECKS: dict[str, Callable[[dict[str, Any]], bool]] = {
     "thought_signature": _has_signatures,
     "own_call_ids": _own_ids,
 }
+
+
+def _schemas(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every schema node of every tool's parameters."""
+    stack = [t.get("function", {}).get("parameters") for t in body.get("tools") or []]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack += [v for k, v in node.items() if k in ("items", "anyOf", "additionalProperties")]
+            stack += list((node.get("properties") or {}).values())
+        elif isinstance(node, list):
+            stack += node
+
+
+_SHORTHAND = re.compile(r"\\[wWdDsS]")
+"""Regex escapes llama.cpp's grammar compiler copies into the grammar, whose parser then refuses them."""
+
+
+REQUEST_CHECKS: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "parallel_tool_calls": lambda body: "parallel_tool_calls" in body,
+    "stream_options": lambda body: "stream_options" in body,
+    "type_arrays": lambda body: any(isinstance(s.get("type"), list) for s in _schemas(body)),
+    "grammar_escapes": lambda body: any(
+        _SHORTHAND.search(s["pattern"]) or not (s["pattern"].startswith("^") and s["pattern"].endswith("$"))
+        for s in _schemas(body) if isinstance(s.get("pattern"), str)
+    ),
+}  # fmt: skip
+"""What a capture's ``refuses`` may name: a request this provider answers with its own error."""
 MESSAGE_SCHEMA = {"role", "content", "tool_calls", "tool_call_id", "name", "refusal"}
 CALL_SCHEMA = {"id", "type", "function"}
 
@@ -144,6 +179,10 @@ class ReplayServer:
     async def _chat(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
+        for refusal in self.capture.data.get("refuses") or []:
+            if REQUEST_CHECKS[refusal["check"]](body):
+                self.refused.append(refusal["check"])
+                return self._verbatim(_load(refusal["refusal_from"]).response)
         if len(self.requests) == 1:
             return self._verbatim(self.capture.response)
         expect = self.capture.expect
@@ -165,8 +204,7 @@ class ReplayServer:
         """The provider's own answer to a follow-up that lacks what it needs back (a sibling capture)."""
         source = self.capture.expect.get("refusal_from")
         if source:
-            data = json.loads((CAPTURES / f"{source}.json").read_text(encoding="utf-8"))
-            return dict(data["response"])
+            return _load(source).response
         return {
             "status": 400,
             "body": {"error": {"message": "a field of the earlier reply was not passed back"}},

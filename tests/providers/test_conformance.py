@@ -15,10 +15,11 @@ import pytest
 
 from persona.app import Runtime
 from persona.llm import ModelReply, OpenAIChatModel
+from persona.llm.profiles import PROFILES
 from persona.loop import run_turn
 from persona.store.engine import Store
 from tests.harness import build_runtime
-from tests.providers.replay_server import CHECKS, Capture, ReplayServer, captures
+from tests.providers.replay_server import CAPTURES, CHECKS, REQUEST_CHECKS, Capture, ReplayServer, captures
 from tools.plisio.sandbox import LoopbackServer, Sandbox
 
 pytestmark = pytest.mark.anyio
@@ -80,6 +81,9 @@ def test_the_suite_covers_every_provider_the_readme_names() -> None:
         assert capture.data["source"].startswith("https://"), capture.name
         assert capture.expect, f"{capture.name}: no expect block"
         assert set(capture.expect.get("round_trip", [])) <= set(CHECKS), capture.name
+        for refusal in capture.data.get("refuses") or []:
+            assert refusal["check"] in REQUEST_CHECKS and refusal["sent_by"] in PROFILES, capture.name
+            assert (CAPTURES / f"{refusal['refusal_from']}.json").is_file(), capture.name
 
 
 @pytest.mark.parametrize("capture", ALL, ids=lambda c: c.name)
@@ -91,6 +95,7 @@ async def test_a_real_reply_is_understood(rt: Runtime, capture: Capture) -> None
         message = str(result.error)
         assert expect["error"] in message, message
         assert "fix:" in message or "mid-response" in message, message
+        assert expect.get("fix", "") in message.partition("fix:")[2], message
         return
     if "text" in expect:  # a plain answer: no tool call, one request
         assert result.calls == [] and expect["text"] in result.text and len(server.requests) == 1
@@ -134,7 +139,7 @@ STRICT = [c for c in ALL if c.expect.get("strict_fields") and "calls" in c.expec
 async def test_a_strict_provider_is_not_sent_fields_it_refuses(rt: Runtime, capture: Capture) -> None:
     """Sent back blindly (the generic profile), what the provider attached to its reply is refused by its
     own strict server; its profile keeps that off the wire (the test above)."""
-    generic = replace(capture, data={**capture.data, "provider": "generic-strict"})
+    generic = replace(capture, data={**capture.data, "provider": "generic-strict", "refuses": []})
     result, server = await turn(rt, generic)
     attached = any(
         set(m) - {"role", "content", "tool_calls"} for m in result.messages if m["role"] == "assistant"
@@ -145,3 +150,25 @@ async def test_a_strict_provider_is_not_sent_fields_it_refuses(rt: Runtime, capt
     assert bool(server.refused) == attached, (server.refused, result.messages)
     if attached:
         assert result.stopped_by == "model_error" and "is unsupported" in str(result.error)
+
+
+REFUSING = [(c, r) for c in ALL for r in c.data.get("refuses") or []]
+"""Captures whose server refuses a request some other profile would send (its own error body)."""
+
+
+@pytest.mark.parametrize(
+    ("capture", "refusal"), REFUSING, ids=lambda x: x["check"] if isinstance(x, dict) else x.name
+)
+async def test_what_a_server_refuses_stays_off_its_wire(
+    rt: Runtime, capture: Capture, refusal: dict[str, str]
+) -> None:
+    """Under its own profile the request passes (the test above); under a profile that sends what this
+    server refuses (a type array, parallel_tool_calls, a long repetition bound), the provider's own error
+    comes back, and the fix names llm.provider."""
+    other = replace(capture, data={**capture.data, "provider": refusal["sent_by"]})
+    result, server = await turn(rt, other)
+    assert server.refused == [refusal["check"]], server.refused
+    assert result.stopped_by == "model_error" and result.calls == []
+    (source,) = [c for c in ALL if c.name == refusal["refusal_from"]]
+    message = str(result.error)
+    assert source.expect["error"] in message and "llm.provider" in message.partition("fix:")[2], message
