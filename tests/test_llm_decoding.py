@@ -50,13 +50,19 @@ def serve() -> Iterator[Any]:
     servers: list[LoopbackServer] = []
 
     async def ask(
-        response: dict[str, Any], *, stream: bool, messages: list[dict[str, Any]] | None = None
-    ) -> ModelReply:
+        response: dict[str, Any], *, stream: bool, messages: list[dict[str, Any]] | None = None,
+        provider: str | None = None,
+    ) -> ModelReply:  # fmt: skip
         capture = Capture(Path("inline.json"), {"provider": "inline", "case": "x", "response": response})
         server = LoopbackServer(ReplayServer(capture).app).start()
         servers.append(server)
         model = OpenAIChatModel(
-            model="m", base_url=f"{server.base_url}/v1", stream=stream, max_retries=0, timeout=5
+            model="m",
+            base_url=f"{server.base_url}/v1",
+            stream=stream,
+            max_retries=0,
+            timeout=5,
+            provider=provider,
         )
         try:
             return await model.complete(messages or [{"role": "user", "content": "hi"}], TOOLS)
@@ -218,22 +224,35 @@ def _refused(message: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("reason", "fix"),
+    ("reason", "provider", "fix"),
     [
-        ("Parallel tool calls are not supported.",
-         "this endpoint does not take parallel_tool_calls: set llm.provider to the kind of server it is (now generic"),
+        ("Parallel tool calls are not supported.", None,
+         "this endpoint does not take parallel_tool_calls: set llm.provider to the kind of server it is (now generic; gemini leaves it out)"),
         ("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
-         "this endpoint does not take max_tokens: set llm.provider"),
-        ("Unrecognized request argument supplied: stream_options", "this endpoint does not take stream_options: set llm.provider"),
-        ("Failed to initialize samplers: failed to parse grammar", "set llm.provider: llamacpp (or lmstudio; now generic)"),
+         None, "does not take max_tokens: set llm.provider to the kind of server it is (now generic; openai, azure leave it out)"),
+        ("Unrecognized request argument supplied: stream_options", None, "(now generic; mistral leaves it out)"),
+        ("Unsupported parameter: 'parallel_tool_calls' is not supported with this model.", "openai",
+         "the openai profile sends parallel_tool_calls, which this model or server version refuses; if the server is another kind, set llm.provider (gemini leaves it out)"),
+        ("Unknown parameter: 'stream_options'.", "azure", "this Azure API version does not take stream_options"),
+        ("body.messages.1.assistant.reasoning_content: Extra inputs are not permitted", None,
+         "this server refuses reasoning_content on a message, a field another provider attached"),
+        ("'messages' : property 'reasoning' is unsupported", None, "this server refuses reasoning on a message"),
+        ("Failed to initialize samplers: failed to parse grammar", None, "set llm.provider: llamacpp (or lmstudio; now generic)"),
+        ("Failed to initialize samplers: failed to parse grammar", "llamacpp", "even in the llamacpp dialect: upgrade the server"),
         ("json: cannot unmarshal array into Go struct field .tools.function.parameters.properties.type of type string",
-         "refuses type arrays in tool schemas: set llm.provider: ollama"),
-        ("Invalid value for 'temperature': must be at most 2", "check the sampling parameters sent"),
+         None, "refuses type arrays in tool schemas: set llm.provider: ollama"),
+        ("Invalid value for 'temperature': must be at most 2", None, "check the sampling parameters sent"),
+        ("max_tokens must be at most 4096; images are not supported", None, "check the sampling parameters sent"),
+        ("The requested schema uses features not supported by xgrammar.", "vllm", "check that llm.model supports tool calling"),
+        ("Invalid schema for function 'f': 'format' is not permitted in strict mode.", "openai",
+         "check that llm.model supports tool calling"),
     ],
 )  # fmt: skip
-async def test_a_refused_request_gets_the_fix_of_its_cause(serve: Any, reason: str, fix: str) -> None:
+async def test_a_refused_request_gets_the_fix_of_its_cause(
+    serve: Any, reason: str, provider: str | None, fix: str
+) -> None:
     with pytest.raises(ModelError) as failed:
-        await serve(_refused(reason), stream=False)
+        await serve(_refused(reason), stream=False, provider=provider)
     message = str(failed.value)
     assert reason in message and fix in message.partition("; fix: ")[2], message
 

@@ -12,7 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from persona.llm import OpenAIChatModel
-from persona.llm.dialects import DIALECTS, gemini, grammar, loose
+from persona.llm.dialects import DIALECTS, gemini, grammar, loose, write
 from persona.llm.profiles import PROFILES
 from tests.fakes.openai_server import FakeOpenAI, FakeStep
 from tools.plisio.sandbox import LoopbackServer
@@ -155,3 +155,72 @@ async def test_the_wire_carries_the_profiles_choices(provider: str, parallel: bo
     first, second = fake.requests
     assert ("parallel_tool_calls" in first) is parallel
     assert first["tools"] == second["tools"] == json.loads(json.dumps(PROFILES[provider].tools(tools)))
+
+
+def test_an_optional_enum_is_optional_and_typed_for_google() -> None:
+    """``Optional[Literal[...]]`` is an enum holding null: loose leaves it out of ``required``."""
+    listing = TOOLS["plisio_list_transactions"].parameters
+    assert loose(listing)["required"] == []
+    status = gemini(listing)["properties"]["status"]
+    assert None not in status["enum"] and status["type"] == "string"
+    assert loose({"type": "object", "properties": {"k": {"type": ["null"]}}, "required": ["k"]})["properties"] == {
+        "k": {"type": ["null"]}}, "nothing but null: left as it is, still a valid schema"  # fmt: skip
+
+
+def test_only_top_level_fields_are_loosened() -> None:
+    """The registry reads a left-out field as null only at the top, so a nested object keeps its shape."""
+    nested = {"type": "object", "additionalProperties": False, "required": ["lines"], "properties": {
+        "lines": {"type": "array", "items": {"type": "object", "required": ["sku", "note"], "properties": {
+            "sku": {"type": "string"}, "note": {"type": ["string", "null"]}}}}}}  # fmt: skip
+    assert loose(nested)["properties"]["lines"] == nested["properties"]["lines"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "written"),
+    [
+        ("^https?:\\/\\/[\\w.-]+$", "^https?://[A-Za-z0-9_.-]+$"),
+        ("^[\\w\\.]+$", "^[A-Za-z0-9_.]+$"),
+        ("^[\\(\\)0-9 +]+$", "^[()0-9 +]+$"),
+        ("^\\d{3}\\.\\d$", "^[0-9]{3}\\.[0-9]$"),
+        ("^\\x41[^\\n]{1,120}$", "^\\x41[^\\n]{1,120}$"),
+        ("^[a\\-z]+$", None),  # an escaped '-' in a class: older builds refuse it
+        ("^\\S+$", None),
+        ("[A-Z]{3}", None),  # not anchored
+        ("^a\\$", None),  # the last '$' is escaped: not anchored either
+        ("^a{0,2000}$", None),  # over the bound every build compiles
+    ],
+)
+def test_grammar_patterns_are_what_llamacpp_reads_or_left_out(pattern: str, written: str | None) -> None:
+    spec = grammar({"type": "object", "properties": {"k": {"type": "string", "pattern": pattern}}})[
+        "properties"
+    ]["k"]
+    if written is None:
+        assert "pattern" not in spec and spec["description"] == f"Must match {pattern}"
+    else:
+        assert spec["pattern"] == written
+
+
+def test_grammar_leaves_out_length_bounds_no_build_compiles() -> None:
+    spec = grammar({"type": "object", "properties": {"k": {"type": "string", "maxLength": 5000}}})[
+        "properties"
+    ]["k"]
+    assert spec == {"type": "string", "description": "Up to 5000 characters"}
+
+
+def test_a_written_schema_is_remembered_per_schema_object() -> None:
+    params = TOOLS["plisio_create_invoice"].parameters
+    assert write("loose", params) is write("loose", params), "a turn's steps reuse one written schema"
+    copy_of = json.loads(json.dumps(params))
+    assert write("loose", copy_of) == write("loose", params) and write("loose", copy_of) is not write(
+        "loose", params
+    )
+
+
+@pytest.mark.parametrize("tool", PLISIO_TOOLS, ids=lambda t: t.name)
+def test_gemini_schemas_stay_in_googles_subset(tool: Any) -> None:
+    written = gemini(tool.parameters)
+    for node in nodes(written):
+        assert not {"additionalProperties", "const", "$schema", "title"} & node.keys(), node
+        assert not isinstance(node.get("type"), list), node
+        assert None not in (node.get("enum") or []), node
+        assert node.get("format") in (None, "enum", "date-time"), node

@@ -153,3 +153,15 @@ def test_a_stop_reason_that_means_nothing_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as info:
         load(path)
     assert "expect.stopped_by: Input should be 'completed', 'max_steps'" in str(info.value), str(info.value)
+
+
+async def test_a_stop_in_an_earlier_turn_is_seen_and_can_be_expected() -> None:
+    """Turn 1 hits the loop guard, turn 2 completes: not expected -> fails; expected -> passes;
+    `completed` does not hide it."""
+    two = copy.deepcopy(LOOPING)
+    two["turns"].append({"user": "Thanks.", "model": [{"text": "You are welcome."}]})
+    unexpected = await replay(copy.deepcopy(two))
+    assert any(f.startswith("a turn stopped by loop_guard") for f in unexpected.failures), unexpected.failures
+    assert (await replay({**copy.deepcopy(two), "expect": {"stopped_by": "loop_guard"}})).ok
+    hidden = await replay({**copy.deepcopy(two), "expect": {"stopped_by": "completed"}})
+    assert any(f.startswith("a turn stopped by loop_guard") for f in hidden.failures), hidden.failures

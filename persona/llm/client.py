@@ -206,6 +206,7 @@ class OpenAIChatModel:
         return explain(
             err, where=f"LLM endpoint {self._host} (model {self._model})", base_url=self._base_url,
             timeout=self._timeout, tries=tries, key=self._key, provider=self.profile.name,
+            dialect=self.profile.dialect,
         )  # fmt: skip
 
 

@@ -5,10 +5,11 @@ optional one typed ``["string", "null"]``, objects closed, lengths as ``pattern`
 strict-mode encoding, not the meaning: sent without ``strict`` it tells a model every field is required
 (local models then fill optional ones with invented values), older Ollama refuses the type arrays
 (``json: cannot unmarshal array into Go struct field ... of type string``, ollama/ollama#5990, fixed by
-#9434), llama.cpp and LM Studio compile every schema into a grammar and refuse large repetition bounds
-(``Failed to initialize samplers: failed to parse grammar``, ggml-org/llama.cpp#17473), and Google's
-function declarations are an OpenAPI subset. A dialect is a plain function from that schema to the one an
-endpoint takes; it changes only what goes on the wire. The dispatcher still validates every call against
+#9434), llama.cpp and LM Studio compile every schema into a grammar whose parser refuses regex shorthands
+such as ``\\w`` (``Failed to initialize samplers: failed to parse grammar``), and Google's function
+declarations are an OpenAPI subset. A dialect is a plain function from that schema to the one an
+endpoint takes; it changes only what goes on the wire, and what it returns is shared (remembered per
+schema object, see :func:`write`): never edit it. The dispatcher still validates every call against
 the registry's full schema, so a dialect can widen what the model is told, never what is accepted.
 
 The shape follows pydantic-ai's ``JsonSchemaTransformer`` (pydantic_ai/_json_schema.py: a walk over every
@@ -37,9 +38,10 @@ def strict(schema: Mapping[str, Any]) -> Schema:
 
 
 def loose(schema: Mapping[str, Any]) -> Schema:
-    """Without strict mode: a field that may be null is optional instead (left out of ``required``,
-    its type without ``null``); a left-out field is read as null (tools/registry.py ``parse``)."""
-    return _walk(schema, _optional_not_null)
+    """Without strict mode: a top-level field that may be null is optional instead (left out of
+    ``required``, its type or enum without ``null``): the registry reads a left-out top-level field as null
+    (tools/registry.py ``parse``), and only there, so nested objects keep the strict shape."""
+    return _optional_not_null(dict(schema))
 
 
 def gemini(schema: Mapping[str, Any]) -> Schema:
@@ -54,8 +56,9 @@ def grammar(schema: Mapping[str, Any]) -> Schema:
     ``\\d``, ``\\s`` into the grammar, whose parser refuses them (``unknown escape at \\w``: the request is
     ``Failed to initialize samplers: failed to parse grammar``); newer builds drop such a pattern with a
     warning instead. So ``\\w`` and ``\\d`` are spelled out, ``^[\\s\\S]{m,n}$`` (any text) becomes a length
-    bound, and a pattern still holding an escape the compiler does not know is left out (the dispatcher
-    still checks it). Checked against three llama.cpp snapshots' own converter and grammar parser."""
+    bound, and a pattern still holding an escape the compiler does not know, or a bound above
+    :data:`GRAMMAR_MAX_REPEAT`, is left out (the dispatcher still checks it). Checked against three
+    llama.cpp snapshots' own converter and grammar parser."""
     return _walk(loose(schema), _portable_pattern)
 
 
@@ -94,19 +97,33 @@ def _walk(schema: Mapping[str, Any], node: Callable[[Schema], Schema]) -> Schema
 
 
 def _nullable(schema: Mapping[str, Any]) -> bool:
-    kind = schema.get("type")
+    kind, enum = schema.get("type"), schema.get("enum")
     if isinstance(kind, list) and "null" in kind:
+        return True
+    if isinstance(enum, list) and None in enum:  # Optional[Literal[...]]: an enum holding null, no type
         return True
     return any(isinstance(s, Mapping) and s.get("type") == "null" for s in schema.get("anyOf") or ())
 
 
 def _without_null(schema: Schema) -> Schema:
-    kind = schema.get("type")
+    """``schema`` without its null alternative; as it is when null is all it admits."""
+    kind, enum = schema.get("type"), schema.get("enum")
     if isinstance(kind, list):
         rest = [t for t in kind if t != "null"]
+        if not rest:
+            return schema
         schema["type"] = rest[0] if len(rest) == 1 else rest
+    if isinstance(enum, list) and None in enum:
+        values = [v for v in enum if v is not None]
+        if not values:
+            return schema
+        schema["enum"] = values
+        if "type" not in schema and all(isinstance(v, str) for v in values):
+            schema["type"] = "string"  # Google's enums are typed strings
     if isinstance(schema.get("anyOf"), list):
         rest = [s for s in schema["anyOf"] if not (isinstance(s, Mapping) and s.get("type") == "null")]
+        if not rest:
+            return schema
         if len(rest) == 1 and isinstance(rest[0], Mapping):
             del schema["anyOf"]
             schema = {**rest[0], **schema}
@@ -146,17 +163,30 @@ def _google(schema: Schema) -> Schema:
 _SPELLED = {"\\w": ("[A-Za-z0-9_]", "A-Za-z0-9_"), "\\d": ("[0-9]", "0-9")}
 """Shorthand escapes and their spelling outside and inside a character class."""
 _ANY_TEXT = re.compile(r"\^\[\\s\\S\]\{(\d+),(\d+)\}\$")
-_KNOWN_ESCAPE = re.compile(r"\\(?:[trn\\\"\[\]\-^$.|?*+(){}/]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})")
-"""The escapes llama.cpp's grammar compiler reads (common/json-schema-to-grammar.cpp): hex, t r n, and
-escaped regex metacharacters."""
+_OUTSIDE = frozenset("^$.[]()|{}*+?") | frozenset('trn\\"')
+"""Escapes llama.cpp's converter reads outside a class: the regex metacharacters it unescapes, and those
+its grammar parser takes as they are (common/json-schema-to-grammar.cpp, src/llama-grammar.cpp)."""
+_INSIDE = frozenset('trn\\"[]')
+"""Inside ``[...]`` every escape is copied into the grammar, whose parser knows only these (and hex)."""
+_HEX = re.compile(r"x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}")
+_PLAIN_INSIDE = frozenset("./()|{}*+?$")
+"""Escaped characters that mean themselves inside a class unescaped (``[\\.]`` is ``[.]``)."""
+GRAMMAR_MAX_REPEAT = 1999
+"""The largest repetition bound every llama.cpp build compiles (builds of 2025-11 to 2026-08 refuse
+2000 and above: ``number of repetitions exceeds sane defaults``)."""
+_BOUND = re.compile(r"\{(\d+),(\d+)\}")
 
 
 def _portable_pattern(schema: Schema) -> Schema:
+    for key in ("maxLength", "maxItems"):
+        if isinstance(schema.get(key), int) and schema[key] > GRAMMAR_MAX_REPEAT:
+            _note(schema, f"{'at most' if key == 'maxItems' else 'up to'} {schema.pop(key)}"
+                          f"{' items' if key == 'maxItems' else ' characters'}")  # fmt: skip
     pattern = schema.get("pattern")
     if not isinstance(pattern, str):
         return schema
     text = _ANY_TEXT.fullmatch(pattern)
-    if text:
+    if text and int(text.group(2)) <= GRAMMAR_MAX_REPEAT:
         del schema["pattern"]
         low, high = int(text.group(1)), int(text.group(2))
         schema["maxLength"] = min(high, schema.get("maxLength", high))
@@ -164,7 +194,11 @@ def _portable_pattern(schema: Schema) -> Schema:
             schema["minLength"] = max(low, schema.get("minLength", low))
         return schema
     spelled = _spell_out(pattern)
-    if _KNOWN_ESCAPE.sub("", spelled).count("\\") or not (spelled.startswith("^") and spelled.endswith("$")):
+    too_long = spelled is not None and any(
+        int(m.group(2)) > GRAMMAR_MAX_REPEAT for m in _BOUND.finditer(spelled)
+    )
+    anchored = spelled is not None and spelled.startswith("^") and re.search(r"(?<!\\)(?:\\\\)*\$$", spelled)
+    if spelled is None or too_long or not anchored:
         del schema["pattern"]
         _note(schema, f"must match {pattern}")
     else:
@@ -172,8 +206,9 @@ def _portable_pattern(schema: Schema) -> Schema:
     return schema
 
 
-def _spell_out(pattern: str) -> str:
-    """``\\w`` and ``\\d`` as explicit classes (inside ``[...]`` as ranges); everything else as it is."""
+def _spell_out(pattern: str) -> str | None:
+    """``\\w`` and ``\\d`` as explicit classes (inside ``[...]`` as ranges), every other escape checked
+    against what llama.cpp reads where it stands; None when one cannot be written."""
     out: list[str] = []
     in_class, i = False, 0
     while i < len(pattern):
@@ -183,6 +218,18 @@ def _spell_out(pattern: str) -> str:
             i += 2
             continue
         if pattern[i] == "\\":
+            rest = pattern[i + 1 :]
+            hexed = _HEX.match(rest)
+            if hexed:
+                out.append("\\" + hexed.group(0))
+                i += 1 + len(hexed.group(0))
+                continue
+            if rest[:1] == "/" or (in_class and rest[:1] in _PLAIN_INSIDE):
+                out.append(rest[0])  # an escape that means the character itself: written plain
+                i += 2
+                continue
+            if not rest or rest[0] not in (_INSIDE if in_class else _OUTSIDE):
+                return None
             out.append(pair)
             i += 2
             continue

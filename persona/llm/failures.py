@@ -16,6 +16,7 @@ from typing import Any
 import httpx2
 import openai
 
+from persona.llm.profiles import leaving_out
 from tools.redaction import scrub
 
 _KEY_FIX = "check the key in OPENAI_API_KEY (or the variable llm.api_key_env names)"
@@ -35,14 +36,21 @@ _STATUS_HELP = {
 _ROUND_TRIP = re.compile(r"reasoning_content|thought_signature|thought signature|reasoning_details", re.I)
 _SAMPLING = re.compile(r"temperature|max_tokens|max_completion_tokens|top_p", re.I)
 _TOOLS = re.compile(r"\btools?\b|function|tool_choice|parallel_tool_calls", re.I)
-_REFUSED = re.compile(
-    r"unknown (?:name|parameter|field)|unrecognized request argument|cannot find field|extra inputs|"
-    r"not (?:permitted|supported)|unsupported", re.I,
+_REFUSED_FIELD = re.compile(
+    r"unknown (?:name|parameter|field):?\s*['\"]?(?P<a>\w+)"
+    r"|unrecognized request argument supplied:\s*(?P<b>\w+)"
+    r"|unsupported parameter:\s*['\"]?(?P<c>\w+)"
+    r"|property ['\"](?P<d>\w+)['\"] is unsupported"
+    r"|body\.(?P<msg>messages\.\d+\.\w+\.)?(?P<e>\w+)[\w.]*: extra inputs are not permitted"
+    r"|(?P<f>parallel tool calls) are not supported",
+    re.I,
 )  # fmt: skip
-_WIRE = re.compile(
-    r"parallel[_ ]tool[_ ]calls|stream_options|max_completion_tokens|max_tokens|\bstrict\b", re.I
+"""A request field the endpoint refused, in the words of Google, OpenAI/Azure, Groq, Mistral (a pydantic
+error's location) and Google again."""
+_MESSAGE_FIELDS = frozenset(
+    {"reasoning_content", "reasoning", "reasoning_details", "extra_content", "refusal"}
 )
-_GRAMMAR = re.compile(r"failed to parse grammar|grammar", re.I)
+_GRAMMAR = re.compile(r"failed to parse grammar|failed to initialize samplers|unknown escape at", re.I)
 _TYPE_ARRAY = re.compile(r"cannot unmarshal array into Go struct field \S*\.type\b", re.I)
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
 _TAGS = re.compile(r"<[^>]+>")
@@ -75,19 +83,59 @@ def _cut(text: str, key: str, limit: int = 300) -> str:
     return scrub(text, (key,))[:limit]
 
 
-def _request_fix(reason: str, provider: str) -> str:
-    wire = _WIRE.search(reason)
-    if wire and _REFUSED.search(reason):
-        if wire.group(0) == "stream_options" and provider == "azure":
-            return (
-                "this Azure API version does not take stream_options (before 2024-09-01-preview): use a newer "
-                "api-version or the v1 endpoint, or set llm.stream: false"
-            )
+def _refused_field(reason: str) -> tuple[str, bool] | None:
+    """The refused field and whether it was on a message (a field another provider attached)."""
+    m = _REFUSED_FIELD.search(reason)
+    if m is None:
+        return None
+    name = next(v for k, v in m.groupdict().items() if v and k != "msg")
+    name = name.replace(" ", "_").lower()
+    return name, bool(m.group("msg")) or name in _MESSAGE_FIELDS
+
+
+def _wire_fix(name: str, on_message: bool, provider: str) -> str:
+    if on_message:
         return (
-            f"this endpoint does not take {wire.group(0).replace(' ', '_').lower()}: set llm.provider to the kind of server it is "
-            f"(now {provider}; the README lists them), whose profile leaves it out"
+            f"this server refuses {name} on a message, a field another provider attached to an earlier reply: "
+            f"set llm.provider to the kind of server this is (now {provider}), whose profile sends back only "
+            "its own fields"
         )
+    if name == "stream_options" and provider == "azure":
+        return (
+            "this Azure API version does not take stream_options (before 2024-09-01-preview): use a newer "
+            "api-version or the v1 endpoint, or set llm.stream: false"
+        )
+    others = [p for p in leaving_out(name) if p != provider]
+    if provider in leaving_out(name):  # sent under another profile (a conversation begun elsewhere)
+        return f"this endpoint does not take {name}, which the {provider} profile leaves out: keep llm.provider: {provider}"
+    if provider != "generic":
+        return (
+            f"the {provider} profile sends {name}, which this model or server version refuses; "
+            + (f"if the server is another kind, set llm.provider ({_leave(others)} it out)" if others
+               else "no profile leaves it out: use a model that takes it")
+        )  # fmt: skip
+    if not others:
+        return f"this endpoint does not take {name}, which every profile sends: use a model that takes it"
+    return (
+        f"this endpoint does not take {name}: set llm.provider to the kind of server it is (now {provider}; "
+        f"{_leave(others)} it out)"
+    )
+
+
+def _leave(names: list[str]) -> str:
+    return f"{', '.join(names)} {'leaves' if len(names) == 1 else 'leave'}"
+
+
+def _request_fix(reason: str, provider: str, dialect: str) -> str:
+    refused = _refused_field(reason)
+    if refused is not None:
+        return _wire_fix(*refused, provider)
     if _GRAMMAR.search(reason):
+        if dialect == "grammar":
+            return (
+                "the server could not compile the tool schemas into a grammar even in the llamacpp dialect: "
+                "upgrade the server (llama.cpp builds since 2026-08 drop a pattern they cannot compile)"
+            )
         return (
             "the server could not compile the tool schemas into a grammar: set llm.provider: llamacpp (or "
             f"lmstudio; now {provider}), whose schema dialect writes patterns its grammar compiler reads"
@@ -112,7 +160,7 @@ def _request_fix(reason: str, provider: str) -> str:
 
 def explain(
     err: openai.OpenAIError, *, where: str, base_url: str, timeout: float, tries: str, key: str,
-    provider: str = "generic",
+    provider: str = "generic", dialect: str = "loose",
 ) -> tuple[str, int | None]:  # fmt: skip
     """The sentence for ``err``, and its HTTP status when it has one."""
     status: int | None = None
@@ -137,7 +185,7 @@ def explain(
         what, fix = _STATUS_HELP.get(status, ("failed", _SERVER_FIX))
         reason = reason_of(err.body) if status != 401 else ""
         if status in (400, 422):
-            fix = _request_fix(reason, provider)
+            fix = _request_fix(reason, provider, dialect)
         detail = f": {_cut(reason, key)}" if reason else ""
         text = f"{where} {what} (HTTP {status}){detail} {tries}; fix: {fix}"
     elif isinstance(err, openai.APIError):

@@ -146,6 +146,19 @@ _PORTS = {11434: "ollama", 1234: "lmstudio", 8080: "llamacpp", 8000: "vllm"}
 """Default ports of local servers: a hint only, when the host says nothing."""
 
 
+def leaving_out(field: str) -> list[str]:
+    """The profiles that do not send ``field`` (a request parameter a server may refuse)."""
+    sends: dict[str, Any] = {
+        "parallel_tool_calls": lambda p: p.parallel_tool_calls,
+        "stream_options": lambda p: p.stream_usage,
+        "strict": lambda p: p.strict_tools,
+        "max_tokens": lambda p: p.max_tokens_key == "max_tokens",
+        "max_completion_tokens": lambda p: p.max_tokens_key == "max_completion_tokens",
+    }
+    test = sends.get(field)
+    return [] if test is None else [name for name, p in PROFILES.items() if not test(p)]
+
+
 def detect(base_url: str | None) -> Profile:
     url = urlsplit(base_url or "https://api.openai.com/v1")
     host = (url.hostname or "").lower()

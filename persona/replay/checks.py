@@ -45,8 +45,7 @@ class Observed:
     calls: list[Call] = field(default_factory=list)
     steps: int = 0
     final_text: str = ""
-    stopped_by: str | None = None
-    stops: list[str] = field(default_factory=list)
+    stops: list[tuple[str, str]] = field(default_factory=list)
     """Each turn that ended on a limit or a model failure: its reason and what the user was told."""
     flags: int = 0
     plisio_paths: list[str] = field(default_factory=list)
@@ -206,15 +205,7 @@ def check(expect: Expectations, seen: Observed) -> list[str]:
         for needle in expect.final_text.not_contains:
             if needle.lower() in text.lower():
                 failures.append(f"unexpected text: the final answer contains {needle!r}: {text[:200]!r}")
-    if expect.stopped_by is not None and expect.stopped_by != (seen.stopped_by or "completed"):
-        failures.append(
-            f"the turn should end by {expect.stopped_by}, it ended by {seen.stopped_by or 'completed'}"
-        )
-    elif expect.stopped_by is None and seen.stops:
-        failures.append(
-            f"a turn stopped by {seen.stops[-1]}; if this scenario shows that on purpose, say so: "
-            f"expect: stopped_by: {seen.stops[-1].split(' ', 1)[0]}"
-        )
+    failures += _stops(expect.stopped_by, seen.stops)
     if expect.flags is not None and expect.flags != seen.flags:
         failures.append(f"expected {expect.flags} flagged claim(s), found {seen.flags}")
     return failures
@@ -238,3 +229,20 @@ def _check_drafts(expect: Expectations, seen: Observed) -> list[str]:
             if needle.lower() in got.body.lower():
                 failures.append(f"draft {got.id}: body contains {needle!r}")
     return failures
+
+
+def _stops(expected: str | None, stops: list[tuple[str, str]]) -> list[str]:
+    """``stopped_by: R``: every turn that stopped, stopped by R, and one did; ``completed`` or nothing said:
+    no turn stopped (a stop nobody expected is a failure, named with what the user was told)."""
+    unexpected = [(r, t) for r, t in stops if r != expected]
+    if expected not in (None, "completed") and not stops:
+        return [f"the turn should end by {expected}, it ended by completed"]
+    if not unexpected:
+        return []
+    reason, text = unexpected[-1]
+    if expected not in (None, "completed"):
+        return [f"the turn should end by {expected}, it ended by {reason}"]
+    return [
+        f"a turn stopped by {reason} ({text or 'no text'}); if this scenario shows that on purpose, say so: "
+        f"expect: stopped_by: {reason}"
+    ]

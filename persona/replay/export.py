@@ -143,8 +143,9 @@ def scenario_from_records(
         ]
     ended = [r for r in records if r.event == "turn_ended"]
     expect["flags"] = sum(len(r.payload.get("flags") or []) for r in ended)
-    if ended and ended[-1].reason:
-        expect["stopped_by"] = ended[-1].reason  # the recording stopped so: its replay must too
+    stopped = [r.reason for r in records if r.event == "limit_reached" and r.reason]
+    if stopped:
+        expect["stopped_by"] = stopped[-1]  # a turn of the recording stopped so: its replay must too
     scenario = {
         "name": name,
         "description": description or f"Recorded from conversation {first.conversation_id}.",

@@ -140,7 +140,7 @@ async def _chat(rt: Runtime, scenario: Scenario, scripts: _Scripts, seen: Observ
         if isinstance(outcome.error, ScriptExhausted):
             raise ScenarioError(f"turn {index + 1}: missing model step: {outcome.error}")
         history.extend(outcome.messages)
-        seen.stopped_by, seen.flags = outcome.stopped_by, seen.flags + len(outcome.flags)
+        seen.flags += len(outcome.flags)
 
 
 def _observe(rt: Runtime, sandbox: Sandbox, seen: Observed) -> None:
@@ -150,12 +150,8 @@ def _observe(rt: Runtime, sandbox: Sandbox, seen: Observed) -> None:
     ended = [r for r in records if r.event == "turn_ended"]
     if ended:
         seen.final_text = str(ended[-1].payload.get("text") or "")
-        if seen.stopped_by is None:
-            seen.stopped_by = ended[-1].reason
     seen.stops = [
-        f"{r.reason} ({str(r.payload.get('text') or '')[:160]})"
-        for r in records
-        if r.event == "limit_reached"
+        (str(r.reason), str(r.payload.get("text") or "")[:160]) for r in records if r.event == "limit_reached"
     ]
     seen.plisio_paths = [r.path for r in sandbox.requests]
     seen.approvals_pending = len(rt.approvals.find("pending"))
