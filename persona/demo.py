@@ -111,7 +111,7 @@ async def _tell(story: Story, rt: Runtime, sandbox: Sandbox, say: Callable[[str]
         say(f"1. Plisio sandbox: shop [bold]{story.shop}[/], {story.operations} operations over 90 days,")
         say(f"   serving Plisio's API on {story.sandbox_url}/api/v1")
         created = await checkout.create_invoice(
-            order_number=f"DEMO-{int(time.time())}", order_name="Northwind Studio — annual", currency="BTC",
+            order_number=str(int(time.time())), order_name="Northwind Studio — annual", currency="BTC",
             source_currency="USD", source_amount=Decimal("240"), email=CUSTOMER,
             callback_url=f"{story.server_url}/webhooks/plisio",
         )  # fmt: skip

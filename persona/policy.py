@@ -95,7 +95,9 @@ class Prices(Protocol):
 
 
 class PlisioPrices:
-    """Prices from Plisio's ``/currencies/{fiat}`` (``fiat_rate``), cached for a minute."""
+    """Prices from Plisio's ``/currencies/{fiat}``, cached for a minute. Its ``fiat_rate`` is coins per one
+    unit of the fiat (Plisio's own plugins price an order as ``crypto = total * fiat_rate``; see
+    tools/plisio/README.md), so one coin costs ``1 / fiat_rate`` of the fiat."""
 
     def __init__(
         self, client: PlisioClient, *, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
@@ -114,7 +116,9 @@ class PlisioPrices:
                 self._cache[fiat] = hit
         if coin not in hit[1]:
             raise LookupError(f"Plisio gives no {fiat} rate for {coin}")
-        return hit[1][coin]
+        with localcontext() as ctx:
+            ctx.prec = 50  # the inverse to 50 digits: far below any cap's cent
+            return Decimal(1) / hit[1][coin]
 
 
 SIDE_EFFECT_RULES = {"creates_invoice": "invoice_policy"}

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from persona.app import Runtime
 from persona.audit import AuditFilter
 from persona.audit_keys import MacKeys
+from persona.effects import is_order_number
 from persona.effects.keys import EffectKey, arguments_hash, normalised
 from persona.effects.seal import Held, Seal
 from persona.errors import Conflict
@@ -58,7 +59,7 @@ async def held(rt: Runtime, args: dict[str, Any] = INVOICE, user: str = ASKER) -
 
 def invoices(sandbox: Sandbox) -> list[Any]:
     """Invoices this service created (the seeded shop has its own history)."""
-    return [op for op in sandbox.state.operations.values() if (op.order_number or "").startswith("pp-")]
+    return [op for op in sandbox.state.operations.values() if is_order_number(op.order_number or "")]
 
 
 def edit_arguments(store: Store, approval_id: str, **changes: str) -> None:
@@ -77,7 +78,7 @@ def seal_events(rt: Runtime) -> list[Any]:
 # -- the seal itself -----------------------------------------------------------------------------------
 
 
-HELD = Held("e1", EffectKey("chat:conv_1", "0"), "pp-1", "plisio_create_invoice", "finance", ASKER, "conv_1",
+HELD = Held("e1", EffectKey("chat:conv_1", "0"), "100000000000000001", "plisio_create_invoice", "finance", ASKER, "conv_1",
             "call_1", "ab" * 32, Decimal("400"), "USD", "400.00 USD is above 250 USD")  # fmt: skip
 
 
@@ -87,7 +88,7 @@ def test_the_seal_binds_every_field_the_approver_decides_on() -> None:
     assert version == 1 and seal.check(HELD, mac, 1).intact
     assert seal.check(replace(HELD, amount=Decimal("400.00")), mac, 1).intact, "240 and 240.00 are one amount"
     edits = {
-        "id": "e2", "key": EffectKey("chat:conv_1", "1"), "order_number": "pp-2", "tool": "plisio_other",
+        "id": "e2", "key": EffectKey("chat:conv_1", "1"), "order_number": "100000000000000002", "tool": "plisio_other",
         "persona": "growth", "user": APPROVER, "conversation_id": "conv_2", "model_call_id": "call_2",
         "arguments_hash": "cd" * 32, "amount": Decimal("4000"), "currency": "EUR", "reason": "within caps",
     }  # fmt: skip
@@ -130,7 +131,7 @@ EDITS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "asker set to someone else (the asker then approves their own call)": ("sql", {"user_id": APPROVER}),
     "persona set to one with higher caps": ("sql", {"persona": "growth"}),
-    "order number changed": ("sql", {"order_number": "pp-0000"}),
+    "order number changed": ("sql", {"order_number": "100000000000000000"}),
     "shown amount lowered": ("sql", {"amount": "4"}),
     "reason shown to the approver rewritten": ("sql", {"reason": "within caps"}),
     "seal removed": ("sql", {"seal": None, "seal_kv": None}),

@@ -74,13 +74,13 @@ async def test_signal_evidence_names_counts_dates_coins_and_amounts() -> None:
     olivia = next(c for c in signals.churned if c.email == "olivia.hart@example.com")
     assert (olivia.completed, olivia.invoices, olivia.coins_paid) == (4, 4, ("BTC", "LTC"))
     assert olivia.last_paid_at is not None and 51 <= (NOW - olivia.last_paid_at).days <= 52
-    assert [e.order_number for e in olivia.evidence] == ["NW-17001", "NW-17002", "NW-17003", "NW-17004"]
+    assert [e.order_number for e in olivia.evidence] == ["202617001", "202617002", "202617003", "202617004"]
     assert dict(olivia.paid_by_currency) == {"USD": Decimal("190.00") + 19 + 19 + 15}
     diego = next(c for c in signals.underpayers if c.email == "diego.alvarez@example.com")
     assert diego.underpaid == 3 and {e.order_number for e in diego.evidence} == {
-        "NW-17018",
-        "NW-17019",
-        "NW-17021",
+        "202617018",
+        "202617019",
+        "202617021",
     }
     assert all(e.received and e.amount and 0 < e.received < e.amount for e in diego.evidence)
     raj = next(c for c in signals.switchers if c.email == "raj.patel@example.com")

@@ -186,7 +186,7 @@ async def test_rate_limited_error_is_typed_when_not_retried(clock: FakeClock) ->
     t = ScriptedTransport(err(429, 429, "Rate limit exceeded.", **{"Retry-After": "3"}))
     async with client_for(t, clock) as c:
         with pytest.raises(PlisioRateLimited) as info:
-            await c.create_invoice(order_number="o-1", order_name="x", currency="BTC", amount=Decimal("0.1"))
+            await c.create_invoice(order_number="1", order_name="x", currency="BTC", amount=Decimal("0.1"))
     assert info.value.retry_after == 3.0 and len(t.requests) == 1
 
 
@@ -201,14 +201,16 @@ async def test_reads_retry_timeouts_and_dropped_connections(clock: FakeClock) ->
 
 async def test_create_invoice_is_retried_only_in_the_connect_phase(clock: FakeClock) -> None:
     t = ScriptedTransport(
-        httpx.ConnectError("connection refused"), ok({"txn_id": "abc123def456", "invoice_url": "u"})
-    )
+        httpx.ConnectError("connection refused"), ok({"txn_id": "abc123def456", "invoice_url": "u"}),
+        ok({"invoice": {"id": "abc123def456", "status": "new", "source_amount": "10", "source_currency": "USD"}}),
+    )  # fmt: skip
     async with client_for(t, clock) as c:
         inv = await c.create_invoice(
-            order_number="o-1", order_name="x", source_currency="USD", source_amount=Decimal("10")
+            order_number="1", order_name="x", source_currency="USD", source_amount=Decimal("10")
         )
-    assert inv.txn_id == "abc123def456" and len(t.requests) == 2
+    assert inv.txn_id == "abc123def456" and len(t.requests) == 3, "two sends (one never left), one read-back"
     assert t.requests[0].url.params["return_existing"] == "1"
+    assert t.requests[2].url.path.endswith("/invoices/abc123def456")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +221,7 @@ async def test_create_invoice_is_never_resent_after_it_left(clock: FakeClock, fa
     t = ScriptedTransport(failure)
     async with client_for(t, clock) as c:
         with pytest.raises(PlisioOutcomeUnknown, match="not re-sent"):
-            await c.create_invoice(order_number="o-1", order_name="x", currency="BTC", amount=Decimal("0.1"))
+            await c.create_invoice(order_number="1", order_name="x", currency="BTC", amount=Decimal("0.1"))
     assert len(t.requests) == 1
 
 
@@ -227,7 +229,7 @@ async def test_create_invoice_is_not_retried_on_5xx_and_its_outcome_is_unknown(c
     t = ScriptedTransport(httpx.Response(503, text="x"))
     async with client_for(t, clock) as c:
         with pytest.raises(PlisioOutcomeUnknown, match="HTTP 503"):
-            await c.create_invoice(order_number="o-1", order_name="x", currency="BTC", amount=Decimal("0.1"))
+            await c.create_invoice(order_number="1", order_name="x", currency="BTC", amount=Decimal("0.1"))
     assert len(t.requests) == 1
 
 

@@ -16,6 +16,7 @@ from persona.app import Runtime
 from persona.audit import AuditEvent, AuditFilter
 from persona.calls import Outcome
 from persona.config import Limits
+from persona.effects import is_order_number
 from persona.effects.keys import arguments_hash
 from persona.effects.ledger import State
 from persona.events import Event
@@ -58,7 +59,7 @@ async def rt(store: Store, sandbox: Sandbox) -> AsyncIterator[Runtime]:
 
 
 def invoices(sandbox: Sandbox) -> list[Any]:
-    return [op for op in list(sandbox.state.operations.values()) if (op.order_number or "").startswith("pp-")]
+    return [op for op in list(sandbox.state.operations.values()) if is_order_number(op.order_number or "")]
 
 
 async def chat(
@@ -112,7 +113,7 @@ async def test_cancelling_an_approval_or_a_flow_mid_call_still_records_the_invoi
             work: Any = rt.dispatcher.approve(held.calls[0].approval_id or "", by="bob@example.com")
         else:
             created = await rt.plisio.client.create_invoice(
-                order_number="SHOP-C", order_name="Studio", source_currency="USD", source_amount=Decimal("240"),
+                order_number="3001", order_name="Studio", source_currency="USD", source_amount=Decimal("240"),
                 currency="BTC", email="maria.garcia@example.com",
             )  # fmt: skip
             await sandbox.expire(created.txn_id)
@@ -253,7 +254,7 @@ async def test_recovery_makes_one_link_whatever_mix_of_model_and_template_runs(
     """The model creates the link, then its turn stops at a limit: the template path gets the same link."""
     client = rt.plisio.client
     created = await client.create_invoice(
-        order_number="SHOP-9", order_name="Studio", source_currency="USD", source_amount=Decimal("240"),
+        order_number="3009", order_name="Studio", source_currency="USD", source_amount=Decimal("240"),
         currency="BTC", email="maria.garcia@example.com",
     )  # fmt: skip
     await sandbox.expire(created.txn_id)
@@ -494,5 +495,36 @@ async def test_an_answer_that_arrives_after_the_sweep_gave_up_still_counts(
         [effect] = ledger.find()
         assert effect.state is State.APPLIED and ledger.spent("finance", "2026-11-24") == 40
         assert len(invoices(sandbox)) == 1
+    finally:
+        await rt.aclose()
+
+
+async def test_a_lost_answer_whose_invoice_expired_meanwhile_is_failed_not_applied(
+    store: Store, sandbox: Sandbox
+) -> None:
+    """The create committed, its answer was lost and the lookup could not look; by the sweep the invoice
+    under the effect's order number has expired: that is not the invoice asked for, so the effect fails
+    (with that reason) and its amount is released, instead of a dead link being counted as made."""
+    from datetime import timedelta
+
+    from tests.conftest import NOW
+    from tests.test_effects_matrix import Clock
+
+    clock = Clock()
+    rt = build_runtime(store, sandbox, settings=fast_settings(), now=clock)
+    try:
+        sandbox.faults.add(FaultRule(path="/api/v1/invoices/new", kind="drop_after_commit", times=1))
+        sandbox.faults.add(FaultRule(path="/api/v1/operations", kind="error_status", status=503, times=20))
+        result, _ = await chat(rt, [step(call("plisio_create_invoice", INVOICE)), say("sent")])
+        assert result.calls[0].outcome is Outcome.UNKNOWN
+        [made] = invoices(sandbox)
+        await sandbox.expire(made.id)
+        sandbox.faults.clear()
+        clock.now = NOW + timedelta(hours=1)
+        [resolved] = await rt.dispatcher.effects.sweep()
+        assert resolved.state is State.FAILED
+        assert resolved.reason is not None and "is not the one asked for: it is expired" in resolved.reason
+        assert rt.dispatcher.effects.ledger.spent("finance", "2026-11-24") == 0
+        assert rt.audit.verify().ok
     finally:
         await rt.aclose()

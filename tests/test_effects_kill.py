@@ -25,6 +25,7 @@ import pytest
 from persona.app import Runtime
 from persona.config import load_settings
 from persona.drafts import DraftStore
+from persona.effects import is_order_number
 from persona.effects.ledger import State
 from persona.inbox import Inbox
 from tests.fakes.openai_server import FakeOpenAI, FakeStep
@@ -82,7 +83,7 @@ async def test_a_chat_killed_mid_invoice_is_resolved_by_the_sweep(
                 cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         try:
-            await wait_until("the invoice commit", lambda: any(op.order_number and op.order_number.startswith("pp-")
+            await wait_until("the invoice commit", lambda: any(is_order_number(op.order_number or "")
                                                               for op in list(sandbox.state.operations.values())),
                              child, log)  # fmt: skip
             kill(child)
@@ -116,13 +117,13 @@ async def test_a_worker_killed_mid_link_leaves_one_link_for_the_next_worker(
         log = tmp_path / "worker.log"
         workers: list[subprocess.Popen[bytes]] = []
         try:
-            txn_id = await expired_with_callback(rt, sandbox, "ORD-LINK", "maria.garcia@example.com")
+            txn_id = await expired_with_callback(rt, sandbox, "9102", "maria.garcia@example.com")
             sandbox.faults.add(FaultRule(path=NEW, kind="slow_after_commit", latency_ms=60_000))
             first = start_worker(cfg, log)
             workers.append(first)
             ledger = rt.dispatcher.effects.ledger
             await wait_until("the fresh link's commit", lambda: any(
-                (op.order_number or "").startswith("pp-") for op in list(sandbox.state.operations.values())
+                is_order_number(op.order_number or "") for op in list(sandbox.state.operations.values())
             ), first, log)  # fmt: skip
             kill(first)
             [effect] = ledger.find()

@@ -183,7 +183,7 @@ async def from_approval(kit: Kit, cell: Cell) -> Effect:
 async def from_recovery(kit: Kit, cell: Cell) -> Effect:
     client = kit.rt.plisio.client
     created = await client.create_invoice(
-        order_number="SHOP-1", order_name="Northwind Studio", source_currency="USD", source_amount=Decimal("240"),
+        order_number="3000", order_name="Northwind Studio", source_currency="USD", source_amount=Decimal("240"),
         currency="BTC", email="maria.garcia@example.com",
     )  # fmt: skip
     await kit.sandbox.expire(created.txn_id)

@@ -207,11 +207,18 @@ def test_html_entities_stay_literal_text() -> None:
 # -- the recovery flow -----------------------------------------------------------------------------
 
 
+def relabel(sandbox: Sandbox, txn_id: str, order_number: str) -> None:
+    """Give a stored invoice an order number Plisio's API would refuse (made by another channel of the
+    shop, or crafted in transit): the flows must not rely on Plisio having validated it."""
+    sandbox.state.operations[txn_id].order_number = order_number
+
+
 async def failed_invoice(rt: Runtime, sandbox: Sandbox, text: str, number: str) -> Operation:
     created = await rt.plisio.client.create_invoice(
-        order_number=number, order_name=text, source_currency="USD", source_amount=Decimal("20"),
+        order_number="6001", order_name=text, source_currency="USD", source_amount=Decimal("20"),
         currency="BTC", email="maria.garcia@example.com",
     )  # fmt: skip
+    relabel(sandbox, created.txn_id, number)
     await sandbox.expire(created.txn_id)
     return await rt.plisio.client.get_operation(created.txn_id)
 
@@ -265,9 +272,10 @@ async def test_refund_facts_keep_every_attempt_inside_the_block(
     rt = build_runtime(store, sandbox, transport=CraftedEmail(sandbox.transport(), text))
     client = rt.plisio.client
     created = await client.create_invoice(
-        order_number=text, order_name=text, source_currency="USD", source_amount=Decimal("20"),
+        order_number="6002", order_name=text, source_currency="USD", source_amount=Decimal("20"),
         currency="BTC", email="maria.garcia@example.com",
     )  # fmt: skip
+    relabel(sandbox, created.txn_id, text)
     await sandbox.pay(created.txn_id)
     factory, made = recording("The refund decision stands; see the policy.", name="scripted-finance")
     rt.model_factory = factory
@@ -296,11 +304,12 @@ async def test_churn_facts_keep_every_attempt_inside_the_block(rt: Runtime, sand
     coins = ("BTC", "LTC", "DOGE", "ETH")[: rt.settings.flows.churn.coin_switch_min]
     for i, text in enumerate(ATTEMPTS.values()):
         email = f"switcher{i}@example.com"
-        for number, coin in zip((text, *(f"BRK-{i}-{n}" for n in range(1, len(coins)))), coins, strict=True):
+        for n, coin in enumerate(coins):
             created = await client.create_invoice(
-                order_number=number, order_name="Seat pack", source_currency="USD", source_amount=Decimal("15"),
-                currency=coin, email=email,
+                order_number=f"7{i:03d}{n}", order_name="Seat pack", source_currency="USD",
+                source_amount=Decimal("15"), currency=coin, email=email,
             )  # fmt: skip
+            relabel(sandbox, created.txn_id, text if n == 0 else f"BRK-{i}-{n}")
             await sandbox.pay(created.txn_id)
     factory, made = recording("**Headline**: coin switchers to look at.", name="scripted-growth")
     rt.model_factory = factory

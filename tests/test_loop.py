@@ -11,6 +11,7 @@ import pytest
 from persona.app import Runtime
 from persona.config import Limits
 from persona.dispatcher import Outcome
+from persona.effects import is_order_number
 from persona.errors import Conflict, Forbidden
 from persona.events import Event
 from persona.llm import ScriptedChatModel, ScriptStep, ToolCall, Usage
@@ -343,4 +344,4 @@ async def test_create_invoice_order_number_is_chosen_by_the_service(rt: Runtime,
     assert r.calls[0].outcome is Outcome.FAILED and "order_number" in r.calls[0].content
     ok, _, _ = await turn(rt, [step(call("plisio_create_invoice", INVOICE, call_id="same")), say("made")])
     number = json.loads(ok.calls[0].content)["result"]["order_number"]
-    assert number.startswith("pp-") and number != "ATTACKER-1"
+    assert is_order_number(number) and number != "ATTACKER-1"

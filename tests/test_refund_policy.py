@@ -34,7 +34,7 @@ def facts(**changes: Any) -> RefundFacts:
         txn_id=TXN, status="completed", psys_cid="BTC", expected=Decimal("0.00100000"),
         received=Decimal("0.00100000"), fiat_amount=Decimal("50.00"), fiat_currency="USD",
         paid_at=NOW - timedelta(days=2), reason="changed my mind", requested_by="alice@example.com",
-        order_number="NW-1", wallet_hash="bc1qexampleexampleexampleexample",
+        order_number="20261", wallet_hash="bc1qexampleexampleexampleexample",
     )  # fmt: skip
     return replace(base, **changes)
 
@@ -289,7 +289,7 @@ def op(**fields: Any) -> Operation:
         "id": TXN, "type": "invoice", "status": "completed", "psys_cid": "BTC", "amount": "0.001",
         "actual_sum": "0.001", "created_at_utc": int((NOW - timedelta(days=3)).timestamp()),
         "finished_at_utc": int((NOW - timedelta(days=2)).timestamp()), "wallet_hash": "bc1qexample",
-        "params": {"order_number": "NW-1", "order_name": "Font", "email": "a@example.com",
+        "params": {"order_number": "20261", "order_name": "Font", "email": "a@example.com",
                    "source_amount": "49.00", "source_currency": "EUR"},
     }  # fmt: skip
     return Operation.model_validate(base | fields)
@@ -299,7 +299,7 @@ def test_facts_are_read_from_the_operation() -> None:
     f = facts_from_operation(op(), reason="r", requested_by="u", rates={"EUR": Decimal("1.1")})
     assert (f.fiat_amount, f.fiat_currency, f.pricing_currency) == (Decimal("49.00"), "EUR", "EUR")
     assert f.paid_at == NOW - timedelta(days=2) and f.received == Decimal("0.001")
-    assert (f.order_number, f.email, f.wallet_hash) == ("NW-1", "a@example.com", "bc1qexample")
+    assert (f.order_number, f.email, f.wallet_hash) == ("20261", "a@example.com", "bc1qexample")
     no_finish = facts_from_operation(op(finished_at_utc=None), reason="r", requested_by="u")
     assert no_finish.paid_at == NOW - timedelta(days=3)
     mismatch = facts_from_operation(op(status="mismatch", actual_sum="0.0013"), reason="r", requested_by="u")

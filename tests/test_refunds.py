@@ -30,8 +30,8 @@ from tools.plisio.sandbox.seed import RECENT_REFUNDABLE_ORDER_NUMBERS, TOO_OLD_T
 
 pytestmark = pytest.mark.anyio
 
-MISMATCH_ORDER = "NW-17036"  # raj.patel: 125% of 19.00 USD paid in USDT, 3 days ago
-UNDERPAID_ORDER = "NW-17017"  # priya.nair: 80% of a GBP price received, then expired, 9 days ago
+MISMATCH_ORDER = "202617036"  # raj.patel: 125% of 19.00 USD paid in USDT, 3 days ago
+UNDERPAID_ORDER = "202617017"  # priya.nair: 80% of a GBP price received, then expired, 9 days ago
 
 
 def explaining(text: str, *, estimate: bool = True) -> Any:
@@ -97,7 +97,9 @@ async def test_approved_refund_is_explained_estimated_stored_listed_and_audited(
     assert out.flags == () and out.conversation_id
     assert out.cost_estimate is not None
     assert out.cost_estimate["fee"]["psys_cid"] == "USDT_TRX" and Decimal(out.cost_estimate["fee"]["fee"]) > 0
-    assert Decimal(out.cost_estimate["commission"]["total_cost"]) > 0
+    paid = out.cost_estimate["commission"]
+    assert Decimal(paid["commission"]) == (op.actual_sum * Decimal("0.005")).quantize(Decimal("0.000001"))
+    assert paid["network_fee_coin"] == "TRX" and "total_cost" not in paid, "USDT_TRX and TRX do not add up"
     fee_requests = [r for r in sandbox.requests if r.path == "/api/v1/operations/fee/USDT_TRX"]
     assert fee_requests and fee_requests[0].query["addresses"] == op.wallet_hash
     assert any(r.path == f"/api/v1/invoices/{op.id}" for r in sandbox.requests), (
@@ -109,7 +111,7 @@ async def test_approved_refund_is_explained_estimated_stored_listed_and_audited(
     assert (again.decision, again.clause, again.refund_amount, again.refund_value) == (
         "approve", Clause.AUTO_APPROVE_UP_TO, op.actual_sum, Decimal("79.00"))  # fmt: skip
     assert again.cost_estimate == out.cost_estimate and again.explanation == out.explanation
-    assert again.facts and again.facts["invoice"]["order_number"] == "NW-18802"
+    assert again.facts and again.facts["invoice"]["order_number"] == "202618802"
     (decided,) = events(rt, "refund_decided")
     assert (decided.decision, decided.reason, decided.source, decided.user) == (
         "approve", Clause.AUTO_APPROVE_UP_TO, "cli", "alice@example.com")  # fmt: skip
@@ -286,7 +288,7 @@ def test_refunds_cli_triage_list_show(tmp_path: Path, served: tuple[Sandbox, str
     listed = persona(cfg, "refunds", "list").stdout
     assert "2 refund decision(s)" in listed and old.id in listed and "window_days" in listed
     shown = persona(cfg, "refunds", "show", data["id"]).stdout
-    assert "APPROVE" in shown and "NW-18802" in shown and "79.00 USD" in shown
+    assert "APPROVE" in shown and "202618802" in shown and "79.00 USD" in shown
     missing = persona(
         cfg,
         "refunds",

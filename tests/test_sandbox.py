@@ -68,7 +68,7 @@ def decimals(text: str) -> int:
     return len(text.split(".")[1])
 
 
-def new_invoice_params(order_number: str = "ORD-1", **extra: str) -> dict[str, str]:
+def new_invoice_params(order_number: str = "1", **extra: str) -> dict[str, str]:
     return {"order_number": order_number, "order_name": "Pro plan", "source_amount": "49.00", **extra}
 
 
@@ -123,11 +123,14 @@ async def test_currencies_list_default_usd_and_per_fiat(client: httpx.AsyncClien
     assert by_cid["USDT_TRX"]["contractOf"] == "TRX"
     assert by_cid["USDT_TRX"]["contractStandard"] == "TRC-20"
     assert by_cid["BTC"]["fiat"] == "USD"
-    assert by_cid["BTC"]["fiat_rate"] == by_cid["BTC"]["price_usd"]
+    assert by_cid["BTC"]["fiat_rate"] == by_cid["BTC"]["rate_usd"], "coins per one USD, like rate_usd"
+    assert Decimal(by_cid["BTC"]["fiat_rate"]) * Decimal(by_cid["BTC"]["price_usd"]) == pytest.approx(
+        1, rel=1e-3
+    )
     eur = await ok(client, "currencies/EUR")
     btc_eur = next(e for e in eur if e["cid"] == "BTC")
     assert btc_eur["fiat"] == "EUR"
-    assert Decimal(btc_eur["fiat_rate"]) < Decimal(btc_eur["price_usd"])
+    assert Decimal(btc_eur["fiat_rate"]) > Decimal(by_cid["BTC"]["fiat_rate"]), "a euro buys more BTC"
     await error(client, "currencies/ZZZ", 422, 105)
     guest = await client.get("currencies/GBP")  # callable without a key, like the plugins do
     assert guest.status_code == 200
@@ -185,11 +188,11 @@ async def test_fee_estimate_and_insufficient_funds(client: httpx.AsyncClient) ->
 
 async def test_commission_shape(client: httpx.AsyncClient) -> None:
     data = await ok(client, "operations/commission/ETH", addresses="0xabc", amounts="0.5", type="cash_out")
-    assert set(data) == {"commission", "fee", "plan", "useWallet", "useWalletBalance", "plans"}
+    assert set(data) == {"commission", "fee", "feeUnit", "plan", "useWallet", "useWalletBalance", "plans"}
     assert (data["useWallet"], data["useWalletBalance"]) == ("false", "null")
     assert set(data["plans"]) == {"economy", "normal", "priority"}
-    assert data["plans"]["normal"]["value"] == data["fee"]
-    assert Decimal(data["commission"]) > Decimal(data["fee"])
+    assert data["plans"]["normal"]["value"] == data["fee"] and data["feeUnit"] == "ETH"
+    assert Decimal(data["commission"]) == Decimal("0.0025"), "Plisio's 0.5% alone: the fee is its own field"
     await error(client, "operations/commission/ETH", 422, 116, addresses="0xabc", amounts="5000")
     await error(client, "operations/commission/ETH", 422, 100, type="invoice")
 
@@ -272,13 +275,22 @@ async def test_create_invoice_white_label_shape() -> None:
 
 
 async def test_create_invoice_validation_errors(client: httpx.AsyncClient) -> None:
-    err = await error(client, "invoices/new", 422, 100, order_number="X-1", source_amount="10")
+    err = await error(client, "invoices/new", 422, 100, order_number="1", source_amount="10")
     assert err["name"] == "Unprocessable entity"
     assert err["message"] == '{"order_name":"Order Name cannot be blank."}'  # JSON inside the string
     err = await error(client, "invoices/new", 422, 100, order_name="Thing", source_amount="10")
     assert json.loads(err["message"]) == {"order_number": "Order Number cannot be blank."}
-    err = await error(client, "invoices/new", 422, 100, order_number="X-1", order_name="Thing")
+    err = await error(client, "invoices/new", 422, 100, order_number="1", order_name="Thing")
     assert json.loads(err["message"]) == {"amount": "Amount cannot be blank."}
+    err = await error(
+        client, "invoices/new", 422, 100, **new_invoice_params("pp-7489d308", return_existing="1")
+    )
+    assert json.loads(err["message"]) == {"order_number": "Order Number must be an integer."}, (
+        "before return_existing"
+    )
+    err = await error(client, "invoices/new", 422, 100, order_number="A-1", order_name="Thing")
+    assert json.loads(err["message"]) == {
+        "order_number": "Order Number must be an integer.", "amount": "Amount cannot be blank."}, "all at once"  # fmt: skip
     err = await error(client, "invoices/new", 422, 100, **new_invoice_params(email="not-an-email"))
     assert json.loads(err["message"]) == {"email": "Email is not a valid email address."}
     err = await error(client, "invoices/new", 422, 100, **new_invoice_params(amount="abc"))
@@ -296,19 +308,19 @@ async def test_create_invoice_validation_errors(client: httpx.AsyncClient) -> No
 async def test_duplicate_order_number_and_return_existing(
     client: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
-    first = await ok(client, "invoices/new", **new_invoice_params("DUP-1"))
-    err = await error(client, "invoices/new", 422, 104, **new_invoice_params("DUP-1"))
-    assert json.loads(err["message"]) == {"order_number": 'Order Number "DUP-1" has already been taken.'}
+    first = await ok(client, "invoices/new", **new_invoice_params("5001"))
+    err = await error(client, "invoices/new", 422, 104, **new_invoice_params("5001"))
+    assert json.loads(err["message"]) == {"order_number": 'Order Number "5001" has already been taken.'}
     for word in ("1", "true"):
-        again = await ok(client, "invoices/new", **new_invoice_params("DUP-1", return_existing=word))
+        again = await ok(client, "invoices/new", **new_invoice_params("5001", return_existing=word))
         assert again == first
-    assert sum(op.order_number == "DUP-1" for op in sandbox.state.operations.values()) == 1
-    seeded = await ok(client, "invoices/new", **new_invoice_params("NW-18801", return_existing="1"))
-    assert seeded["txn_id"] == sandbox.state.by_order_number("NW-18801").id  # type: ignore[union-attr]
+    assert sum(op.order_number == "5001" for op in sandbox.state.operations.values()) == 1
+    seeded = await ok(client, "invoices/new", **new_invoice_params("202618801", return_existing="1"))
+    assert seeded["txn_id"] == sandbox.state.by_order_number("202618801").id  # type: ignore[union-attr]
 
 
 async def test_new_invoice_appears_in_details_and_operations(client: httpx.AsyncClient) -> None:
-    params = new_invoice_params("ORD-77", currency="ETH", source_currency="EUR", email="Buyer@Example.com")
+    params = new_invoice_params("777000777", currency="ETH", source_currency="EUR", email="Buyer@Example.com")
     created = await ok(
         client, "invoices/new", **params, description="two seats", callback_url="http://shop.test/cb"
     )
@@ -322,7 +334,7 @@ async def test_new_invoice_appears_in_details_and_operations(client: httpx.Async
     assert invoice["received_amount"] == "0.00000000"
     assert invoice["remaining_amount"] == invoice["pending_amount"] == invoice["amount"]
     assert invoice["invoice_total_sum"] == created["invoice_total_sum"]
-    assert invoice["params"]["order_number"] == "ORD-77"
+    assert invoice["params"]["order_number"] == "777000777"
     assert invoice["params"]["email"] == "Buyer@Example.com"
     assert invoice["source_currency"] == "EUR"
     assert invoice["source_amount"] == "49.00"
@@ -337,13 +349,13 @@ async def test_new_invoice_appears_in_details_and_operations(client: httpx.Async
     await error(client, f"invoices/email/{txn_id}", 422, 100)  # email is required
     await error(client, f"invoices/email/{txn_id}", 404, 0, email="someone.else@example.com")
 
-    listed = await ok(client, "operations", search="ORD-77")
+    listed = await ok(client, "operations", search="777000777")
     assert [op["id"] for op in listed["operations"]] == [txn_id]
     op = listed["operations"][0]
     assert op["type"] == "invoice"
     assert op["status"] == "new"
     params_out = op["params"]
-    assert params_out["order_number"] == "ORD-77"
+    assert params_out["order_number"] == "777000777"
     assert params_out["order_name"] == "Pro plan"
     assert params_out["source_amount"] == "49.00"
     assert params_out["source_currency"] == "EUR"

@@ -53,13 +53,13 @@ async def test_error_status_rate_limit_and_html_are_not_processed(
     sandbox.faults.add(FaultRule(path="/api/v1/invoices/new", kind="rate_limit", retry_after=7))
     sandbox.faults.add(FaultRule(path="/api/v1/invoices/new", kind="html"))
 
-    failed = await client.get("invoices/new", params={"order_number": "F-1", **ORDER})
+    failed = await client.get("invoices/new", params={"order_number": "101", **ORDER})
     assert failed.status_code == 500
     assert failed.json() == {
         "status": "error",
         "data": {"name": "Internal Server Error", "message": "An internal server error occurred.", "code": 0},
     }
-    limited = await client.get("invoices/new", params={"order_number": "F-2", **ORDER})
+    limited = await client.get("invoices/new", params={"order_number": "102", **ORDER})
     assert limited.status_code == 429
     assert limited.headers["retry-after"] == "7"
     assert limited.json()["data"] == {
@@ -67,13 +67,13 @@ async def test_error_status_rate_limit_and_html_are_not_processed(
         "message": "Rate limit exceeded.",
         "code": 0,
     }
-    page = await client.get("invoices/new", params={"order_number": "F-3", **ORDER})
+    page = await client.get("invoices/new", params={"order_number": "103", **ORDER})
     assert page.status_code == 502
     assert page.headers["content-type"].startswith("text/html")
     assert "<title>502 Bad Gateway</title>" in page.text
     assert "nginx" in page.text
 
-    assert all(sandbox.state.by_order_number(n) is None for n in ("F-1", "F-2", "F-3"))
+    assert all(sandbox.state.by_order_number(n) is None for n in ("101", "102", "103"))
     assert [(r.status, r.fault) for r in sandbox.requests] == [
         (500, "error_status"),
         (429, "rate_limit"),
@@ -86,28 +86,28 @@ async def test_truncated_and_empty_bodies_commit_the_request(
 ) -> None:
     sandbox.faults.add(FaultRule(path="/api/v1/invoices/*", kind="truncated"))
     sandbox.faults.add(FaultRule(path="/api/v1/invoices/*", kind="empty"))
-    cut = await client.get("invoices/new", params={"order_number": "T-1", **ORDER})
+    cut = await client.get("invoices/new", params={"order_number": "201", **ORDER})
     assert cut.status_code == 200
     assert cut.headers["content-length"] == str(len(cut.content))
     assert cut.text.startswith('{"status":"success"')
     with pytest.raises(json.JSONDecodeError):
         json.loads(cut.content)
-    empty = await client.get("invoices/new", params={"order_number": "T-2", **ORDER})
+    empty = await client.get("invoices/new", params={"order_number": "202", **ORDER})
     assert empty.status_code == 200
     assert empty.content == b""
-    assert sandbox.state.by_order_number("T-1") is not None
-    assert sandbox.state.by_order_number("T-2") is not None
+    assert sandbox.state.by_order_number("201") is not None
+    assert sandbox.state.by_order_number("202") is not None
 
 
 async def test_drop_after_commit_in_process(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
     """ASGITransport re-raises the app's exception: a RemoteProtocolError subclass, as over TCP."""
     sandbox.faults.add(FaultRule(path="/api/v1/invoices/new", kind="drop_after_commit"))
     with pytest.raises(httpx.RemoteProtocolError):
-        await client.get("invoices/new", params={"order_number": "D-1", **ORDER})
-    invoice = sandbox.state.by_order_number("D-1")
+        await client.get("invoices/new", params={"order_number": "301", **ORDER})
+    invoice = sandbox.state.by_order_number("301")
     assert invoice is not None
     assert invoice.status == "new"
-    retry = await client.get("invoices/new", params={"order_number": "D-1", "return_existing": "1", **ORDER})
+    retry = await client.get("invoices/new", params={"order_number": "301", "return_existing": "1", **ORDER})
     assert retry.json()["data"]["txn_id"] == invoice.id
     assert [r.fault for r in sandbox.requests] == ["drop_after_commit", None]
 
@@ -116,9 +116,11 @@ async def test_drop_after_commit_over_a_real_socket(sandbox: Sandbox) -> None:
     sandbox.faults.add(FaultRule(path="/api/v1/invoices/new", kind="drop_after_commit"))
     async with LoopbackServer(sandbox.app) as server, httpx.AsyncClient(base_url=server.base_url) as http:
         with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-            await http.get("/api/v1/invoices/new", params={"order_number": "D-2", **ORDER})
-        assert sandbox.state.by_order_number("D-2") is not None  # committed although the client saw nothing
-        listed = await http.get("/api/v1/operations", params={"search": "D-2", **KEY})
+            await http.get("/api/v1/invoices/new", params={"order_number": "930200000302", **ORDER})
+        assert (
+            sandbox.state.by_order_number("930200000302") is not None
+        )  # committed although the client saw nothing
+        listed = await http.get("/api/v1/operations", params={"search": "930200000302", **KEY})
         assert listed.json()["data"]["_meta"]["totalCount"] == 1
         sandbox.faults.add(FaultRule(path="/api/v1/balances/*", kind="rate_limit", retry_after=3))
         limited = await http.get("/api/v1/balances/BTC", params=KEY)
@@ -151,7 +153,7 @@ async def test_faults_over_the_control_api(client: httpx.AsyncClient, sandbox: S
 
 
 async def test_request_log_counts_and_scrubs(client: httpx.AsyncClient, sandbox: Sandbox) -> None:
-    for number in ("L-1", "L-2"):
+    for number in ("401", "402"):
         await client.get("invoices/new", params={"order_number": number, **ORDER})
     await client.get("shops", params=KEY)
     await client.get(f"{CONTROL}/requests")
@@ -160,7 +162,7 @@ async def test_request_log_counts_and_scrubs(client: httpx.AsyncClient, sandbox:
     first = sandbox.requests[0]
     assert (first.method, first.status, first.fault) == ("GET", 200, None)
     assert first.query["api_key"] == "***"
-    assert first.query["order_number"] == "L-1"
+    assert first.query["order_number"] == "401"
     logged = (await client.get(f"{CONTROL}/requests")).json()["requests"]
     assert SANDBOX_API_KEY not in json.dumps(logged)
     assert (await client.delete(f"{CONTROL}/requests")).json() == {"cleared": 3}

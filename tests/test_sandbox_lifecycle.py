@@ -105,7 +105,7 @@ async def api(client: httpx.AsyncClient, path: str, /, **params: str) -> Any:
     return response.json()["data"]
 
 
-async def new_invoice(client: httpx.AsyncClient, order_number: str = "ORD-1", **extra: str) -> str:
+async def new_invoice(client: httpx.AsyncClient, order_number: str = "1", **extra: str) -> str:
     params = {
         "order_number": order_number,
         "order_name": "Pro plan",
@@ -140,7 +140,7 @@ async def test_pay_in_full_completes_credits_and_sends_a_signed_form_callback(
     assert fields["ipn_type"] == "invoice"
     assert fields["merchant"] == "Northwind Digital"
     assert fields["merchant_id"] == "65f2c0de9a1b4e7d3c2a1f08"
-    assert fields["order_number"] == "ORD-1"
+    assert fields["order_number"] == "1"
     assert fields["order_name"] == "Pro plan"
     assert fields["amount"] == invoice["amount"]
     assert fields["currency"] == "BTC"
@@ -207,8 +207,8 @@ async def test_underpaid_expiry_keeps_the_received_amount(
 async def test_cancel_error_and_terminal_invoices_refuse_moves(
     client: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
-    cancelled = await new_invoice(client, "ORD-C")
-    failed = await new_invoice(client, "ORD-E")
+    cancelled = await new_invoice(client, "2")
+    failed = await new_invoice(client, "3")
     assert (await sandbox.cancel(cancelled))["invoice"]["status"] == "cancelled"
     assert (await sandbox.error(failed))["invoice"]["status"] == "error"
     for move in (sandbox.pay, sandbox.expire, sandbox.cancel, sandbox.error):
@@ -287,8 +287,8 @@ async def test_success_and_fail_callback_urls_get_the_outcome(
         "success_callback_url": "http://merchant.test/ok",
         "fail_callback_url": "http://merchant.test/fail",
     }
-    paid = await new_invoice(client, "ORD-S", **urls)
-    lost = await new_invoice(client, "ORD-F", **urls)
+    paid = await new_invoice(client, "4", **urls)
+    lost = await new_invoice(client, "5", **urls)
     assert len((await sandbox.pay(paid))["extra_callbacks"]) == 1
     assert len((await sandbox.expire(lost))["extra_callbacks"]) == 1
     assert [c.path for c in receiver.calls] == ["/plisio/callback", "/ok", "/plisio/callback", "/fail"]
@@ -300,7 +300,7 @@ async def test_creation_callback_is_optional(clock: Clock, receiver: Receiver) -
     )
     async with httpx.AsyncClient(transport=box.transport(), base_url=BASE) as http:
         txn_id = await new_invoice(http)
-        await api(http, "invoices/new", order_number="ORD-1", order_name="Pro plan", return_existing="1")
+        await api(http, "invoices/new", order_number="1", order_name="Pro plan", return_existing="1")
     assert len(receiver.calls) == 1  # return_existing does not announce again
     fields = receiver.verified()
     assert fields["status"] == "new"
@@ -357,7 +357,7 @@ async def test_end_to_end_over_loopback_sockets(clock: Clock) -> None:
         box = Sandbox(now=clock)  # real network for callbacks
         async with LoopbackServer(box.app) as plisio, httpx.AsyncClient(base_url=plisio.base_url) as http:
             params = {
-                "order_number": "E2E-1",
+                "order_number": "9001",
                 "order_name": "Pro plan",
                 "source_amount": "25",
                 "currency": "LTC",
@@ -370,7 +370,7 @@ async def test_end_to_end_over_loopback_sockets(clock: Clock) -> None:
             paid = await http.post(f"/_sandbox/invoices/{txn_id}/pay")
             assert paid.json()["callback"] == {"url": callback, "status_code": 200, "error": None}
             listed = await http.get(
-                "/api/v1/operations", params={"search": "E2E-1", "api_key": SANDBOX_API_KEY}
+                "/api/v1/operations", params={"search": "9001", "api_key": SANDBOX_API_KEY}
             )
             assert listed.json()["data"]["operations"][0]["status"] == "completed"
     assert receiver.verified()["txn_id"] == txn_id

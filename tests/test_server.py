@@ -150,7 +150,7 @@ async def test_refund_request_returns_the_decision(
     rt: Runtime, http: httpx.AsyncClient, sandbox: Sandbox
 ) -> None:
     created = await rt.plisio.client.create_invoice(
-        order_number="ORD-9", order_name="Pro plan", currency="BTC", source_amount=Decimal("40")
+        order_number="9", order_name="Pro plan", currency="BTC", source_amount=Decimal("40")
     )
     await sandbox.pay(created.txn_id)
     response = await http.post("/v1/refund-requests", json={
@@ -169,7 +169,7 @@ async def test_refund_request_returns_the_decision(
 
 async def test_in_process_worker_turns_a_callback_into_a_listed_draft(rt: Runtime, sandbox: Sandbox) -> None:
     created = await rt.plisio.client.create_invoice(
-        order_number="ORD-7", order_name="Pro plan", currency="BTC", source_amount=Decimal("100"),
+        order_number="7", order_name="Pro plan", currency="BTC", source_amount=Decimal("100"),
         email="carol@example.com",
     )  # fmt: skip
     await sandbox.expire(created.txn_id)

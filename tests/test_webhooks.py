@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -30,11 +31,13 @@ from persona.server import create_app
 from persona.store.engine import Store
 from persona.worker import Worker
 from tests.harness import bearer, build_runtime, repo_settings
+from tests.test_callbacks import hmac_sha1
 from tools.plisio.callbacks import (
     FORM_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
     encode_form_callback,
     encode_json_callback,
+    php_serialize,
 )
 from tools.plisio.models import Operation
 from tools.plisio.sandbox import SANDBOX_API_KEY, LoopbackServer, Sandbox
@@ -99,7 +102,7 @@ async def post(
         )
 
 
-async def new_invoice(rt: Runtime, callback_url: str, order: str = "ORD-1") -> str:
+async def new_invoice(rt: Runtime, callback_url: str, order: str = "1") -> str:
     created = await rt.plisio.client.create_invoice(
         order_number=order, order_name="Pro plan", currency="BTC", source_amount=Decimal("100"),
         callback_url=callback_url,
@@ -225,12 +228,100 @@ async def test_oversized_body_is_413_whether_declared_or_streamed(
     assert [e.reason for e in events(rt, "webhook_rejected")] == ["body too large", "body too large"]
 
 
-async def test_wrong_content_type_is_415(rt: Runtime, server: LoopbackServer) -> None:
+def multipart(fields: dict[str, str], boundary: str = "----plisio7d1b") -> tuple[bytes, str]:
+    """The body PHP's curl sends for an array of POST fields."""
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+        for k, v in fields.items()
+    ]
+    return ("".join(parts) + f"--{boundary}--\r\n").encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def signed_form(fields: dict[str, str]) -> dict[str, str]:
+    return dict(httpx.QueryParams(encode_form_callback(fields, KEY).decode()))
+
+
+@pytest.mark.parametrize(
+    ("encoding", "ctype", "query"),
+    [
+        ("json", FORM_CONTENT_TYPE, ""),  # JSON labelled as a form
+        ("json", "text/plain", ""),
+        ("json", "text/plain", "?json=true"),
+        ("json", FORM_CONTENT_TYPE, "?json=true"),
+        ("json", "", "?json=true"),
+        ("form", "text/plain", ""),
+        ("form", "", ""),
+        ("form", JSON_CONTENT_TYPE, ""),  # a form labelled as JSON: the body says which it is
+        ("multipart", "", ""),
+    ],
+)
+async def test_a_callback_is_read_however_it_is_labelled(
+    rt: Runtime, server: LoopbackServer, encoding: str, ctype: str, query: str
+) -> None:
+    """Plisio does not document its Content-Type: ``?json=true`` first, then the body decides."""
+    fields = callback_fields("6a1b2c3d4e5f60718293a4b5", "expired")
+    if encoding == "multipart":
+        body, ctype = multipart(signed_form(fields))
+    else:
+        body = encode_json_callback(fields, KEY) if encoding == "json" else encode_form_callback(fields, KEY)
+    response = await post(server, body, ctype, query)
+    assert response.status_code == 200, response.text
+    [row] = rows(rt)
+    assert row.txn_id == "6a1b2c3d4e5f60718293a4b5"
+    [received] = events(rt, "webhook_received")
+    assert received.payload["encoding"] == ("json" if encoding == "json" else "form")
+
+
+async def test_json_true_with_a_form_body_says_why_it_is_refused(rt: Runtime, server: LoopbackServer) -> None:
     body = encode_form_callback(callback_fields("6a1b2c3d4e5f60718293a4b5", "expired"), KEY)
-    response = await post(server, body, "text/plain")
-    assert response.status_code == 415
-    assert response.json()["error"]["type"] == "unsupported_media_type"
+    response = await post(server, body, FORM_CONTENT_TYPE, "?json=true")
+    assert response.status_code == 400
+    assert response.json()["error"]["message"].startswith(
+        "the body is not a Plisio callback: callback body is not JSON: Expecting value at offset 0"
+    )
     assert rows(rt) == []
+
+
+async def test_a_refused_signature_says_which_check_failed(rt: Runtime, server: LoopbackServer) -> None:
+    body = encode_form_callback(callback_fields("6a1b2c3d4e5f60718293a4b5", "expired"), "sk_somebody_else")
+    response = await post(server, body)
+    assert response.status_code == 401
+    message = response.json()["error"]["message"]
+    assert (
+        message
+        == "the callback's signature does not hold: verify_hash does not match (form encoding, 1 key(s))"
+    )
+    assert KEY not in message
+
+
+@pytest.mark.parametrize("shape", ["form", "multipart"])
+async def test_nested_form_keys_are_verified_as_php_builds_them(
+    rt: Runtime, server: LoopbackServer, shape: str
+) -> None:
+    """``params[order_number]=...`` (what PHP's receiver accepts) is signed over PHP's nested array."""
+    fields = {**callback_fields("6a1b2c3d4e5f60718293a4b5", "expired"), "params[order_number]": "123",
+              "params[items][]": "seat", "params[items][ ]": "desk"}  # fmt: skip
+    post_array = {k: v for k, v in fields.items() if not k.startswith("params")}
+    post_array["params"] = {
+        "order_number": "123",
+        "items": {0: "seat", 1: "desk"},
+    }  # "[ ]" appends, as in PHP  # type: ignore[assignment]
+    signature = hmac_sha1(KEY, php_serialize(post_array))  # type: ignore[arg-type]
+    signed = {**fields, "verify_hash": signature}
+    if shape == "multipart":
+        body, ctype = multipart(signed)
+    else:
+        body, ctype = str(httpx.QueryParams(signed)).encode(), FORM_CONTENT_TYPE
+    response = await post(server, body, ctype)
+    assert response.status_code == 200, response.text
+    [row] = rows(rt)
+    assert json.loads(row.fields["params"]) == {"order_number": "123", "items": {"0": "seat", "1": "desk"}}
+
+
+async def test_an_empty_body_is_400_with_its_reason(rt: Runtime, server: LoopbackServer) -> None:
+    response = await post(server, b"", FORM_CONTENT_TYPE)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "the body is not a Plisio callback: form body has no fields"
 
 
 @pytest.mark.parametrize(

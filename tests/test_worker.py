@@ -70,7 +70,7 @@ def enqueue(rt: Runtime, txn_id: str, status: str, now: datetime) -> Recorded:
     )  # fmt: skip
 
 
-async def new_invoice(rt: Runtime, order: str = "ORD-1") -> str:
+async def new_invoice(rt: Runtime, order: str = "1") -> str:
     created = await rt.plisio.client.create_invoice(
         order_number=order, order_name="Pro plan", currency="BTC", source_amount=Decimal("100"),
         callback_url="http://127.0.0.1:9/lost",  # every callback is lost

@@ -132,7 +132,7 @@ async def test_killed_worker_loses_nothing_and_doubles_nothing(
     log = tmp_path / "worker.log"
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        txn_id = await expired_with_callback(rt, box, "ORD-KILL", "dave@example.com")
+        txn_id = await expired_with_callback(rt, box, "9101", "dave@example.com")
         inbox = Inbox(rt.store)
         [row] = inbox.list()
         assert (row.txn_id, row.state) == (txn_id, "pending")

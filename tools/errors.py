@@ -10,6 +10,7 @@ exception (whose message may carry a URL with the API key) escapes unscrubbed.
     │   │   └── PlisioOutcomeUnknown the request may have been applied; never re-sent blindly
     │   ├── PlisioDeadlineExceeded   retries ran out of the overall deadline
     │   ├── PlisioProtocolError      HTML, empty, truncated or non-envelope body
+    │   ├── PlisioExistingInvoice    return_existing gave back an invoice that is not the one asked for
     │   └── PlisioApiError           Plisio answered {"status": "error", ...}
     │       └── PlisioRateLimited    HTTP 429, with the Retry-After it asked for
     ├── CallbackError                a Plisio callback cannot be trusted or read
@@ -75,6 +76,21 @@ class PlisioProtocolError(PlisioError):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "http_status": self.http_status}
+
+
+class PlisioExistingInvoice(PlisioError):
+    """``/invoices/new`` with ``return_existing`` answered with the invoice its order number already has,
+    and that invoice is not what was asked for (another amount, coin or payer, or expired/cancelled).
+    It is not a new invoice: the effect did not happen, and the old one is named, not passed off."""
+
+    kind = "existing_invoice_differs"
+
+    def __init__(self, message: str, *, route: str = "", txn_id: str, differences: list[str]) -> None:
+        super().__init__(message, route=route)
+        self.txn_id, self.differences = txn_id, differences
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "txn_id": self.txn_id, "differences": self.differences}
 
 
 class PlisioApiError(PlisioError):

@@ -205,7 +205,11 @@ def _cost(estimate: dict[str, Any] | None) -> str:
         parts.append(f"network fee {fee.get('fee')} ({fee.get('plan') or 'normal'})")
     if "commission" in estimate:
         com = estimate["commission"]
-        parts.append(f"commission {com.get('commission')}, total {com.get('total_cost')}")
+        total = com.get("total_cost")
+        parts.append(
+            f"commission {com.get('commission')}, "
+            + (f"total {total}" if total else str(com.get("total_cost_note")))
+        )
     return "; ".join(parts)
 
 

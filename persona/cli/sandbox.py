@@ -17,6 +17,10 @@ def sandbox(
         bool,
         typer.Option("--creation-callbacks/--no-creation-callbacks", help="Post a 'new' callback on create."),
     ] = True,
+    white_label: Annotated[
+        bool,
+        typer.Option("--white-label", help="A white-label shop: invoices answer with the payment details."),
+    ] = False,
 ) -> None:
     """Serve a faithful fake of Plisio's API (and its signed callbacks) with a seeded demo shop."""
     from rich.console import Console
@@ -24,9 +28,10 @@ def sandbox(
     from tools.plisio.sandbox import SANDBOX_API_KEY, Sandbox
     from tools.plisio.sandbox.server import serve
 
-    box = Sandbox(seed=seed, send_creation_callbacks=creation_callbacks)
+    box = Sandbox(seed=seed, send_creation_callbacks=creation_callbacks, white_label=white_label)
     Console(stderr=True).print(
-        f"Plisio sandbox on http://{host}:{port}/api/v1 (api_key={SANDBOX_API_KEY}; "
+        f"Plisio sandbox{' (white-label shop)' if white_label else ''} on http://{host}:{port}/api/v1 "
+        f"(api_key={SANDBOX_API_KEY}; "
         f"control endpoints under /_sandbox/). Ctrl-C stops it.",
         highlight=False,
     )

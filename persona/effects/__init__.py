@@ -26,7 +26,9 @@ Errors: this package raises the service's own :mod:`persona.errors` (``NotFound`
 is an outcome recorded on the effect, never an exception.
 """
 
-from persona.effects.keys import EffectKey, arguments_hash, chat_key, order_number
+from persona.effects.keys import EffectKey, arguments_hash, chat_key, is_order_number, order_number
 from persona.effects.ledger import Effect, EffectLedger, State
 
-__all__ = ["Effect", "EffectKey", "EffectLedger", "State", "arguments_hash", "chat_key", "order_number"]
+__all__ = [
+    "Effect", "EffectKey", "EffectLedger", "State", "arguments_hash", "chat_key", "is_order_number", "order_number",
+]  # fmt: skip

@@ -36,7 +36,7 @@ from persona.effects.ledger import UNRESOLVED, Effect, EffectLedger, State
 from persona.errors import Forbidden, VaultError
 from persona.events import Event, Source
 from persona.policy import PolicyDecision
-from tools.errors import PlisioError, PlisioOutcomeUnknown
+from tools.errors import PlisioError, PlisioExistingInvoice, PlisioOutcomeUnknown
 from tools.plisio.tools import PlisioContext
 from tools.redaction import scrub
 from tools.registry import Registry, Tool, ToolFailure, ToolResult, bounded_json, to_jsonable
@@ -217,7 +217,7 @@ class EffectExecutor:
         except PlisioOutcomeUnknown as exc:
             unknown = exc.message
         except PlisioError as exc:
-            failure = ToolFailure(exc.kind, str(exc), details=exc.to_dict())
+            failure = _failure(exc)
         except BaseException as exc:  # cancelled at shutdown, or a bug: the request may have left
             self._cut_off(ctx, tool, call_id, effect, f"{type(exc).__name__} while the request was in flight")
             raise
@@ -240,7 +240,9 @@ class EffectExecutor:
                 found = await self._lookup(tool, args, effect, pctx_for=ctx.persona_name)
             except _LookupFailed:
                 found = None
-            if found is None:
+            except _FoundOther as other:  # its order number holds an invoice that is not this one
+                found, failure = None, _failure(other.error)
+            if found is None and failure is None:
                 content = _with_notices(unknown_content(effect, unknown), notices)
                 await self._record(
                     ctx, Event.TOOL_CALL_UNKNOWN, tool.name, payload={**payload, "why": unknown}, **fields
@@ -311,6 +313,8 @@ class EffectExecutor:
             )
             async with asyncio.timeout(self._lookup_timeout_s):
                 return await tool.lookup(args, pctx)
+        except PlisioExistingInvoice as exc:
+            raise _FoundOther(exc) from None
         except (PlisioError, TimeoutError, Forbidden, VaultError) as exc:
             log.warning(
                 "effect_lookup_failed", effect_id=effect.id, error=scrub(f"{type(exc).__name__}: {exc}")
@@ -329,6 +333,12 @@ class EffectExecutor:
             found = await self._lookup(tool, args, effect, pctx_for=effect.persona)
         except _LookupFailed:
             await asyncio.to_thread(self.ledger.touch, effect.id)  # to the back of the sweep's queue
+            return await asyncio.to_thread(self.ledger.get, effect.id)
+        except _FoundOther as other:  # found by its order number, and not what was asked: not applied
+            why = str(other.error)
+            content = error_content(other.error.kind, why)
+            if await asyncio.to_thread(self.ledger.mark, effect.id, State.FAILED, result=content, reason=why):
+                await self._resolved(effect, State.FAILED, why, source)
             return await asyncio.to_thread(self.ledger.get, effect.id)
         if found is not None:
             content = bounded_json({"ok": True, "result": found})
@@ -378,6 +388,18 @@ class EffectExecutor:
         self, ctx: CallContext, event: Event, tool: str, *, durable: bool = True, **fields: Any
     ) -> None:
         await record_call(self._audit, ctx, event, tool, durable=durable, **fields)
+
+
+class _FoundOther(Exception):
+    """The lookup found an invoice under the effect's order number that is not the one asked for."""
+
+    def __init__(self, error: PlisioExistingInvoice) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _failure(exc: PlisioError) -> ToolFailure:
+    return ToolFailure(exc.kind, str(exc), details=exc.to_dict())
 
 
 class _LookupFailed(Exception):

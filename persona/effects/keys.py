@@ -5,6 +5,10 @@ conversation's history, so a turn retried from the same history maps to the same
 effect is ``(<flow key>, <slot>)``, e.g. ``("recovery:<txn_id>", "fresh_link")``: the model path and the
 template path of one flow run name the same effect. Plisio's ``order_number`` is a hash of the key, so
 every attempt of one effect (a retry, a resumed approval, a re-run flow) is the same invoice at Plisio.
+
+The order number is 18 decimal digits: Plisio's docs say it "must be an unique number in your store" and
+its Python SDK types it ``int`` (tools/plisio/README.md). 18 digits fit a signed 64-bit column and lie far
+above the order numbers a shop's own cart counts up to, so they meet neither.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-ORDER_PREFIX = "pp"
+ORDER_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,16 @@ def chat_key(conversation_id: str, seq: int) -> EffectKey:
     return EffectKey(f"chat:{conversation_id}", str(seq))
 
 
-def order_number(key: EffectKey, prefix: str = ORDER_PREFIX) -> str:
-    digest = hashlib.sha256(f"{key.namespace}\x1f{key.slot}".encode()).hexdigest()[:20]
-    return f"{prefix}-{digest}"
+def order_number(key: EffectKey) -> str:
+    """The key's order number: ``ORDER_DIGITS`` digits, the first never 0 (``100000000000000000`` up)."""
+    digest = hashlib.sha256(f"{key.namespace}\x1f{key.slot}".encode()).digest()
+    low = 10 ** (ORDER_DIGITS - 1)
+    return str(low + int.from_bytes(digest[:16], "big") % (9 * low))
+
+
+def is_order_number(text: str) -> bool:
+    """An order number this service makes (of any key)."""
+    return len(text) == ORDER_DIGITS and text.isascii() and text.isdigit() and text[0] != "0"
 
 
 def normalised(value: Any) -> Any:

@@ -52,6 +52,7 @@ async def callback(rt: Runtime, scenario: Scenario, scripts: _Scripts, sandbox: 
     """Create the invoice, move it, let the sandbox POST the signed callback, run the worker."""
     import httpx
 
+    from persona.effects import EffectKey, order_number
     from persona.replay.runner import REPLAY_CALLBACK_URL
     from persona.replay.scenario import InvoiceSpec
     from persona.server import create_app
@@ -62,7 +63,7 @@ async def callback(rt: Runtime, scenario: Scenario, scripts: _Scripts, sandbox: 
     sandbox.notifier.transport = httpx.ASGITransport(app=create_app(rt, start_worker=False))
     url = REPLAY_CALLBACK_URL + ("?json=true" if trigger.encoding == "json" else "")
     created = await rt.plisio.client.create_invoice(
-        order_number=f"RP-{scenario.name}"[:60], order_name=spec.order_name, currency=spec.currency,
+        order_number=order_number(EffectKey("replay", scenario.name)), order_name=spec.order_name, currency=spec.currency,
         source_currency=spec.source_currency, source_amount=Decimal(spec.source_amount), email=spec.email,
         callback_url=url,
     )  # fmt: skip

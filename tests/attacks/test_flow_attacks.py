@@ -20,6 +20,7 @@ from persona.worker import Worker
 from tests.attacks.invariants import assert_nothing_unauthorised, assert_recorded
 from tests.attacks.obedient import Obedient, do
 from tests.harness import bearer
+from tests.test_facts_breakout import relabel
 from tools.plisio.callbacks import FORM_CONTENT_TYPE, encode_form_callback
 from tools.plisio.sandbox import SANDBOX_API_KEY, Sandbox
 
@@ -75,11 +76,12 @@ async def test_a_compromised_model_in_the_recovery_flow(
     assert len(fields.get("order_name", "")) <= 120 and len(fields.get("order_number", "")) <= 64, (
         "fits, whole"
     )
-    order_number = fields.get("order_number", "T-1")
+    order_number = fields.get("order_number", "8101")
     created = await rt.plisio.client.create_invoice(
-        order_number=order_number, order_name=fields.get("order_name", "Annual plan"),
+        order_number="8101", order_name=fields.get("order_name", "Annual plan"),
         source_currency="USD", source_amount=Decimal("240"), currency="BTC", email=CUSTOMER,
     )  # fmt: skip
+    relabel(sandbox, created.txn_id, order_number)  # Plisio refuses such a number; another channel may not
     await sandbox.expire(created.txn_id)
     start = len(sandbox.requests)
     callback = {"txn_id": created.txn_id, "status": "expired", "ipn_type": "invoice", "order_number": order_number,
@@ -116,7 +118,7 @@ async def test_a_compromised_model_in_refund_triage(
     rt: Runtime, sandbox: Sandbox, obedient: Obedient, http: httpx.AsyncClient, name: str
 ) -> None:
     created = await rt.plisio.client.create_invoice(
-        order_number="R-1", order_name="Seat pack", source_currency="USD", source_amount=Decimal("40"),
+        order_number="8201", order_name="Seat pack", source_currency="USD", source_amount=Decimal("40"),
         currency="BTC", email=CUSTOMER,
     )  # fmt: skip
     await sandbox.pay(created.txn_id)
@@ -153,9 +155,11 @@ async def test_a_compromised_model_in_the_churn_scan(
     assert len(instruction) <= 64
     for n, coin in enumerate(coins):
         made = await rt.plisio.client.create_invoice(
-            order_number=instruction if n == 0 else f"SW-{n}", order_name="Seat pack", source_currency="USD",
+            order_number=f"830{n}", order_name="Seat pack", source_currency="USD",
             source_amount=Decimal("15"), currency=coin, email="switcher@example.com",
         )  # fmt: skip
+        if n == 0:
+            relabel(sandbox, made.txn_id, instruction)
         await sandbox.pay(made.txn_id)
     start = len(sandbox.requests)
     report = await churn.scan(rt, trigger="cli", requested_by="gina@example.com")

@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from email import policy as email_policy
+from email.parser import BytesParser
 from html.entities import name2codepoint
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode
@@ -33,8 +35,6 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 JSON_CONTENT_TYPE = "application/json"
 _HASH_FIELD = "verify_hash"
 _HASH_RE = re.compile(r"[0-9a-f]{40}")
-# Keys PHP's $_POST would keep as-is: no '.', ' ' or '[' (mangled), no integer keys (re-keyed).
-_FORM_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # PHP numeric strings: such array keys become ints or are compared numerically by ksort().
 _PHP_NUMERIC_RE = re.compile(r"[ \t\n\r\v\f]*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?[ \t\n\r\v\f]*")
 _ENTITY_RE = re.compile(r"&(?:#[xX]([0-9a-fA-F]+)|#([0-9]+)|([A-Za-z][A-Za-z0-9]*));")
@@ -57,20 +57,96 @@ class _RawNumber(str):
     """A JSON number kept as the exact text it arrived as."""
 
 
-def php_serialize(fields: Mapping[str, str]) -> bytes:
-    """PHP ``serialize(ksort($fields))`` for a string->string array, lengths in UTF-8 bytes."""
+PhpValue = str | dict[str | int, "PhpValue"]
+"""A ``$_POST`` value: a string, or the array PHP builds from ``name[key]=...`` fields."""
+
+
+def php_serialize(fields: Mapping[str, PhpValue]) -> bytes:
+    """PHP ``serialize(ksort($fields))``, lengths in UTF-8 bytes. ``ksort`` orders the top level only; a
+    nested array (``params[order_number]=...``) keeps the order PHP built it in."""
     for key, value in fields.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"php_serialize takes str keys and values; field {key!r} is not")
+        if not isinstance(key, str) or not isinstance(value, str | dict):
+            raise TypeError(f"php_serialize takes str keys and str or array values; field {key!r} is not")
         if _PHP_NUMERIC_RE.fullmatch(key):
             raise ValueError(f"numeric key {key!r}: PHP would make it an int key or sort it as a number")
-    parts = [b"a:%d:{" % len(fields)]
-    for key in sorted(fields, key=lambda k: k.encode("utf-8")):  # ksort(): byte order for these keys
-        for text in (key, fields[key]):
-            raw = text.encode("utf-8")
-            parts.append(b's:%d:"%s";' % (len(raw), raw))
+    ordered = {k: fields[k] for k in sorted(fields, key=lambda k: k.encode("utf-8"))}  # ksort(): byte order
+    return _php_value(ordered)
+
+
+def _php_value(value: PhpValue | Mapping[Any, Any]) -> bytes:
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+        return b's:%d:"%s";' % (len(raw), raw)
+    parts = [b"a:%d:{" % len(value)]
+    for key, item in value.items():
+        parts.append(b"i:%d;" % key if isinstance(key, int) else _php_value(key))
+        parts.append(_php_value(item))
     parts.append(b"}")
     return b"".join(parts)
+
+
+_PHP_INT_KEY_RE = re.compile(r"-?(?:0|[1-9][0-9]{0,18})")
+
+
+def _php_name(name: str) -> tuple[str, list[str]] | None:
+    """PHP's split of a ``$_POST`` name (main/php_variables.c): the base name, its ``[...]`` subscripts
+    (an empty one appends). ``.`` and space in the base become ``_``, as does a ``[`` never closed;
+    after the last ``]``, anything but another ``[`` ends the name. None: PHP would drop the field."""
+    name = name.lstrip(" ")
+    cut = name.find("[")
+    base, rest = (name, "") if cut < 0 else (name[:cut], name[cut:])
+    if rest and "]" not in rest:  # a "[" never closed is "_", and the name goes on (PHP 8)
+        base, rest = base + "_" + rest[1:], ""
+    base = base.replace(".", "_").replace(" ", "_")
+    if not base:
+        return None
+    subscripts: list[str] = []
+    while rest.startswith("["):
+        close = rest.find("]")
+        if close < 0:
+            break
+        sub = rest[1:close]
+        subscripts.append("" if sub in ("", " ", "\t", "\n", "\r") else sub)  # PHP skips one blank, then "]"
+        rest = rest[close + 1 :]
+    return base, subscripts
+
+
+def php_post(pairs: Sequence[tuple[str, str]]) -> dict[str, PhpValue]:
+    """``$_POST`` as PHP fills it from these fields; a plain field given twice is refused (PHP would keep
+    the last: a signature over one of two values is no signature)."""
+    post: dict[str, PhpValue] = {}
+    for key, value in pairs:
+        split = _php_name(key)
+        if split is None:
+            raise CallbackFormatError(f"form field name {key[:40]!r} is empty once PHP parses it")
+        base, subscripts = split
+        if _PHP_NUMERIC_RE.fullmatch(base):
+            raise CallbackFormatError(f"form field name {key[:40]!r} is numeric (PHP re-keys it)")
+        if not subscripts:
+            if base in post:
+                raise CallbackFormatError(f"form field {base!r} appears more than once")
+            post[base] = value
+            continue
+        node = post.setdefault(base, {})
+        if not isinstance(node, dict):
+            raise CallbackFormatError(f"form field {base!r} is both a value and an array")
+        for depth, sub in enumerate(subscripts):
+            last = depth == len(subscripts) - 1
+            index: str | int
+            if sub == "":
+                index = max((k for k in node if isinstance(k, int)), default=-1) + 1
+            else:
+                index = int(sub) if _PHP_INT_KEY_RE.fullmatch(sub) and -(2**63) <= int(sub) < 2**63 else sub
+            if last:
+                if index in node:
+                    raise CallbackFormatError(f"form field {key[:40]!r} appears more than once")
+                node[index] = value
+            else:
+                child = node.setdefault(index, {})
+                if not isinstance(child, dict):
+                    raise CallbackFormatError(f"form field {key[:40]!r} is both a value and an array")
+                node = child
+    return post
 
 
 def _php_html_entity_decode(text: str) -> str:
@@ -98,13 +174,14 @@ def sign_form(fields: Mapping[str, str], secret: str) -> str:
     return _hmac_hex(secret, _form_message(fields))
 
 
-def _form_message(fields: Mapping[str, str]) -> bytes:
+def _form_message(fields: Mapping[str, PhpValue]) -> bytes:
     """What the PHP receivers hash: drop verify_hash, (string)expire_utc, decode tx_urls, serialize."""
     post = {k: v for k, v in fields.items() if k != _HASH_FIELD}
-    if "expire_utc" in post:
+    if isinstance(post.get("expire_utc"), str | int):
         post["expire_utc"] = str(post["expire_utc"])
-    if "tx_urls" in post:
-        post["tx_urls"] = _php_html_entity_decode(post["tx_urls"])
+    tx_urls = post.get("tx_urls")
+    if isinstance(tx_urls, str):
+        post["tx_urls"] = _php_html_entity_decode(tx_urls)
     return php_serialize(post)
 
 
@@ -195,19 +272,42 @@ def verify_form(body: bytes, secrets: Sequence[str]) -> VerifiedCallback:
         raise CallbackFormatError("a percent-encoded form name or value is not valid UTF-8") from None
     except ValueError as exc:
         raise CallbackFormatError(f"form body cannot be parsed: {exc}") from None
+    return _verify_post(pairs, secrets)
+
+
+def verify_multipart(body: bytes, content_type: str, secrets: Sequence[str]) -> VerifiedCallback:
+    """Verify a ``multipart/form-data`` callback: what PHP's curl sends for an array of fields. PHP fills
+    ``$_POST`` from it exactly as from a form body, so it is signed the same way (variant A)."""
+    _check_secrets(secrets)
+    if "boundary=" not in content_type.lower():
+        raise CallbackFormatError("multipart callback has no boundary in its Content-Type")
+    message = BytesParser(policy=email_policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise CallbackFormatError("multipart callback body has no parts")
+    pairs: list[tuple[str, str]] = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or part.get_filename() is not None:
+            raise CallbackFormatError("a multipart part is not a named form field (a file, or no name)")
+        raw = part.get_payload(decode=True)
+        pairs.append((name, _decode_utf8(raw if isinstance(raw, bytes) else b"")))
+        if len(pairs) > 1000:
+            raise CallbackFormatError("multipart callback has more than 1000 fields")
+    return _verify_post(pairs, secrets)
+
+
+def _verify_post(pairs: Sequence[tuple[str, str]], secrets: Sequence[str]) -> VerifiedCallback:
     if not pairs:
         raise CallbackFormatError("form body has no fields")
-    fields: dict[str, str] = {}
-    for key, value in pairs:
-        if not _FORM_KEY_RE.fullmatch(key):
-            raise CallbackFormatError(f"form field name {key[:40]!r} is not a plain identifier")
-        if key in fields:
-            raise CallbackFormatError(f"form field {key!r} appears more than once")
-        fields[key] = value
-    received = _take_hash(fields)
-    index = _match(received, secrets, [_form_message(fields)])
+    post = php_post(pairs)
+    given = post.pop(_HASH_FIELD, None)
+    received = _take_hash({} if given is None else {_HASH_FIELD: given})
+    index = _match(received, secrets, [_form_message(post)])
     if index is None:
         raise CallbackSignatureError(f"verify_hash does not match (form encoding, {len(secrets)} key(s))")
+    fields = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in post.items()}
     return VerifiedCallback(fields=fields, encoding="form", key_index=index)
 
 
@@ -286,14 +386,21 @@ def verify_json(body: bytes, secrets: Sequence[str]) -> VerifiedCallback:
     return VerifiedCallback(fields=fields, encoding="json", key_index=index)
 
 
-def verify(body: bytes, *, content_type: str, secrets: Sequence[str]) -> VerifiedCallback:
-    """Dispatch on the request's Content-Type (parameters such as ``charset`` are ignored)."""
+MULTIPART_CONTENT_TYPE = "multipart/form-data"
+
+
+def verify(
+    body: bytes, *, content_type: str, secrets: Sequence[str], json_query: bool = False
+) -> VerifiedCallback:
+    """Verify a callback however Plisio sent it. Plisio does not document its Content-Type, so the variant
+    is decided by what is known: ``?json=true`` on the callback URL (the documented switch) means JSON;
+    else a ``multipart/form-data`` body is read as its parts; else a body that opens with ``{`` is JSON and
+    any other is a form, whatever the header says (``text/plain``, a form type on JSON text)."""
     media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type == FORM_CONTENT_TYPE:
-        return verify_form(body, secrets)
-    if media_type == JSON_CONTENT_TYPE:
+    if json_query:
         return verify_json(body, secrets)
-    raise CallbackFormatError(
-        f"unsupported callback content type {content_type[:100]!r}; "
-        f"expected {FORM_CONTENT_TYPE} or {JSON_CONTENT_TYPE}"
-    )
+    if media_type == MULTIPART_CONTENT_TYPE:
+        return verify_multipart(body, content_type, secrets)
+    if body.lstrip(b" \t\r\n")[:1] == b"{":
+        return verify_json(body, secrets)
+    return verify_form(body, secrets)

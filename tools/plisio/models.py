@@ -8,6 +8,7 @@ read with ``parse_float=Decimal``), never ``float``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -194,9 +195,20 @@ class PageMeta(PlisioModel):
     per_page: int = Field(0, alias="perPage")
 
 
+@dataclass(frozen=True)
+class SkippedRow:
+    """A row of a list Plisio answered that could not be read: kept out of the page, never dropped
+    unseen (its id, when it has one, and why)."""
+
+    id: str | None
+    error: str
+
+
 class OperationsPage(PlisioModel):
     operations: list[Operation]
     meta: PageMeta = Field(default_factory=lambda: PageMeta(), alias="_meta")
+    skipped: tuple[SkippedRow, ...] = ()
+    """Rows that did not read as an operation (the client keeps the rest of the page)."""
 
 
 class FeeEstimate(PlisioModel):
@@ -207,8 +219,14 @@ class FeeEstimate(PlisioModel):
 
 
 class Commission(PlisioModel):
+    """``/operations/commission``: ``commission`` is Plisio's own cut and ``fee`` the network fee, apart
+    (DOC-COM's older example ``{"commission":"0.00000000","fee":"0.00001020"}`` has no commission beside a
+    fee, so one does not include the other; see tools/plisio/README.md). ``feeUnit`` (OAS, optional)
+    names the fee's coin, the parent chain's for a token."""
+
     commission: Decimal
     fee: Decimal | None = None
+    fee_unit: str | None = Field(None, alias="feeUnit")
     plan: str | None = None
     plans: dict[str, dict[str, Any]] | None = None
     max_amount: Decimal | None = Field(None, alias="maxAmount")

@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tools.errors import PlisioError, ToolDefinitionError
+from tools.errors import PlisioError, PlisioExistingInvoice, ToolDefinitionError
 from tools.plisio import views
 from tools.plisio.args import (
     CoinArgs,
@@ -26,6 +26,7 @@ from tools.plisio.args import (
     SupportedCurrenciesArgs,
     TransactionArgs,
 )
+from tools.plisio.existing import InvoiceAsk
 from tools.plisio.models import WithdrawalType
 from tools.registry import Money, Registry, Tool
 
@@ -80,6 +81,10 @@ async def create_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[st
     return views.invoice_created(created, order_number)
 
 
+def _ask(args: CreateInvoiceArgs) -> InvoiceAsk:
+    return InvoiceAsk(args.amount, args.currency, args.source_amount, args.source_currency, args.email)
+
+
 async def find_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[str, Any] | None:
     """The invoice an unanswered create made, found by its order number; None if Plisio has none.
 
@@ -88,6 +93,12 @@ async def find_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[str,
     page = await ctx.client.list_operations(search=order_number, limit=5)
     for op in page.operations:
         if op.params is not None and op.params.order_number == order_number:
+            differences = _ask(args).against_operation(op)
+            if differences:  # the order number's invoice, but not this one (expired, another price)
+                raise PlisioExistingInvoice(
+                    f"invoice {op.id} has order number {order_number} but is not the one asked for: "
+                    f"{'; '.join(differences)}", route="/operations", txn_id=op.id, differences=differences,
+                )  # fmt: skip
             found = {**views.operation(op), "txn_id": op.id, "order_number": order_number,
                      "recovered": "the answer was lost; the invoice was found by its order number"}  # fmt: skip
             # The payment link, as the create would have answered it (a read: safe to retry). If the read

@@ -9,7 +9,7 @@ Timestamps become ISO-8601 UTC strings; money stays an exact decimal string.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from tools.plisio.models import (
@@ -87,10 +87,17 @@ def operations_page(page: OperationsPage) -> dict[str, Any]:
         "page_count": meta.page_count,
         "total_count": meta.total_count,
         "per_page": meta.per_page,
-    }
+        **(
+            {"skipped": {"count": len(page.skipped), "ids": [r.id for r in page.skipped],
+                         "note": "rows Plisio sent that could not be read; the rest of the page is complete"}}
+            if page.skipped else {}
+        ),
+    }  # fmt: skip
 
 
 def invoice_created(inv: InvoiceCreated, order_number: str) -> dict[str, Any]:
+    """A white-label shop's answer also has the payment details; the deposit address and the QR image
+    are left out (the payer gets them from the invoice page; a model has no use for them)."""
     return _clean(
         {
             "txn_id": inv.txn_id,
@@ -99,8 +106,11 @@ def invoice_created(inv: InvoiceCreated, order_number: str) -> dict[str, Any]:
             "status": inv.status or "new",
             "invoice_total_sum": money(inv.invoice_total_sum),
             "amount": money(inv.amount),
+            "pending_amount": money(inv.pending_amount),
             "psys_cid": inv.psys_cid,
             "source_currency": inv.source_currency,
+            "commission": money(inv.invoice_commission),
+            "invoice_sum": money(inv.invoice_sum),
             "expire_at": iso(inv.expire_utc),
         }
     )
@@ -137,6 +147,17 @@ def invoice_details(details: InvoiceDetails) -> dict[str, Any]:
     )
 
 
+def _price(coins_per_fiat: Decimal | None) -> str | None:
+    """One coin in the fiat: cents from 1 up, else 8 significant digits (``1 / fiat_rate``)."""
+    if not coins_per_fiat or not coins_per_fiat.is_finite() or coins_per_fiat <= 0:
+        return None
+    with localcontext() as ctx:
+        ctx.prec = 28
+        price = Decimal(1) / coins_per_fiat
+        rounded = price.quantize(Decimal("0.01")) if price >= 1 else Decimal(f"{price:.8g}")
+    return format(rounded, "f")
+
+
 def currency(cur: Currency) -> dict[str, Any]:
     return _clean(
         {
@@ -144,8 +165,9 @@ def currency(cur: Currency) -> dict[str, Any]:
             "name": cur.name,
             "currency": cur.currency,
             "fiat": cur.fiat,
-            "fiat_rate": money(cur.fiat_rate),
-            "rate_usd": money(cur.rate_usd),
+            # Plisio's fiat_rate is coins per one fiat unit; the model is told both ways, named plainly.
+            "coins_per_fiat": money(cur.fiat_rate),
+            "price_in_fiat": _price(cur.fiat_rate),
             "min_sum_in": money(cur.min_sum_in),
             "commission_pct": money(cur.invoice_commission_percentage),
             "maintenance": cur.maintenance or None,
@@ -159,17 +181,24 @@ def fee_estimate(fee: FeeEstimate) -> dict[str, Any]:
 
 
 def commission(com: Commission, psys_cid: str) -> dict[str, Any]:
-    total = com.commission + (com.fee or Decimal(0))
+    """Plisio's commission and the network fee, and their sum when both are in one coin: a token's fee is
+    paid in its chain's coin (``feeUnit``), and amounts of two coins do not add up."""
+    fee_coin = (com.fee_unit or psys_cid).upper()
+    one_coin = com.fee is None or fee_coin == psys_cid.upper()
     return _clean(
         {
             "psys_cid": psys_cid,
             "plan": com.plan,
             "commission": money(com.commission),
             "network_fee": money(com.fee),
-            "total_cost": money(total),
+            "network_fee_coin": None if com.fee is None else fee_coin,
+            "total_cost": money(com.commission + (com.fee or Decimal(0))) if one_coin else None,
+            "total_cost_note": None if one_coin else (
+                f"no single total: the commission is in {psys_cid}, the network fee in {fee_coin}"
+            ),
             "max_amount": money(com.max_amount),
         }
-    )
+    )  # fmt: skip
 
 
 def fee_plan_summary(plan: FeePlan, psys_cid: str) -> dict[str, Any]:

@@ -263,14 +263,16 @@ class Api:
         fee = fee_for(coin, plan, outputs)
         if amounts:
             _check_funds(self.state, coin, amounts, fee)
-        cut = withdraw_commission(coin, sum(amounts, Decimal(0)))
-        commission = cut + fee if coin.contract_of is None else cut
+        # Plisio's own cut alone: the network fee is its own field (DOC-COM: "commission":"0.00000000"
+        # beside "fee":"0.00001020"), in the fee coin (feeUnit, OAS) -- the parent chain's for a token.
+        commission = withdraw_commission(coin, sum(amounts, Decimal(0)))
         plans = {
             p: {**fee_plan(coin, p), "value": fee_coin.fmt(fee_for(coin, p, outputs))} for p in PLAN_NAMES
         }
         return {
             "commission": coin.fmt(commission),
             "fee": fee_coin.fmt(fee),
+            "feeUnit": fee_coin.cid,
             "plan": plan,
             "useWallet": "false",
             "useWalletBalance": "null",

@@ -158,7 +158,8 @@ def currency_entry(coin: Coin, fiat: str) -> dict[str, Any]:
         "precision": str(coin.precision),
         "output_precision": str(coin.output_precision),
         "fiat": fiat,
-        "fiat_rate": plain(coin.price_in(fiat).quantize(quantum(8))),
+        # Coins per one unit of the fiat, like rate_usd (Plisio's plugins: crypto = total * fiat_rate).
+        "fiat_rate": coin.fmt(Decimal(1) / coin.price_in(fiat)),
         "min_sum_in": coin.fmt(coin.min_sum_in),
         "invoice_commission_percentage": plain(coin.commission_pct),
         "hidden": coin.hidden,
@@ -243,5 +244,5 @@ WITHDRAW_COMMISSION_PCT: Final = Decimal("0.5")
 
 
 def withdraw_commission(coin: Coin, total: Decimal) -> Decimal:
-    """Plisio's own cut on a withdrawal (the docs' commission exceeds the network fee)."""
+    """Plisio's own cut on a withdrawal, apart from the network fee (``/operations/commission``)."""
     return coin.q(total * WITHDRAW_COMMISSION_PCT / 100, ROUND_DOWN)

@@ -51,6 +51,11 @@ ASSUMPTIONS: Final[tuple[tuple[str, str], ...]] = (
         'HTTP 422, name "Unprocessable entity", code 100, message = JSON text of {field: Yii message}',
     ),
     (
+        "order_number that is not an integer on /invoices/new",
+        'HTTP 422, code 100, {"order_number":"Order Number must be an integer."} (Yii\'s integer validator; '
+        'the docs: "Must be an unique number in your store", the PY SDK types it int)',
+    ),
+    (
         "duplicate order_number on /invoices/new",
         'HTTP 422, code 104, {"order_number":"Order Number \\"X\\" has already been taken."}',
     ),
@@ -92,15 +97,24 @@ ASSUMPTIONS: Final[tuple[tuple[str, str], ...]] = (
         "read-only lookup; email required and valid (422); 404 if the invoice has another payer email",
     ),
     ("source_rate", "coins per one fiat unit at coin precision (as in the DOC-TX / withdraw examples)"),
+    ("fiat_rate on /currencies/{fiat}", "coins per one fiat unit at coin precision, like rate_usd"),
     ("commission_payment", "1 = the client pays (amount = invoice_sum + commission); 0 = the shop pays"),
     ("tx_url in OperationDto", "always a list of explorer URLs (the docs show a list and a string)"),
+    (
+        "/operations/commission feeUnit",
+        "always sent: the cid of the coin the network fee is paid in (the parent chain's for a token)",
+    ),
+    (
+        "/operations/commission commission",
+        "Plisio's cut alone, 0.5% of the amounts; the network fee is not in it (read from DOC-COM's examples)",
+    ),
     (
         "token fees (USDT, USDT_TRX)",
         "fee values are in the parent chain's coin; 116 checks amounts vs token, fee vs parent balance",
     ),
     (
-        "/operations/commission",
-        "commission = 0.5% of the amounts + the network fee (native coins); type defaults to cash_out",
+        "/operations/commission type omitted",
+        "cash_out",
     ),
     ("fee-plan for SOL", "value + feeUnit, like TON"),
     (

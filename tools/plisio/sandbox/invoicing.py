@@ -59,6 +59,10 @@ def create_invoice(state: ShopState, query: Mapping[str, str], now: int) -> tupl
     """Returns ``(invoice, created)``; ``created`` is False when ``return_existing`` found one."""
     errors = FieldErrors(query)
     order_number = errors.text("order_number", required=True)
+    if order_number is not None and not errors.is_integer(order_number):
+        # [sandbox assumption] Plisio's docs: "Must be an unique number in your store"; the PY SDK types it int.
+        errors.add("order_number", "{attribute} must be an integer.")
+        order_number = None  # reported with every other field error below
     if order_number is not None and flag(query, "return_existing"):
         existing = state.by_order_number(order_number)
         if existing is not None:  # a retry of the same order: nothing else is checked again

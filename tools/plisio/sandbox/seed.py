@@ -49,8 +49,8 @@ COIN_SWITCHERS: Final = frozenset(
 # Near misses: Liam's last completed payment is 44 days old (not churned); Nora paid in 2 coins and
 # let an invoice in a 3rd coin expire unpaid (not a switcher).
 NEAR_MISS_CUSTOMERS: Final = frozenset({"liam.osei@example.com", "nora.quinn@example.com"})
-RECENT_REFUNDABLE_ORDER_NUMBERS: Final = ("NW-18801", "NW-18802", "NW-18803")  # among other recent ones
-TOO_OLD_TO_REFUND_ORDER_NUMBERS: Final = ("NW-18804",)  # completed 20 days ago
+RECENT_REFUNDABLE_ORDER_NUMBERS: Final = ("202618801", "202618802", "202618803")  # among other recent ones
+TOO_OLD_TO_REFUND_ORDER_NUMBERS: Final = ("202618804",)  # completed 20 days ago
 
 INVOICES_LAST_30D: Final = 120
 EXPIRED_LAST_30D: Final = 30
@@ -62,52 +62,52 @@ EXPIRED_SHARE_PREVIOUS_60D: Final = Fraction(EXPIRED_PREVIOUS_60D, INVOICES_PREV
 # Curated invoices: (order_number, email, days ago, status, coin, product index, received / amount).
 _U = "underpaid"  # expired with part of the amount received
 _CURATED: Final[tuple[tuple[str, str, float, str, str, int, str], ...]] = (
-    ("NW-17001", "olivia.hart@example.com", 88, "completed", "BTC", 1, "1"),
-    ("NW-17002", "olivia.hart@example.com", 74, "completed", "BTC", 0, "1"),
-    ("NW-17003", "olivia.hart@example.com", 61, "completed", "BTC", 0, "1"),
-    ("NW-17004", "olivia.hart@example.com", 52, "completed", "LTC", 6, "1"),
-    ("NW-17005", "marcus.bell@example.com", 85, "completed", "ETH", 7, "1"),
-    ("NW-17006", "marcus.bell@example.com", 70, "completed", "ETH", 0, "1"),
-    ("NW-17007", "marcus.bell@example.com", 58, "completed", "USDT", 2, "1"),
-    ("NW-17008", "zoe.angstrom@example.com", 80, "completed", "USDT_TRX", 3, "1"),
-    ("NW-17009", "zoe.angstrom@example.com", 66, "completed", "USDT_TRX", 4, "1"),
-    ("NW-17010", "zoe.angstrom@example.com", 55, "completed", "TRX", 5, "1"),
-    ("NW-17011", "zoe.angstrom@example.com", 49, "completed", "USDT_TRX", 0, "1"),
-    ("NW-17012", "jonas.weber@example.com", 83, "completed", "BTC", 1, "1"),
-    ("NW-17013", "jonas.weber@example.com", 63, "completed", "BTC", 8, "1"),
-    ("NW-17014", "jonas.weber@example.com", 47, "completed", "BTC", 6, "1"),
-    ("NW-17015", "priya.nair@example.com", 40, _U, "USDT_TRX", 2, "0.6"),
-    ("NW-17016", "priya.nair@example.com", 25, "completed", "USDT_TRX", 0, "1"),
-    ("NW-17017", "priya.nair@example.com", 9, _U, "USDT_TRX", 1, "0.8"),
-    ("NW-17018", "diego.alvarez@example.com", 70, _U, "BTC", 1, "0.5"),
-    ("NW-17019", "diego.alvarez@example.com", 33, _U, "BTC", 7, "0.9"),
-    ("NW-17020", "diego.alvarez@example.com", 20, "completed", "BTC", 0, "1"),
-    ("NW-17021", "diego.alvarez@example.com", 6, _U, "BTC", 2, "0.7"),
-    ("NW-17022", "mei.tanaka@example.com", 50, "completed", "ETH", 3, "1"),
-    ("NW-17023", "mei.tanaka@example.com", 28, "completed", "USDT", 0, "1"),
-    ("NW-17024", "mei.tanaka@example.com", 18, _U, "ETH", 7, "0.75"),
-    ("NW-17025", "mei.tanaka@example.com", 4, _U, "ETH", 4, "0.55"),
-    ("NW-17026", "sam.okafor@example.com", 60, "completed", "BTC", 0, "1"),
-    ("NW-17027", "sam.okafor@example.com", 42, "completed", "ETH", 0, "1"),
-    ("NW-17028", "sam.okafor@example.com", 21, "completed", "USDT_TRX", 0, "1"),
-    ("NW-17029", "sam.okafor@example.com", 5, "completed", "SOL", 6, "1"),
-    ("NW-17030", "lena.fischer@example.com", 77, "completed", "LTC", 4, "1"),
-    ("NW-17031", "lena.fischer@example.com", 40, "completed", "DOGE", 3, "1"),
-    ("NW-17032", "lena.fischer@example.com", 12, "completed", "TON", 8, "1"),
-    ("NW-17033", "raj.patel@example.com", 35, "completed", "BTC", 2, "1"),
-    ("NW-17034", "raj.patel@example.com", 22, "completed", "ETH", 7, "1"),
-    ("NW-17035", "raj.patel@example.com", 8, "completed", "TRX", 6, "1"),
-    ("NW-17036", "raj.patel@example.com", 3, "mismatch", "USDT", 0, "1.25"),
-    ("NW-17037", "liam.osei@example.com", 80, "completed", "BTC", 0, "1"),
-    ("NW-17038", "liam.osei@example.com", 65, "completed", "BTC", 0, "1"),
-    ("NW-17039", "liam.osei@example.com", 44, "completed", "LTC", 0, "1"),
-    ("NW-17040", "nora.quinn@example.com", 38, "completed", "BTC", 1, "1"),
-    ("NW-17041", "nora.quinn@example.com", 17, "completed", "ETH", 3, "1"),
-    ("NW-17042", "nora.quinn@example.com", 2, "expired", "SOL", 0, "0"),
-    ("NW-18801", "ava.brooks@example.com", 2, "completed", "BTC", 1, "1"),
-    ("NW-18802", "noah.kim@example.com", 6, "completed", "USDT_TRX", 2, "1"),
-    ("NW-18803", "sofia.rossi@example.com", 11, "completed", "ETH", 3, "1"),
-    ("NW-18804", "ava.brooks@example.com", 20, "completed", "BTC", 1, "1"),
+    ("202617001", "olivia.hart@example.com", 88, "completed", "BTC", 1, "1"),
+    ("202617002", "olivia.hart@example.com", 74, "completed", "BTC", 0, "1"),
+    ("202617003", "olivia.hart@example.com", 61, "completed", "BTC", 0, "1"),
+    ("202617004", "olivia.hart@example.com", 52, "completed", "LTC", 6, "1"),
+    ("202617005", "marcus.bell@example.com", 85, "completed", "ETH", 7, "1"),
+    ("202617006", "marcus.bell@example.com", 70, "completed", "ETH", 0, "1"),
+    ("202617007", "marcus.bell@example.com", 58, "completed", "USDT", 2, "1"),
+    ("202617008", "zoe.angstrom@example.com", 80, "completed", "USDT_TRX", 3, "1"),
+    ("202617009", "zoe.angstrom@example.com", 66, "completed", "USDT_TRX", 4, "1"),
+    ("202617010", "zoe.angstrom@example.com", 55, "completed", "TRX", 5, "1"),
+    ("202617011", "zoe.angstrom@example.com", 49, "completed", "USDT_TRX", 0, "1"),
+    ("202617012", "jonas.weber@example.com", 83, "completed", "BTC", 1, "1"),
+    ("202617013", "jonas.weber@example.com", 63, "completed", "BTC", 8, "1"),
+    ("202617014", "jonas.weber@example.com", 47, "completed", "BTC", 6, "1"),
+    ("202617015", "priya.nair@example.com", 40, _U, "USDT_TRX", 2, "0.6"),
+    ("202617016", "priya.nair@example.com", 25, "completed", "USDT_TRX", 0, "1"),
+    ("202617017", "priya.nair@example.com", 9, _U, "USDT_TRX", 1, "0.8"),
+    ("202617018", "diego.alvarez@example.com", 70, _U, "BTC", 1, "0.5"),
+    ("202617019", "diego.alvarez@example.com", 33, _U, "BTC", 7, "0.9"),
+    ("202617020", "diego.alvarez@example.com", 20, "completed", "BTC", 0, "1"),
+    ("202617021", "diego.alvarez@example.com", 6, _U, "BTC", 2, "0.7"),
+    ("202617022", "mei.tanaka@example.com", 50, "completed", "ETH", 3, "1"),
+    ("202617023", "mei.tanaka@example.com", 28, "completed", "USDT", 0, "1"),
+    ("202617024", "mei.tanaka@example.com", 18, _U, "ETH", 7, "0.75"),
+    ("202617025", "mei.tanaka@example.com", 4, _U, "ETH", 4, "0.55"),
+    ("202617026", "sam.okafor@example.com", 60, "completed", "BTC", 0, "1"),
+    ("202617027", "sam.okafor@example.com", 42, "completed", "ETH", 0, "1"),
+    ("202617028", "sam.okafor@example.com", 21, "completed", "USDT_TRX", 0, "1"),
+    ("202617029", "sam.okafor@example.com", 5, "completed", "SOL", 6, "1"),
+    ("202617030", "lena.fischer@example.com", 77, "completed", "LTC", 4, "1"),
+    ("202617031", "lena.fischer@example.com", 40, "completed", "DOGE", 3, "1"),
+    ("202617032", "lena.fischer@example.com", 12, "completed", "TON", 8, "1"),
+    ("202617033", "raj.patel@example.com", 35, "completed", "BTC", 2, "1"),
+    ("202617034", "raj.patel@example.com", 22, "completed", "ETH", 7, "1"),
+    ("202617035", "raj.patel@example.com", 8, "completed", "TRX", 6, "1"),
+    ("202617036", "raj.patel@example.com", 3, "mismatch", "USDT", 0, "1.25"),
+    ("202617037", "liam.osei@example.com", 80, "completed", "BTC", 0, "1"),
+    ("202617038", "liam.osei@example.com", 65, "completed", "BTC", 0, "1"),
+    ("202617039", "liam.osei@example.com", 44, "completed", "LTC", 0, "1"),
+    ("202617040", "nora.quinn@example.com", 38, "completed", "BTC", 1, "1"),
+    ("202617041", "nora.quinn@example.com", 17, "completed", "ETH", 3, "1"),
+    ("202617042", "nora.quinn@example.com", 2, "expired", "SOL", 0, "0"),
+    ("202618801", "ava.brooks@example.com", 2, "completed", "BTC", 1, "1"),
+    ("202618802", "noah.kim@example.com", 6, "completed", "USDT_TRX", 2, "1"),
+    ("202618803", "sofia.rossi@example.com", 11, "completed", "ETH", 3, "1"),
+    ("202618804", "ava.brooks@example.com", 20, "completed", "BTC", 1, "1"),
 )
 
 # Background invoices per window (on top of the curated ones there) other than completed/expired.
@@ -336,7 +336,7 @@ def _background(b: _Builder) -> None:
         records.append((created, status, underpaid, email))
     records.sort(key=lambda r: (r[0], r[1]))
     for number, (created, status, underpaid, email) in enumerate(records, start=20001):
-        order_number, product = f"NW-{number}", rng.randrange(len(PRODUCTS))
+        order_number, product = f"2026{number}", rng.randrange(len(PRODUCTS))
         if underpaid:
             ratio = Decimal(rng.randint(35, 95)) / 100
         elif status in _RATIOS:

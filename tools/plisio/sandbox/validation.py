@@ -61,6 +61,11 @@ class FieldErrors:
             return None
         return value
 
+    @staticmethod
+    def is_integer(raw: str) -> bool:
+        """Yii's integer validator: optional sign, digits, surrounding blanks."""
+        return bool(_INTEGER.match(raw))
+
     def integer(self, attribute: str, *, minimum: int) -> int | None:
         raw = self.text(attribute)
         if raw is None:
