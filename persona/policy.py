@@ -93,11 +93,22 @@ class Prices(Protocol):
         """How much one unit of ``coin`` costs in ``fiat``."""
         ...
 
+    async def cross(self, source: str, target: str) -> tuple[Decimal, Decimal]:
+        """``(n, d)`` such that an amount in fiat ``source`` is ``amount * n / d`` in fiat ``target``."""
+        ...
+
+
+MIN_RATE_DIGITS = 4
+"""Fewest significant digits a Plisio rate may have to value money with (an error under 0.1%)."""
+
 
 class PlisioPrices:
     """Prices from Plisio's ``/currencies/{fiat}``, cached for a minute. Its ``fiat_rate`` is coins per one
     unit of the fiat (Plisio's own plugins price an order as ``crypto = total * fiat_rate``; see
-    tools/plisio/README.md), so one coin costs ``1 / fiat_rate`` of the fiat."""
+    tools/plisio/README.md), so one coin costs ``1 / fiat_rate`` of the fiat. A rate comes at the coin's
+    precision, so it can be coarse (one yen is ``0.00000010`` BTC: one digit): a rate with fewer than
+    :data:`MIN_RATE_DIGITS` significant digits is refused, and a cross rate between two fiats goes through
+    the coin whose rates have the most digits in both."""
 
     def __init__(
         self, client: PlisioClient, *, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic
@@ -106,19 +117,48 @@ class PlisioPrices:
         self._cache: dict[str, tuple[float, dict[str, Decimal]]] = {}
         self._lock = asyncio.Lock()
 
-    async def price(self, coin: str, fiat: str) -> Decimal:
+    async def _rates(self, fiat: str) -> dict[str, Decimal]:
+        """Coins per one ``fiat``, by coin: only finite, positive rates within :data:`MAX_MAGNITUDE`."""
         async with self._lock:
             hit = self._cache.get(fiat)
             if hit is None or self._clock() - hit[0] > self._ttl:
                 currencies = await self._client.get_currencies(fiat)
-                rates = {c.cid: c.fiat_rate for c in currencies if c.fiat_rate}
+                rates = {c.cid: c.fiat_rate for c in currencies if _usable(c.fiat_rate)}
                 hit = (self._clock(), {k: v for k, v in rates.items() if v is not None})
                 self._cache[fiat] = hit
-        if coin not in hit[1]:
-            raise LookupError(f"Plisio gives no {fiat} rate for {coin}")
+        return hit[1]
+
+    async def price(self, coin: str, fiat: str) -> Decimal:
+        rate = (await self._rates(fiat)).get(coin)
+        if rate is None:
+            raise LookupError(f"Plisio gives no usable {fiat} rate for {coin}")
+        if _digits(rate) < MIN_RATE_DIGITS:
+            raise LookupError(
+                f"Plisio's {fiat} rate for {coin} ({rate} {coin} per {fiat}) has too few digits to value money"
+            )
         with localcontext() as ctx:
-            ctx.prec = 50  # the inverse to 50 digits: far below any cap's cent
-            return Decimal(1) / hit[1][coin]
+            ctx.prec = 50
+            return Decimal(1) / rate
+
+    async def cross(self, source: str, target: str) -> tuple[Decimal, Decimal]:
+        src, tgt = await self._rates(source), await self._rates(target)
+        both = [c for c in src if c in tgt]
+        if not both:
+            raise LookupError(f"Plisio gives no coin rated in both {source} and {target}")
+        best = max(both, key=lambda c: (min(_digits(src[c]), _digits(tgt[c])), c == "BTC"))
+        if min(_digits(src[best]), _digits(tgt[best])) < MIN_RATE_DIGITS:
+            raise LookupError(
+                f"Plisio's {source} and {target} rates have too few digits to convert between them"
+            )
+        return src[best], tgt[best]  # source -> coins -> target: * coins-per-source / coins-per-target
+
+
+def _usable(rate: Decimal | None) -> bool:
+    return rate is not None and rate.is_finite() and rate > 0 and abs(rate.adjusted()) <= MAX_MAGNITUDE
+
+
+def _digits(rate: Decimal) -> int:
+    return len(rate.normalize().as_tuple().digits)
 
 
 SIDE_EFFECT_RULES = {"creates_invoice": "invoice_policy"}
@@ -148,12 +188,11 @@ async def value_money(money: Money, currency: str, prices: Prices) -> Fraction:
         if money.currency == currency:
             return value
         if money.fiat:
-            # Cross rate through BTC: both prices come from the same Plisio rate table.
-            in_source = _exact(
-                await prices.price("BTC", money.currency), f"Plisio's BTC rate in {money.currency}"
+            # A cross rate through one coin, both legs from the same Plisio rate table.
+            n, d = await prices.cross(money.currency, currency)
+            return (
+                value * _exact(n, f"Plisio's {money.currency} rate") / _exact(d, f"Plisio's {currency} rate")
             )
-            in_policy = _exact(await prices.price("BTC", currency), f"Plisio's BTC rate in {currency}")
-            return value * in_policy / in_source
         return value * _exact(
             await prices.price(money.currency, currency), f"Plisio's {money.currency} rate in {currency}"
         )

@@ -9,8 +9,10 @@ received                                   HTTP  effect
 body over ``server.max_body_bytes``        413   audit ``webhook_rejected``; counted while
                                                  streaming, no row
 body we cannot parse (not UTF-8, not JSON,
-duplicate keys, nested values)             400   audit; no row. An unparsable body cannot be
-                                                 signature-checked, so it is not stored.
+duplicate keys, nested JSON values, a form
+name PHP would merge or re-key)            400   audit; no row. An unparsable body cannot be
+                                                 signature-checked, so it is not stored. (Form
+                                                 names in PHP's nested syntax are read as PHP does.)
 ``verify_hash`` missing, empty, malformed
 or not matching any accepted key           401   audit (which check failed); no row
 signed, but unusable (no txn_id, unknown
@@ -23,8 +25,8 @@ store unavailable                          503   nothing stored; Plisio retries
 
 Plisio does not document the Content-Type of its callbacks, so the variant is decided by what is known
 (tools/plisio/callbacks.py ``verify``): ``?json=true`` on the callback URL means JSON; else a
-``multipart/form-data`` body is read as its parts, a body opening with ``{`` is JSON and any other is a
-form (``text/plain`` or a form type on JSON text alike). Every refusal says why in its body.
+``multipart/form-data`` body is read as its parts, a body opening with ``{`` (after blanks) is JSON and
+any other is a form (``text/plain`` or a form type on JSON text alike). Every refusal says why in its body.
 
 The accepted keys come from a callable (``secrets() -> list[str]``, current first, run in a worker
 thread): the credentials vault once it holds a connection (current keys of active connections, and
@@ -34,6 +36,7 @@ a rotated-out key until ``webhooks.previous_key_grace_hours`` have passed), else
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -161,7 +164,10 @@ class Receiver:
             return _error(400, "bad_request", f"the body is not a Plisio callback: {exc}")
         except CallbackSignatureError as exc:
             await self._reject(f"signature: {exc}", peer, bytes=len(body), content_type=content_type[:100])
-            return _error(401, "bad_signature", f"the callback's signature does not hold: {exc}")
+            public = re.sub(
+                r" \([^)]*key\(s\)\)", "", str(exc)
+            )  # how many keys are accepted stays in the audit
+            return _error(401, "bad_signature", f"the callback's signature does not hold: {public}")
         return await self._store(body, verified, peer)
 
     async def _current_secrets(self) -> list[str]:

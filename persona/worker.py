@@ -412,7 +412,7 @@ class Worker:
                     if op.id not in known and await asyncio.to_thread(self._enqueue, op, status):
                         enqueued.append(op.id)
                 last_page = found.meta.page_count and page >= found.meta.page_count
-                if len(found.operations) < PAGE_SIZE or last_page:
+                if len(found.operations) + len(found.skipped) < PAGE_SIZE or last_page:  # unread rows count
                     break
         await self._audit(
             WorkerEvent.RECONCILED, None, {"seen": seen, "too_old": too_old, "enqueued": enqueued}

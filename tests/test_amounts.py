@@ -166,6 +166,10 @@ class Rates:
         assert isinstance(found, Decimal)
         return found
 
+    async def cross(self, source: str, target: str) -> tuple[Decimal, Decimal]:
+        """Through BTC: ``amount * price(BTC, target) / price(BTC, source)``."""
+        return await self.price("BTC", target), await self.price("BTC", source)
+
 
 RULES = InvoicePolicy(
     currency="USD", max_amount=Decimal("1000"), daily_total=Decimal("5000"), approval_above=Decimal("250")

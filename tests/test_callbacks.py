@@ -488,7 +488,8 @@ def test_nested_form_names_parse_as_php_fills_post() -> None:
     """PHP's own parse_str on names a receiver may meet: brackets, appends, int keys, mangled names."""
     names = ["params[order_number]", "params[items][]", "params[items][]", "params[0]", "params[-1]",
              "params[01]", "params[a][b][c]", "params[ ]", "params[ x]", "params[  ]", "params[9223372036854775808]",
-             "params[]", "a.b", "x[a.b", "  lead", "tail]x", "arr[k]junk[z]", ".u"]  # fmt: skip
+             "params[]", "a.b", "x[a.b", "  lead", "tail]x", "arr[k]junk[z]", ".u", "m[n[o", "p[-0]", "q\x00r",
+             "s[\x0b]", "s[\x0c]", "t[x][y"]  # fmt: skip
     pairs = [(name, f"v{i}") for i, name in enumerate(names)]
     body = "&".join(f"{quote(k)}={quote(v)}" for k, v in pairs).encode()
     php = run_php(PHP_POST, body)

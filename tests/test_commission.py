@@ -41,22 +41,19 @@ async def test_a_token_has_no_single_total() -> None:
 
 
 def test_the_documented_example_reads_as_commission_plus_fee() -> None:
-    """DOC-COM's example (plisio-api.md §2.4): 0.00301071 commission + 0.001071 fee, one coin (no feeUnit)."""
-    body = {"status": "success", "data": {"commission": "0.003010710000000000", "fee": "0.001071000000000000",
-            "plan": "priority", "useWallet": "false", "useWalletBalance": "null",
+    """DOC-COM's example (plisio-api.md §2.4): 0.00301071 commission + 0.001071 fee. It names no fee coin
+    (no feeUnit), so no total is given; named, the total is their sum."""
+    data = {"commission": "0.003010710000000000", "fee": "0.001071000000000000", "plan": "priority",
+            "useWallet": "false", "useWalletBalance": "null",
             "plans": {"normal": {"gasLimit": "21000", "gasPrice": "44000000000", "value": "0.000924000000000000"},
-                      "priority": {"gasLimit": "21000", "gasPrice": "44000000000", "value": "0.000924000000000000"}}}}  # fmt: skip
-    com = Commission.model_validate(body["data"])
-    view = commission(com, "ETH")
-    assert (view["commission"], view["network_fee"], view["total_cost"]) == (
-        "0.00301071",
-        "0.001071",
-        "0.00408171",
-    )
-    older = commission(
-        Commission.model_validate({"commission": "0.00000000", "fee": "0.00001020", "plan": "normal"}), "BTC"
-    )
-    assert older["total_cost"] == "0.0000102", (
+                      "priority": {"gasLimit": "21000", "gasPrice": "44000000000", "value": "0.000924000000000000"}}}  # fmt: skip
+    view = commission(Commission.model_validate(data), "ETH")
+    assert (view["commission"], view["network_fee"]) == ("0.00301071", "0.001071")
+    assert "total_cost" not in view and "did not say which coin" in view["total_cost_note"]
+    named = commission(Commission.model_validate({**data, "feeUnit": "ETH"}), "ETH")
+    assert named["total_cost"] == "0.00408171"
+    older = {"commission": "0.00000000", "fee": "0.00001020", "plan": "normal", "feeUnit": "BTC"}
+    assert commission(Commission.model_validate(older), "BTC")["total_cost"] == "0.0000102", (
         "no commission beside a fee: the fee is not inside the commission"
     )
 

@@ -31,7 +31,8 @@ class BrokenRows(httpx.AsyncBaseTransport):
         body = json.loads(await response.aread())
         rows = body["data"]["operations"]
         for index, value in self.spoil.items():
-            rows[index] = value(rows[index]) if callable(value) else value
+            if index < len(rows):
+                rows[index] = value(rows[index]) if callable(value) else value
         return httpx.Response(response.status_code, json=body)
 
 
@@ -71,3 +72,31 @@ async def test_a_page_of_another_shape_is_still_a_protocol_error() -> None:
         with pytest.raises(PlisioProtocolError) as failed:
             await client.list_operations()
     assert "unexpected answer shape at operations" in str(failed.value)
+
+
+async def test_a_lookup_whose_row_cannot_be_read_is_not_taken_as_absent() -> None:
+    """The search for an effect's order number comes back with its row unreadable: "not there" would fail
+    an effect whose invoice exists, so the lookup fails instead (the effect stays unknown)."""
+    from decimal import Decimal
+
+    from tools.errors import PlisioProtocolError
+    from tools.plisio.args import CreateInvoiceArgs
+    from tools.plisio.tools import find_invoice
+
+    sandbox = Sandbox(seed=7)
+    number = "4242424242424242"
+    async with PlisioClient(
+        api_key=SANDBOX_API_KEY, transport=BrokenRows(sandbox.transport(), {0: _amount})
+    ) as client:
+        await client.create_invoice(order_number=number, order_name="Pro plan", source_amount=Decimal("10"),
+                                    source_currency="USD", return_existing=False)  # fmt: skip
+        args = CreateInvoiceArgs(order_name="Pro plan", source_amount=Decimal("10"), source_currency="USD")  # type: ignore[call-arg]
+        with pytest.raises(PlisioProtocolError, match="1 row\\(s\\) of the search for order number"):
+            await find_invoice(args, PlisioContext(client=client, order_number=number))
+
+
+def test_an_order_number_sent_as_a_json_number_reads_as_its_digits() -> None:
+    from tools.plisio.models import Operation
+
+    op = Operation.model_validate({"id": "x", "params": {"order_number": 4242424242424242}})
+    assert op.params is not None and op.params.order_number == "4242424242424242"

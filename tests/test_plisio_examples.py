@@ -94,8 +94,12 @@ async def test_2_3_a_balance() -> None:
     ],
 )  # fmt: skip
 async def test_2_4_a_commission_estimate(data: dict[str, Any], total: str) -> None:
+    """The docs' examples name no fee coin (``feeUnit``): no total; with it, commission + fee."""
     com = await served({"status": "success", "data": data}, lambda c: c.estimate_commission("ETH"))
-    assert views.commission(com, "ETH")["total_cost"] == total
+    assert "total_cost" not in views.commission(com, "ETH")
+    body = {"status": "success", "data": {**data, "feeUnit": "ETH"}}
+    named = await served(body, lambda c: c.estimate_commission("ETH"))
+    assert views.commission(named, "ETH")["total_cost"] == total
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,10 @@ the policy's valuation and the sandbox's own pricing, which must agree."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from persona.policy import PlisioPrices
@@ -48,3 +50,49 @@ def test_the_readme_lists_every_sandbox_assumption() -> None:
     readme = (Path(__file__).parent.parent / "tools" / "plisio" / "README.md").read_text(encoding="utf-8")
     rows = [f"| {b.replace('|', '&#124;')} | {w.replace('|', '&#124;')} |" for b, w in ASSUMPTIONS]
     assert "\n".join(rows) in readme
+
+
+async def test_a_coarse_rate_is_refused_and_a_cross_rate_takes_the_finest_coin() -> None:
+    """One yen is 0.0000001 BTC at BTC's 8 decimals: one digit, +2.6% off. That rate is refused; 100 JPY in
+    USD goes through the coin rated with the most digits in both, within 0.1% of the sandbox's own rate."""
+    from tools.plisio.sandbox.catalog import FIATS
+
+    sandbox = Sandbox(seed=7)
+    async with PlisioClient(api_key=SANDBOX_API_KEY, transport=sandbox.transport()) as client:
+        prices = PlisioPrices(client)
+        with pytest.raises(LookupError, match="too few digits"):
+            await prices.price("BTC", "JPY")
+        n, d = await prices.cross("JPY", "USD")
+    in_usd = Decimal(100) * n / d
+    assert in_usd == pytest.approx(Decimal(100) / FIATS["JPY"], rel=Decimal("0.001"))
+
+
+class HostileRates(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport, rate: str) -> None:
+        self.inner, self.rate = inner, rate
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if "/currencies" not in request.url.path:
+            return response
+        body = json.loads(await response.aread())
+        for coin in body["data"]:
+            coin["fiat_rate"] = self.rate
+        return httpx.Response(response.status_code, json=body)
+
+
+@pytest.mark.parametrize(
+    "rate", ["0", "-0.00001667", "1e-2000000", "1e999999"]
+)  # NaN: the page is a protocol error
+async def test_a_rate_that_means_nothing_values_nothing(rate: str) -> None:
+    sandbox = Sandbox(seed=7)
+    async with PlisioClient(
+        api_key=SANDBOX_API_KEY, transport=HostileRates(sandbox.transport(), rate)
+    ) as client:
+        prices = PlisioPrices(client)
+        with pytest.raises(LookupError, match="no usable USD rate"):
+            await prices.price("BTC", "USD")
+        with pytest.raises(LookupError, match="no coin rated in both"):
+            await prices.cross("EUR", "USD")
+        view = currency(next(c for c in await client.get_currencies("USD") if c.cid == "BTC"))
+    assert "price_in_fiat" not in view

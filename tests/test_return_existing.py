@@ -53,9 +53,8 @@ async def test_the_same_creation_again_gets_the_same_live_invoice(client: Plisio
         ({"source_amount": Decimal("50.00")}, "price 49.90 USD instead of 50.00 USD"),
         ({"source_currency": "EUR"}, "price 49.90 USD instead of 49.90 EUR"),
         ({"email": "bob@example.com"}, "another payer email"),
-        ({"currency": "ETH"}, "coin BTC instead of ETH"),
     ],
-    ids=["amount", "fiat", "payer", "coin"],
+    ids=["amount", "fiat", "payer"],
 )
 async def test_an_invoice_for_something_else_is_not_passed_off(
     client: PlisioClient, served: tuple[Sandbox, str], change: dict[str, object], difference: str
@@ -65,7 +64,7 @@ async def test_an_invoice_for_something_else_is_not_passed_off(
     with capture_logs() as logs, pytest.raises(PlisioExistingInvoice) as refused:
         await client.create_invoice(order_number=NUMBER, **asked)  # type: ignore[arg-type]
     assert refused.value.txn_id == first.txn_id and refused.value.differences == [difference]
-    assert f"already had: {difference}. It is not a new invoice" in str(refused.value)
+    assert f"already had: {difference}. It is not the invoice asked for" in str(refused.value)
     assert [e["differences"] for e in logs if e["event"] == "plisio_existing_invoice_differs"] == [
         [difference]
     ]
@@ -99,10 +98,10 @@ async def test_an_answer_that_cannot_be_read_back_is_outcome_unknown(
     client: PlisioClient, served: tuple[Sandbox, str]
 ) -> None:
     box = served[0]
-    box.faults.add(FaultRule(path="/api/v1/invoices/[0-9a-f]*", kind="error_status", status=503, times=5))
+    box.faults.add(FaultRule(path="/api/v1/operations/[0-9a-f]*", kind="error_status", status=503, times=5))
     with pytest.raises(PlisioOutcomeUnknown) as unknown:
         await client.create_invoice(order_number=NUMBER, **PRICE)
-    assert "was answered but could not be read back to check it" in str(unknown.value)
+    assert "was answered but could not be checked against the ask" in str(unknown.value)
     assert box.state.by_order_number(NUMBER) is not None, "it was made: the lookup resolves it later"
 
 
@@ -127,3 +126,27 @@ async def test_a_crypto_price_matches_with_the_commission_on_top(
     with pytest.raises(PlisioExistingInvoice) as refused:
         await client.create_invoice(order_number=NUMBER, **{**asked, "amount": Decimal("0.003")})  # type: ignore[arg-type]
     assert refused.value.differences == [f"amount {made.amount} BTC instead of 0.003 BTC"]
+
+
+async def test_a_fiat_priced_invoice_may_be_paid_in_another_coin(client: PlisioClient) -> None:
+    """The payer picks the coin of a fiat-priced invoice (allowed_psys_cids): a coin is not its price."""
+    first = await client.create_invoice(order_number=NUMBER, currency="BTC", **PRICE)  # type: ignore[arg-type]
+    again = await client.create_invoice(order_number=NUMBER, currency="ETH", **PRICE)  # type: ignore[arg-type]
+    assert again.txn_id == first.txn_id
+
+
+async def test_a_record_without_a_status_cannot_clear_an_invoice() -> None:
+    """Fail closed: a read-back that lacks what the comparison needs is an unknown outcome, not a match."""
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/invoices/new"):
+            return httpx.Response(
+                200, json={"status": "success", "data": {"txn_id": "abc123", "invoice_url": "u"}}
+            )
+        return httpx.Response(200, json={"status": "success", "data": {"id": "abc123", "type": "invoice"}})
+
+    async with PlisioClient(SANDBOX_API_KEY, transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(PlisioOutcomeUnknown) as unknown:
+            await client.create_invoice(order_number=NUMBER, **PRICE)  # type: ignore[arg-type]
+    assert "Plisio's record of abc123 has no status" in str(unknown.value)

@@ -284,6 +284,37 @@ async def test_reconciler_finds_a_failed_invoice_whose_callback_never_came(
     assert sum(1 for r in Inbox(rt.store).list(limit=1000) if r.txn_id == txn_id) == 1
 
 
+async def test_an_unreadable_row_does_not_end_the_reconcilers_paging(
+    store: Store, sandbox: Sandbox, wall: Clock
+) -> None:
+    """A full page with one row that does not read is still a full page: the failed invoice on the next
+    page is found (before, the reconciler stopped at the first page that came back short)."""
+    from tests.test_operations_rows import BrokenRows
+
+    spoiled = BrokenRows(sandbox.transport(), {7: {"type": "invoice", "status": "cancelled"}})  # no id
+    rt = build_runtime(store, sandbox, settings=settings_with(max_attempts=3, retry_backoff_s=30, lease_s=60),
+                       now=wall, transport=spoiled)  # fmt: skip
+    try:
+        made = set()
+        for n in range(51):  # one more cancelled invoice than a page holds
+            txn_id = await new_invoice(rt, str(9900000000000000 + n))
+            await sandbox.cancel(txn_id)
+            made.add(txn_id)
+        from tools.plisio.client import PlisioClient
+        from tools.plisio.models import OperationStatus, OperationType
+        from tools.plisio.sandbox import SANDBOX_API_KEY
+
+        async with PlisioClient(SANDBOX_API_KEY, transport=sandbox.transport()) as plain:
+            second = await plain.list_operations(page=2, limit=50, type=OperationType.INVOICE,
+                                                 status=OperationStatus("cancelled"))  # fmt: skip
+        on_page_two = [op.id for op in second.operations if op.id in made]
+        assert on_page_two, "one of them is on the second page"
+        found = await Worker(rt, handlers=FakeFlows(), churn=None, schedules=False).reconcile()
+        assert set(on_page_two) <= set(found.enqueued)
+    finally:
+        rt.audit.close()
+
+
 # -- the scheduler ------------------------------------------------------------------------------------------
 
 

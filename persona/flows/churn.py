@@ -131,7 +131,7 @@ async def fetch_invoices(rt: Runtime, *, since: datetime) -> list[Operation]:
             ) from None
         found += batch.operations
         oldest = min((op.created_at_utc or 0 for op in batch.operations), default=0)
-        if not batch.operations or oldest <= cutoff or page >= batch.meta.page_count:
+        if not (batch.operations or batch.skipped) or oldest <= cutoff or page >= batch.meta.page_count:
             break
     return found
 

@@ -15,7 +15,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from sqlalchemy import select
@@ -154,12 +154,13 @@ async def _rates(rt: Runtime, op: Operation, currency: str) -> dict[str, Decimal
     try:
         if pricing == (op.psys_cid or op.currency):  # priced in crypto
             return {pricing: await prices.price(pricing, currency)}
-        # A fiat price: cross rate through BTC, both legs from the same Plisio rate table.
-        in_pricing = await prices.price("BTC", pricing)
-        in_policy = await prices.price("BTC", currency)
-        return {pricing: in_policy / in_pricing} if in_pricing else {}
-    except (LookupError, PlisioApiError, PlisioProtocolError):
-        return {}
+        # A fiat price: a cross rate through one coin, both legs from the same Plisio rate table.
+        n, d = await prices.cross(pricing, currency)
+        with localcontext() as ctx:
+            ctx.prec = 50
+            return {pricing: n / d}
+    except (LookupError, ArithmeticError, PlisioApiError, PlisioProtocolError):
+        return {}  # no usable rate: the refund is not valued (the policy escalates, never approves)
     except (PlisioTransportError, PlisioDeadlineExceeded) as exc:
         raise PlisioTransportError(
             f"cannot value the refund for {op.id} in {currency}: Plisio is unreachable ({exc.message}); "

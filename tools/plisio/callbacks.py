@@ -85,18 +85,18 @@ def _php_value(value: PhpValue | Mapping[Any, Any]) -> bytes:
     return b"".join(parts)
 
 
-_PHP_INT_KEY_RE = re.compile(r"-?(?:0|[1-9][0-9]{0,18})")
+_PHP_INT_KEY_RE = re.compile(r"0|-?[1-9][0-9]{0,18}")  # "-0" and "01" stay strings, as in PHP
 
 
 def _php_name(name: str) -> tuple[str, list[str]] | None:
     """PHP's split of a ``$_POST`` name (main/php_variables.c): the base name, its ``[...]`` subscripts
     (an empty one appends). ``.`` and space in the base become ``_``, as does a ``[`` never closed;
     after the last ``]``, anything but another ``[`` ends the name. None: PHP would drop the field."""
-    name = name.lstrip(" ")
+    name = name.split("\x00", 1)[0].lstrip(" ")  # C strings: a NUL ends the name
     cut = name.find("[")
     base, rest = (name, "") if cut < 0 else (name[:cut], name[cut:])
     if rest and "]" not in rest:  # a "[" never closed is "_", and the name goes on (PHP 8)
-        base, rest = base + "_" + rest[1:], ""
+        base, rest = base + "_" + rest[1:].replace("[", "_"), ""
     base = base.replace(".", "_").replace(" ", "_")
     if not base:
         return None
@@ -106,7 +106,9 @@ def _php_name(name: str) -> tuple[str, list[str]] | None:
         if close < 0:
             break
         sub = rest[1:close]
-        subscripts.append("" if sub in ("", " ", "\t", "\n", "\r") else sub)  # PHP skips one blank, then "]"
+        subscripts.append(
+            "" if sub == "" or (len(sub) == 1 and sub in " \t\n\r\v\f") else sub
+        )  # one blank, "]"
         rest = rest[close + 1 :]
     return base, subscripts
 

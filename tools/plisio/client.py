@@ -43,7 +43,7 @@ from tools.errors import (
 )
 from tools.plisio.answers import error_for, retry_after, unwrap
 from tools.plisio.args import ROUTE_WORDS
-from tools.plisio.existing import InvoiceAsk
+from tools.plisio.existing import InvoiceAsk, Unverifiable
 from tools.plisio.models import (
     Balance,
     Commission,
@@ -223,26 +223,26 @@ class PlisioClient:
         except PlisioProtocolError as exc:  # a success envelope we cannot read: the invoice exists
             raise _unknown("/invoices/new", exc.message) from None
         if return_existing:
-            ask = InvoiceAsk(amount, currency, source_amount, source_currency, email)
-            await self._is_the_one_asked(created.txn_id, order_number, ask)
+            ask = InvoiceAsk(order_number, amount, currency, source_amount, source_currency, email)
+            await self._is_the_one_asked(created.txn_id, ask)
         return created
 
-    async def _is_the_one_asked(self, txn_id: str, order_number: str, ask: InvoiceAsk) -> None:
+    async def _is_the_one_asked(self, txn_id: str, ask: InvoiceAsk) -> None:
         """With ``return_existing`` Plisio answers with the invoice the order number already has, whatever
-        it is: read it back and refuse one that is not what was asked (tools/plisio/existing.py)."""
+        it is: read its record back and refuse one that is not what was asked (tools/plisio/existing.py).
+        What cannot be checked is an unknown outcome (the invoice exists), never a match."""
         try:
-            details = await self.get_invoice(txn_id)
-        except PlisioError as exc:
+            differences = ask.against(await self.get_operation(txn_id))
+        except (PlisioError, Unverifiable) as exc:
             raise _unknown(
                 "/invoices/new",
-                f"invoice {txn_id} was answered but could not be read back to check it ({exc})",
+                f"invoice {txn_id} was answered but could not be checked against the ask ({exc})",
             ) from None
-        differences = ask.against_invoice(details.invoice)
         if differences:
             log.warning("plisio_existing_invoice_differs", txn_id=txn_id, differences=differences)
             raise PlisioExistingInvoice(
-                f"Plisio answered with invoice {txn_id}, which order number {order_number} already had: "
-                f"{'; '.join(differences)}. It is not a new invoice; nothing was created",
+                f"Plisio answered with invoice {txn_id}, which order number {ask.order_number} already had: "
+                f"{'; '.join(differences)}. It is not the invoice asked for, and is not taken as it",
                 route="/invoices/new", txn_id=txn_id, differences=differences,
             )  # fmt: skip
 

@@ -153,6 +153,11 @@ class InvoiceDetails(PlisioModel):
 
 
 class OperationParams(PlisioModel):
+    """An operation's order fields. ``order_number`` may arrive as a JSON number (Plisio's docs call it a
+    number): read as its digits."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
     order_number: str | None = None
     order_name: str | None = None
     description: str | None = None

@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tools.errors import PlisioError, PlisioExistingInvoice, ToolDefinitionError
+from tools.errors import PlisioError, PlisioExistingInvoice, PlisioProtocolError, ToolDefinitionError
 from tools.plisio import views
 from tools.plisio.args import (
     CoinArgs,
@@ -26,7 +26,7 @@ from tools.plisio.args import (
     SupportedCurrenciesArgs,
     TransactionArgs,
 )
-from tools.plisio.existing import InvoiceAsk
+from tools.plisio.existing import InvoiceAsk, Unverifiable
 from tools.plisio.models import WithdrawalType
 from tools.registry import Money, Registry, Tool
 
@@ -81,31 +81,44 @@ async def create_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[st
     return views.invoice_created(created, order_number)
 
 
-def _ask(args: CreateInvoiceArgs) -> InvoiceAsk:
-    return InvoiceAsk(args.amount, args.currency, args.source_amount, args.source_currency, args.email)
+def _ask(args: CreateInvoiceArgs, order_number: str) -> InvoiceAsk:
+    return InvoiceAsk(
+        order_number, args.amount, args.currency, args.source_amount, args.source_currency, args.email
+    )
 
 
 async def find_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[str, Any] | None:
     """The invoice an unanswered create made, found by its order number; None if Plisio has none.
 
-    A failed search raises (PlisioError): "could not look" is not "not there"."""
+    A failed search raises (PlisioError): "could not look" is not "not there"; so does a page with a row
+    that could not be read (it may be the one), and an invoice whose record cannot be checked. One found
+    that is not the one asked for (expired, another price) raises PlisioExistingInvoice."""
     order_number = _order_number(ctx)
     page = await ctx.client.list_operations(search=order_number, limit=5)
-    for op in page.operations:
-        if op.params is not None and op.params.order_number == order_number:
-            differences = _ask(args).against_operation(op)
-            if differences:  # the order number's invoice, but not this one (expired, another price)
-                raise PlisioExistingInvoice(
-                    f"invoice {op.id} has order number {order_number} but is not the one asked for: "
-                    f"{'; '.join(differences)}", route="/operations", txn_id=op.id, differences=differences,
-                )  # fmt: skip
-            found = {**views.operation(op), "txn_id": op.id, "order_number": order_number,
-                     "recovered": "the answer was lost; the invoice was found by its order number"}  # fmt: skip
-            # The payment link, as the create would have answered it (a read: safe to retry). If the read
-            # fails, the invoice is applied all the same; plisio_get_invoice gives the link later.
-            with contextlib.suppress(PlisioError):
-                found["invoice_url"] = (await ctx.client.get_invoice(op.id)).invoice.invoice_url
-            return found
+    found = [op for op in page.operations if op.params is not None and op.params.order_number == order_number]
+    found.sort(key=lambda op: op.status == "cancelled duplicate")  # the live one first after a coin switch
+    if not found and page.skipped:
+        raise PlisioProtocolError(
+            f"{len(page.skipped)} row(s) of the search for order number {order_number} could not be read",
+            route="/operations",
+        )
+    for op in found[:1]:
+        try:
+            differences = _ask(args, order_number).against(op)
+        except Unverifiable as exc:
+            raise PlisioProtocolError(str(exc), route="/operations") from None
+        if differences:  # the order number's invoice, but not this one (expired, another price)
+            raise PlisioExistingInvoice(
+                f"invoice {op.id} has order number {order_number} but is not the one asked for: "
+                f"{'; '.join(differences)}", route="/operations", txn_id=op.id, differences=differences,
+            )  # fmt: skip
+        result = {**views.operation(op), "txn_id": op.id, "order_number": order_number,
+                  "recovered": "the answer was lost; the invoice was found by its order number"}  # fmt: skip
+        # The payment link, as the create would have answered it (a read: safe to retry). If the read
+        # fails, the invoice is applied all the same; plisio_get_invoice gives the link later.
+        with contextlib.suppress(PlisioError):
+            result["invoice_url"] = (await ctx.client.get_invoice(op.id)).invoice.invoice_url
+        return result
     return None
 
 

@@ -151,6 +151,8 @@ def _price(coins_per_fiat: Decimal | None) -> str | None:
     """One coin in the fiat: cents from 1 up, else 8 significant digits (``1 / fiat_rate``)."""
     if not coins_per_fiat or not coins_per_fiat.is_finite() or coins_per_fiat <= 0:
         return None
+    if not -20 <= coins_per_fiat.adjusted() <= 20:  # an absurd rate: no price, not a failed listing
+        return None
     with localcontext() as ctx:
         ctx.prec = 28
         price = Decimal(1) / coins_per_fiat
@@ -181,9 +183,10 @@ def fee_estimate(fee: FeeEstimate) -> dict[str, Any]:
 
 
 def commission(com: Commission, psys_cid: str) -> dict[str, Any]:
-    """Plisio's commission and the network fee, and their sum when both are in one coin: a token's fee is
-    paid in its chain's coin (``feeUnit``), and amounts of two coins do not add up."""
-    fee_coin = (com.fee_unit or psys_cid).upper()
+    """Plisio's commission and the network fee, and their sum when both are known to be in one coin: a
+    token's fee is paid in its chain's coin (``feeUnit``, OAS), amounts of two coins do not add up, and
+    without ``feeUnit`` nothing says which coin the fee is in."""
+    fee_coin = com.fee_unit.upper() if com.fee_unit else None
     one_coin = com.fee is None or fee_coin == psys_cid.upper()
     return _clean(
         {
@@ -194,7 +197,9 @@ def commission(com: Commission, psys_cid: str) -> dict[str, Any]:
             "network_fee_coin": None if com.fee is None else fee_coin,
             "total_cost": money(com.commission + (com.fee or Decimal(0))) if one_coin else None,
             "total_cost_note": None if one_coin else (
-                f"no single total: the commission is in {psys_cid}, the network fee in {fee_coin}"
+                f"no single total: the commission is in {psys_cid}, the network fee in {fee_coin}" if fee_coin
+                else "no single total: Plisio did not say which coin the network fee is in (a token pays it "
+                     "in its chain's coin)"
             ),
             "max_amount": money(com.max_amount),
         }

@@ -61,7 +61,8 @@ ASSUMPTIONS: Final[tuple[tuple[str, str], ...]] = (
     ),
     (
         "return_existing=1|true on /invoices/new",
-        "the live invoice for that order_number is returned before any other check",
+        "the live invoice for that order_number is returned, whatever its state, price or payer, before any"
+        " check but the order number's own",
     ),
     (
         "unknown coin (path, currency, allowed_psys_cids); hidden coin on /invoices/new",

@@ -17,7 +17,7 @@ from tools.plisio.sandbox.envelope import field_label, unsupported_currency, val
 
 # Yii NumberValidator / EmailValidator patterns.
 _NUMBER: Final = re.compile(r"^\s*[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?\s*$")
-_INTEGER: Final = re.compile(r"^\s*[+-]?\d+\s*$")
+_INTEGER: Final = re.compile(r"[ \t\n\r]*[+-]?[0-9]+[ \t\n\r]*")  # Yii's integerPattern, ASCII digits
 _EMAIL: Final = re.compile(
     r"^[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]+)*@"
     r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?\.)+[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?$"
@@ -64,13 +64,13 @@ class FieldErrors:
     @staticmethod
     def is_integer(raw: str) -> bool:
         """Yii's integer validator: optional sign, digits, surrounding blanks."""
-        return bool(_INTEGER.match(raw))
+        return bool(_INTEGER.fullmatch(raw))
 
     def integer(self, attribute: str, *, minimum: int) -> int | None:
         raw = self.text(attribute)
         if raw is None:
             return None
-        if not _INTEGER.match(raw):
+        if not _INTEGER.fullmatch(raw):
             self.add(attribute, "{attribute} must be an integer.")
             return None
         value = int(raw)
