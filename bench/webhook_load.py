@@ -33,7 +33,7 @@ def bodies(count: int) -> list[bytes]:
     template = {k: str(v) for k, v in callback_fields(op, box.state.shop).items()}
     out = []
     for i in range(count):
-        fields = {**template, "txn_id": secrets.token_hex(12), "order_number": f"BENCH-{i}"}
+        fields = {**template, "txn_id": secrets.token_hex(12), "order_number": str(10**15 + i)}
         out.append(encode_form_callback(fields, SANDBOX_API_KEY))
     return out
 

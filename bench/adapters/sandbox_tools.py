@@ -94,7 +94,7 @@ class SandboxTools:
     async def create_invoice(self, args: Mapping[str, Any]) -> Any:
         cids = args.get("allowed_psys_cids")
         params = {
-            "order_number": f"bench-{uuid.uuid4().hex[:20]}",
+            "order_number": str(10**15 + uuid.uuid4().int % (8 * 10**15)),  # digits, as Plisio asks
             "order_name": args.get("order_name"),
             "source_amount": args.get("source_amount"),
             "source_currency": args.get("source_currency"),
