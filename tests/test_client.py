@@ -202,7 +202,8 @@ async def test_reads_retry_timeouts_and_dropped_connections(clock: FakeClock) ->
 async def test_create_invoice_is_retried_only_in_the_connect_phase(clock: FakeClock) -> None:
     t = ScriptedTransport(
         httpx.ConnectError("connection refused"), ok({"txn_id": "abc123def456", "invoice_url": "u"}),
-        ok({"invoice": {"id": "abc123def456", "status": "new", "source_amount": "10", "source_currency": "USD"}}),
+        ok({"id": "abc123def456", "type": "invoice", "status": "new",
+            "params": {"order_number": "1", "source_amount": "10", "source_currency": "USD"}}),
     )  # fmt: skip
     async with client_for(t, clock) as c:
         inv = await c.create_invoice(
@@ -210,7 +211,7 @@ async def test_create_invoice_is_retried_only_in_the_connect_phase(clock: FakeCl
         )
     assert inv.txn_id == "abc123def456" and len(t.requests) == 3, "two sends (one never left), one read-back"
     assert t.requests[0].url.params["return_existing"] == "1"
-    assert t.requests[2].url.path.endswith("/invoices/abc123def456")
+    assert t.requests[2].url.path.endswith("/operations/abc123def456")
 
 
 @pytest.mark.parametrize(

@@ -273,7 +273,7 @@ async def test_refund_facts_keep_every_attempt_inside_the_block(
     client = rt.plisio.client
     created = await client.create_invoice(
         order_number="6002", order_name=text, source_currency="USD", source_amount=Decimal("20"),
-        currency="BTC", email="maria.garcia@example.com",
+        currency="BTC", email="maria.garcia@example.com", return_existing=False,  # the crafted email is read back
     )  # fmt: skip
     relabel(sandbox, created.txn_id, text)
     await sandbox.pay(created.txn_id)
