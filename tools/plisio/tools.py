@@ -102,24 +102,25 @@ async def find_invoice(args: CreateInvoiceArgs, ctx: PlisioContext) -> dict[str,
             f"{len(page.skipped)} row(s) of the search for order number {order_number} could not be read",
             route="/operations",
         )
-    for op in found[:1]:
-        try:
-            differences = _ask(args, order_number).against(op)
-        except Unverifiable as exc:
-            raise PlisioProtocolError(str(exc), route="/operations") from None
-        if differences:  # the order number's invoice, but not this one (expired, another price)
-            raise PlisioExistingInvoice(
-                f"invoice {op.id} has order number {order_number} but is not the one asked for: "
-                f"{'; '.join(differences)}", route="/operations", txn_id=op.id, differences=differences,
-            )  # fmt: skip
-        result = {**views.operation(op), "txn_id": op.id, "order_number": order_number,
-                  "recovered": "the answer was lost; the invoice was found by its order number"}  # fmt: skip
-        # The payment link, as the create would have answered it (a read: safe to retry). If the read
-        # fails, the invoice is applied all the same; plisio_get_invoice gives the link later.
-        with contextlib.suppress(PlisioError):
-            result["invoice_url"] = (await ctx.client.get_invoice(op.id)).invoice.invoice_url
-        return result
-    return None
+    if not found:
+        return None
+    op = found[0]
+    try:
+        differences = _ask(args, order_number).against(op)
+    except Unverifiable as exc:
+        raise PlisioProtocolError(str(exc), route="/operations") from None
+    if differences:  # the order number's invoice, but not this one (expired, another price)
+        raise PlisioExistingInvoice(
+            f"invoice {op.id} has order number {order_number} but is not the one asked for: "
+            f"{'; '.join(differences)}", route="/operations", txn_id=op.id, differences=differences,
+        )  # fmt: skip
+    result = {**views.operation(op), "txn_id": op.id, "order_number": order_number,
+              "recovered": "the answer was lost; the invoice was found by its order number"}  # fmt: skip
+    # The payment link, as the create would have answered it (a read: safe to retry). If the read
+    # fails, the invoice is applied all the same; plisio_get_invoice gives the link later.
+    with contextlib.suppress(PlisioError):
+        result["invoice_url"] = (await ctx.client.get_invoice(op.id)).invoice.invoice_url
+    return result
 
 
 async def estimate_fee(args: EstimateFeeArgs, ctx: PlisioContext) -> dict[str, Any]:
