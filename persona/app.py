@@ -7,7 +7,6 @@ and the tests assemble the same objects the same way.
 from __future__ import annotations
 
 import gc
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,24 +17,23 @@ import structlog
 
 from persona.approvals import ApprovalStore
 from persona.audit import AuditLog
-from persona.calls import CallContext
-from persona.config import PlisioMode, Settings, resolve_tools
-from persona.credentials import PersonaAccess, service_key_source
+from persona.calls import CallContext, call_context
+from persona.deps import FlowDeps
 from persona.dispatcher import Dispatcher
 from persona.effects.executor import EffectExecutor
 from persona.effects.ledger import EffectLedger
 from persona.effects.seal import Seal
 from persona.errors import NoMasterKey, NotConfigured
 from persona.events import Source
-from persona.grants import GrantGate, Grants
 from persona.llm import ChatModel, OpenAIChatModel
 from persona.masterkey import MasterKeySource
 from persona.policy import PlisioPrices, Policy
 from persona.prompts import PromptLibrary
+from persona.settings import PlisioMode, Settings, resolve_tools
 from persona.store.engine import Store
-from persona.vault import Vault
+from persona.vault import GrantGate, Grants, PersonaAccess, Vault, service_key_source
 from tools.plisio.client import KeySource, PlisioClient, RetryPolicy, Timeouts
-from tools.plisio.tools import PlisioContext, plisio_registry
+from tools.plisio.tools import PlisioContext, plisio_contexts, plisio_registry
 from tools.registry import Registry
 
 if TYPE_CHECKING:
@@ -149,7 +147,7 @@ class Runtime:
     registry: Registry[PlisioContext]
     policy: Policy
     approvals: ApprovalStore
-    dispatcher: Dispatcher
+    dispatcher: Dispatcher[PlisioContext]
     prompts: PromptLibrary
     now: Callable[[], datetime]
     vault: Vault
@@ -209,12 +207,13 @@ class Runtime:
         registry = plisio_registry()
         policy = Policy(PlisioPrices(plisio.client), caps=gate.caps)
         access = PersonaAccess(vault, plisio.client, plisio.client_for)
+        contexts = plisio_contexts(access, settings.callback_url())
         effects = EffectExecutor(
-            ledger=EffectLedger(store, now, seal), audit=audit, registry=registry, plisio=access,
-            callback_url=settings.callback_url(), now=now, resolve_after_s=settings.effects.resolve_after_s,
+            ledger=EffectLedger(store, now, seal), audit=audit, registry=registry, contexts=contexts, now=now,
+            resolve_after_s=settings.effects.resolve_after_s,
         )  # fmt: skip
         dispatcher = Dispatcher(
-            settings=settings, registry=registry, policy=policy, audit=audit, effects=effects, plisio=access,
+            settings=settings, registry=registry, policy=policy, audit=audit, effects=effects, contexts=contexts,
             now=now, grants=gate,
         )  # fmt: skip
         prompts = PromptLibrary(settings.prompts_path())
@@ -234,16 +233,18 @@ class Runtime:
         slots: Mapping[str, str] | None = None,
         pinned: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> CallContext:
-        return CallContext(
-            persona_name=persona,
-            persona=self.settings.persona(persona),
-            user=user,
-            conversation_id=conversation_id or f"conv_{uuid.uuid4().hex[:16]}",
-            source=source,
-            flow_key=flow_key,
-            slots=dict(slots or {}),
-            pinned=dict(pinned or {}),
-        )
+        return call_context(
+            self.settings, persona, user, conversation_id=conversation_id, source=source, flow_key=flow_key,
+            slots=slots, pinned=pinned,
+        )  # fmt: skip
+
+    @property
+    def flows(self) -> FlowDeps:
+        """What the recovery, refund and churn flows need (the model as injected at the time of the call)."""
+        return FlowDeps(
+            settings=self.settings, store=self.store, audit=self.audit, plisio=self.plisio.client,
+            dispatcher=self.dispatcher, prompts=self.prompts, now=self.now, models=self.flow_model,
+        )  # fmt: skip
 
     def flow_model(self, flow: str, persona: str, facts: Mapping[str, Any]) -> ChatModel | None:
         """The model a flow's persona writes with: injected (tests, replay), configured, or None."""

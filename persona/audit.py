@@ -38,17 +38,16 @@ from persona.audit_segments import (
     spawned_processes,
     strays,
 )  # fmt: skip
+from persona.clock import as_utc
 from persona.errors import AuditIntegrityError, StoreError
+from persona.jsonutil import canonical_json, clean_text, hashable
 from persona.store.audit_tables import (
     GENESIS_HASH,
     HEAD_ID,
     audit_head,
     audit_log,
     audit_pruned,
-    canonical_json,
     canonical_record,
-    clean_text,
-    jsonable,
     record_hash,
     ts_text,
 )
@@ -249,9 +248,9 @@ class AuditLog:
 
     def _prepare(self, event: AuditEvent) -> _Prepared:
         """Redact (before hashing, so the stored record verifies) and serialise, outside the lock."""
-        payload = scrub_data(jsonable(event.payload))
+        payload = scrub_data(hashable(event.payload))
         if self._redact is not None:
-            payload = jsonable(self._redact(payload))
+            payload = hashable(self._redact(payload))
         if not isinstance(payload, dict):
             payload = {"value": payload}
         fields: dict[str, Any] = {"event": event.event, "source": event.source}
@@ -481,9 +480,9 @@ def _select(flt: AuditFilter) -> Select[Any]:
         if value is not None:
             stmt = stmt.where(column == value)
     if flt.since is not None:
-        stmt = stmt.where(c.ts >= ts_text(_aware(flt.since)))
+        stmt = stmt.where(c.ts >= ts_text(as_utc(flt.since)))
     if flt.until is not None:
-        stmt = stmt.where(c.ts < ts_text(_aware(flt.until)))
+        stmt = stmt.where(c.ts < ts_text(as_utc(flt.until)))
     if flt.after_seq is not None:
         stmt = stmt.where(c.seq > flt.after_seq)
     if flt.limit is not None and flt.newest:
@@ -492,7 +491,3 @@ def _select(flt: AuditFilter) -> Select[Any]:
     if flt.limit is not None:
         stmt = stmt.limit(flt.limit)
     return stmt
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

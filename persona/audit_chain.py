@@ -14,7 +14,8 @@ from typing import Any
 
 from persona.audit_keys import MacKeys
 from persona.checkpoints.merkle import ProofError, RangeBuilder, TreeBuilder, leaf_hash
-from persona.store.audit_tables import GENESIS_HASH, canonical_json, canonical_record
+from persona.jsonutil import canonical_json
+from persona.store.audit_tables import GENESIS_HASH, canonical_record
 
 _hmac: Callable[[bytes, bytes, str], bytes] = hmac.digest
 with contextlib.suppress(ImportError):  # the C function hmac.digest wraps: verify calls it once per record

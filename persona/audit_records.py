@@ -9,9 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from persona.events import Source
+from persona.events import SOURCES
 
-SOURCES = frozenset(s.value for s in Source)
 """Where a record can come from: every :class:`~persona.events.Source`."""
 
 

@@ -4,6 +4,7 @@ effects ledger share (so none of them imports another just for a type)."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -11,10 +12,10 @@ from enum import StrEnum
 from typing import Any
 
 from persona.audit import AuditEvent, AuditLog
-from persona.config import PersonaSettings
 from persona.effects.keys import EffectKey, chat_key
 from persona.events import Source
 from persona.policy import PolicyDecision
+from persona.settings import PersonaSettings, Settings
 from tools.plisio.client import PlisioClient
 from tools.registry import ToolResult, bounded_json
 
@@ -57,6 +58,30 @@ class CallContext:
 
     def fixed_slot(self, tool: str) -> bool:
         return self.flow_key is not None and tool in self.slots
+
+
+def call_context(
+    settings: Settings,
+    persona: str,
+    user: str,
+    *,
+    conversation_id: str | None = None,
+    source: str = Source.CHAT,
+    flow_key: str | None = None,
+    slots: Mapping[str, str] | None = None,
+    pinned: Mapping[str, Mapping[str, Any]] | None = None,
+) -> CallContext:
+    """Who is calling, for which conversation, as ``persona`` (its settings read once, here)."""
+    return CallContext(
+        persona_name=persona,
+        persona=settings.persona(persona),
+        user=user,
+        conversation_id=conversation_id or f"conv_{uuid.uuid4().hex[:16]}",
+        source=source,
+        flow_key=flow_key,
+        slots=dict(slots or {}),
+        pinned=dict(pinned or {}),
+    )
 
 
 @dataclass(frozen=True)

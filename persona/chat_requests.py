@@ -14,11 +14,12 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
 
+from persona.clock import as_utc
 from persona.errors import Conflict, PersonaError
 from persona.store.engine import Store, is_conflict
 from persona.store.tables import chat_requests
@@ -80,7 +81,7 @@ class ChatRequests:
                 if row.state == "done":
                     stored: dict[str, Any] = json.loads(row.response)
                     return stored
-                if _aware(row.updated_at) > now - self._stale_after:
+                if as_utc(row.updated_at) > now - self._stale_after:
                     raise Conflict(
                         "a request with this Idempotency-Key is still running; retry after it has answered"
                     )
@@ -126,7 +127,3 @@ class ChatRequests:
                     chat_requests.c.state == "running",
                 )
             )
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -12,7 +12,7 @@ from persona.errors import ConfigError
 from persona.yaml_errors import line_of
 
 if TYPE_CHECKING:
-    from persona.config import Settings
+    from persona.settings import Settings
 
 
 def check_settings(settings: Settings, file: Path, text: str) -> None:

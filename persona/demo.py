@@ -21,12 +21,13 @@ import httpx
 from persona.app import Runtime, connect_plisio
 from persona.audit import AuditRecord
 from persona.audit_chain import VerifyReport
-from persona.config import PlisioSettings, SandboxSettings, ServerSettings, Settings, StoreSettings
 from persona.drafts import Draft, DraftStore
 from persona.errors import PersonaError
+from persona.events import WorkerEvent
 from persona.llm import ChatModel
 from persona.replay.scenario import load
 from persona.replay.script import scripted_turn
+from persona.settings import PlisioSettings, SandboxSettings, ServerSettings, Settings, StoreSettings
 from tools.plisio.client import PlisioClient
 from tools.plisio.sandbox import SANDBOX_API_KEY, LoopbackServer, Sandbox
 
@@ -134,7 +135,7 @@ async def _tell(story: Story, rt: Runtime, sandbox: Sandbox, say: Callable[[str]
     for _ in range(200):  # until the worker has drafted and finished the inbox row
         found = [d for d in drafts.find(None) if d.txn_id == story.txn_id]
         records = rt.audit.query(_filter())
-        if found and any(r.event == "inbox_processed" for r in records):
+        if found and any(r.event == WorkerEvent.PROCESSED for r in records):
             story.draft = found[0]
             break
         await asyncio.sleep(0.05)
@@ -143,7 +144,7 @@ async def _tell(story: Story, rt: Runtime, sandbox: Sandbox, say: Callable[[str]
     story.tool_calls = [(r.tool or "", r.event.removeprefix("tool_call_")) for r in records
                         if r.conversation_id == story.draft.conversation_id and r.event in
                         {"tool_call_succeeded", "tool_call_failed", "tool_call_denied"}]  # fmt: skip
-    processed = next((r for r in records if r.event == "inbox_processed"), None)
+    processed = next((r for r in records if r.event == WorkerEvent.PROCESSED), None)
     re_read = processed.payload.get("plisio_status") if processed else "?"
     say(f"4. The worker claims it, re-reads the invoice from Plisio ({re_read}), starts the recovery flow;")
     say("   the recovery persona pulls the customer's context with its own tool calls:")

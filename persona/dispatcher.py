@@ -16,9 +16,9 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, TypeVar
 
 import structlog
 from pydantic import ValidationError
@@ -29,66 +29,58 @@ from persona.calls import (
     CallContext,
     Dispatched,
     Outcome,
-    PlisioAccess,
     current_call,
     error_content,
     record_call,
 )
-from persona.config import PersonaSettings, Settings, resolve_tools
 from persona.effects.executor import EffectExecutor, pending_content
 from persona.effects.keys import EffectKey, arguments_hash
 from persona.effects.ledger import Effect, Intent, State
 from persona.effects.seal import Check, SealState
 from persona.errors import Conflict, Forbidden, VaultError
 from persona.events import Event, Source
+from persona.jsonutil import canonical_json
 from persona.llm import ToolCall
-from persona.policy import CENT, Policy, PolicyDecision, Verdict, over_daily_total
+from persona.policy import CENT, GrantChecker, Policy, PolicyDecision, Verdict, over_daily_total
+from persona.settings import PersonaSettings, Settings, resolve_tools
 from persona.users import same_identity
-from tools.plisio.tools import PlisioContext
-from tools.registry import Registry, Tool, ToolFailure, ToolResult, bounded_json, run, to_jsonable
+from tools.registry import (
+    ContextFactory,
+    Registry,
+    Tool,
+    ToolFailure,
+    ToolResult,
+    bounded_json,
+    run,
+    to_jsonable,
+)
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["CallContext", "Dispatched", "Dispatcher", "GrantChecker", "GrantDenial", "Outcome", "canonical"]
+C = TypeVar("C")
+"""The context the tools run with (the integration's: ``PlisioContext`` for Plisio)."""
+
+__all__ = ["CallContext", "Dispatched", "Dispatcher", "Outcome"]
 
 MAX_CALL_ID = 64
 """The model's call id is kept for the wire only; longer ones are stored cut (the loop replaces them)."""
 
 
-@dataclass(frozen=True)
-class GrantDenial:
-    kind: str
-    clause: str
-    reason: str
-
-
-class GrantChecker(Protocol):
-    """The credentials vault's say on a call: None, or why this persona may not make it (grant scope)."""
-
-    async def check(self, persona: str, tool: str) -> GrantDenial | None: ...
-
-
-def canonical(value: Any) -> str:
-    return json.dumps(
-        to_jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    )
-
-
-class Dispatcher:
+class Dispatcher(Generic[C]):
     def __init__(
         self,
         *,
         settings: Settings,
-        registry: Registry[PlisioContext],
+        registry: Registry[C],
         policy: Policy,
         audit: AuditLog,
-        effects: EffectExecutor,
-        plisio: PlisioAccess,
+        effects: EffectExecutor[C],
+        contexts: ContextFactory[C],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         grants: GrantChecker | None = None,
     ) -> None:
         self.settings, self.registry, self.policy, self.audit = settings, registry, policy, audit
-        self.effects, self._plisio, self._now, self._grants = effects, plisio, now, grants
+        self.effects, self._contexts, self._now, self._grants = effects, contexts, now, grants
         self.approvals = ApprovalStore(effects.ledger)
 
     def tools_for(self, persona: PersonaSettings) -> list[dict[str, Any]]:
@@ -198,7 +190,7 @@ class Dispatcher:
         self,
         ctx: CallContext,
         call_id: str,
-        tool: Tool[Any, PlisioContext],
+        tool: Tool[Any, C],
         args: Any,
         decision: PolicyDecision,
         notices: Sequence[str],
@@ -207,10 +199,9 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            client = await self._plisio(ctx.persona_name)
-            pctx = PlisioContext(client=client, callback_url=self.settings.callback_url())
+            tool_ctx = await self._contexts(ctx.persona_name)
             # The key is decrypted per request inside the client: a revoke lands here, mid-call too.
-            result = await run(tool, args, pctx, timeout=ctx.persona.limits.tool_timeout_s)
+            result = await run(tool, args, tool_ctx, timeout=ctx.persona.limits.tool_timeout_s)
         except (Forbidden, VaultError) as exc:
             grant = isinstance(exc, Forbidden)
             content = error_content("no_plisio_access" if grant else "credential_unavailable", str(exc))
@@ -237,7 +228,7 @@ class Dispatcher:
         self,
         ctx: CallContext,
         call_id: str,
-        tool: Tool[Any, PlisioContext],
+        tool: Tool[Any, C],
         args: Any,
         notices: Sequence[str],
         seq: int | None,
@@ -277,7 +268,7 @@ class Dispatcher:
         intent = Intent(
             key=existing.key if existing is not None else key, tool=tool.name, persona=ctx.persona_name,
             user=ctx.user, conversation_id=ctx.conversation_id, source=ctx.source, model_call_id=call_id[:MAX_CALL_ID],
-            arguments_json=canonical(dumped), arguments_hash=digest, reason=decision.reason, amount=decision.amount,
+            arguments_json=canonical_json(to_jsonable(dumped)), arguments_hash=digest, reason=decision.reason, amount=decision.amount,
             currency=decision.currency,
         )  # fmt: skip
         if decision.verdict is Verdict.APPROVAL:
@@ -300,7 +291,7 @@ class Dispatcher:
         self,
         ctx: CallContext,
         call_id: str,
-        tool: Tool[Any, PlisioContext],
+        tool: Tool[Any, C],
         intent: Intent,
         decision: PolicyDecision,
         notices: Sequence[str],

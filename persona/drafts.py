@@ -27,12 +27,13 @@ import structlog
 from sqlalchemy import select, update
 
 from persona.audit import AuditEvent, AuditLog
-from persona.config import Settings
 from persona.errors import Conflict, NotConfigured, NotFound
+from persona.events import ReviewEvent
+from persona.jsonutil import rfc3339
+from persona.settings import Settings
 from persona.store.engine import Store
 from persona.store.flow_tables import drafts
 from persona.webhook_signature import DELIVERY_HEADER, SIGNATURE_HEADER, sign
-from persona.wire import rfc3339
 from tools.redaction import scrub
 
 log = structlog.get_logger(__name__)
@@ -362,7 +363,7 @@ class ReviewQueue:
             self.drafts.transition, draft_id, from_=("pending_review",), to="approved", by=by, note=note,
             now=self._now(),
         )  # fmt: skip
-        await self._record("draft_approved", draft, by, source, note=note)
+        await self._record(ReviewEvent.APPROVED, draft, by, source, note=note)
         return await self.send(draft_id, by=by, source=source)
 
     async def send(self, draft_id: str, *, by: str, source: str = "cli") -> Draft:
@@ -382,7 +383,7 @@ class ReviewQueue:
             log.warning("draft_delivery_outcome_late", draft_id=draft_id, ok=ok)
             recorded = await asyncio.to_thread(self.drafts.get, draft_id)
         await self._record(
-            "draft_sent" if ok else "draft_send_failed", recorded, by, source, delivery=attempt
+            ReviewEvent.SENT if ok else ReviewEvent.SEND_FAILED, recorded, by, source, delivery=attempt
         )
         return recorded
 
@@ -409,7 +410,7 @@ class ReviewQueue:
                 self.drafts.transition, draft_id, from_=("pending_review",), to="approved", by=by, note=note,
                 now=now,
             )  # fmt: skip
-            await self._record("draft_approved", draft, by, source, note=note)
+            await self._record(ReviewEvent.APPROVED, draft, by, source, note=note)
         await asyncio.to_thread(
             self.drafts.transition, draft_id, from_=("approved", "send_failed"), to="sent", by=None, note=None, now=now
         )  # fmt: skip
@@ -418,7 +419,7 @@ class ReviewQueue:
             self.drafts.record_delivery, draft_id, ok=True, attempt=attempt, expect="sent"
         )
         draft = recorded if recorded is not None else await asyncio.to_thread(self.drafts.get, draft_id)
-        await self._record("draft_marked_sent", draft, by, source, delivery=attempt)
+        await self._record(ReviewEvent.MARKED_SENT, draft, by, source, delivery=attempt)
         return draft
 
     async def reject(self, draft_id: str, *, by: str, note: str | None = None, source: str = "cli") -> Draft:
@@ -426,5 +427,5 @@ class ReviewQueue:
             self.drafts.transition, draft_id, from_=("pending_review",), to="rejected", by=by, note=note,
             now=self._now(),
         )  # fmt: skip
-        await self._record("draft_rejected", draft, by, source, note=note)
+        await self._record(ReviewEvent.REJECTED, draft, by, source, note=note)
         return draft

@@ -21,13 +21,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from sqlalchemy import Connection, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from persona.clock import as_utc
 from persona.errors import Conflict, NotFound
 from persona.invoices import rank
 from persona.store.batching import BatchWriter
@@ -113,17 +114,11 @@ class Recorded:
     state: str
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _row(row: Any) -> InboxRow:
     values = {k: getattr(row, k) for k in InboxRow.__dataclass_fields__}
     values["fields"] = json.loads(values["fields"])
     for key in ("received_at", "available_at", "lease_until", "finished_at"):
-        values[key] = _aware(values[key])
+        values[key] = as_utc(values[key])
     return InboxRow(**values)
 
 

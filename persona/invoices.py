@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from persona.clock import as_utc
 from persona.store.engine import Store
 from persona.store.inbox_tables import invoice_state
 
@@ -62,10 +63,6 @@ class Transition:
         return (rank(self.offered) or 0) < (rank(self.recorded) or 0)
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 @functools.cache
 def _first_sighting(dialect: str) -> Any:
     """Built once so the compiled-statement cache serves it (values go as parameters). RETURNING,
@@ -89,7 +86,7 @@ def advance(
     before = conn.execute(
         select(invoice_state.c.status).where(invoice_state.c.txn_id == txn_id)
     ).scalar_one_or_none()
-    values = {"status": status, "rank": new_rank, "updated_at": _aware(now), "inbox_id": inbox_id}
+    values = {"status": status, "rank": new_rank, "updated_at": as_utc(now), "inbox_id": inbox_id}
     inserted = conn.execute(_first_sighting(dialect), {"txn_id": txn_id, **values}).first()
     if inserted is not None:
         return Transition(txn_id, None, status, status, True)

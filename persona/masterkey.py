@@ -31,7 +31,7 @@ from persona.errors import VaultError
 from tools.redaction import register_secret
 
 if TYPE_CHECKING:
-    from persona.config import Settings
+    from persona.settings import Settings
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

@@ -13,6 +13,7 @@ import structlog
 
 from persona.audit import AuditEvent
 from persona.errors import Conflict
+from persona.events import OperatorEvent
 from persona.inbox import Inbox, InboxRow
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from persona.effects.ledger import Effect
 
 log = structlog.get_logger(__name__)
-
-INBOX_RETRIED = "inbox_retried"
 
 
 async def retry_inbox_row(rt: Runtime, row_id: int, *, by: str | None, source: str) -> InboxRow:
@@ -33,7 +32,7 @@ async def retry_inbox_row(rt: Runtime, row_id: int, *, by: str | None, source: s
     row = await asyncio.to_thread(Inbox(rt.store).retry, row_id, now=rt.now())
     await rt.audit.append(
         AuditEvent(
-            event=INBOX_RETRIED, source=source, user=by,
+            event=OperatorEvent.INBOX_RETRIED, source=source, user=by,
             payload={"inbox_id": row.id, "txn_id": row.txn_id, "status": row.status},
         )
     )  # fmt: skip
@@ -46,8 +45,8 @@ def verify_audit(rt: Runtime, *, expect_head: str | None = None) -> list[Finding
     latest signed checkpoint in ``audit.checkpoint_dir``, checked with this server's own verifier key.
 
     Read-only (the signing key is never created here); the log verifies when no finding is ``bad``."""
-    from persona.checkpoints.ledger import CheckpointDir
     from persona.checkpoints.note import NoteVerifier
+    from persona.checkpoints.signed import CheckpointDir
     from persona.checkpoints.signing import load_signer
     from persona.checkpoints.verification import verify_log
 

@@ -28,7 +28,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import Any, Protocol
 
-from persona.config import InvoicePolicy, PersonaSettings, resolve_tools
+from persona.settings import InvoicePolicy, PersonaSettings, resolve_tools
 from tools.errors import PlisioError
 from tools.plisio.client import PlisioClient
 from tools.registry import Money, Tool
@@ -82,6 +82,19 @@ class ExtraCaps:
 
 CapsSource = Callable[[str], Awaitable[ExtraCaps | None]]
 """persona name -> the extra caps of its grant, if any."""
+
+
+@dataclass(frozen=True)
+class GrantDenial:
+    kind: str
+    clause: str
+    reason: str
+
+
+class GrantChecker(Protocol):
+    """The credentials vault's say on a call: None, or why this persona may not make it (grant scope)."""
+
+    async def check(self, persona: str, tool: str) -> GrantDenial | None: ...
 
 
 def in_scope(persona: PersonaSettings, tool: str) -> bool:

@@ -24,7 +24,8 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from persona.audit import AuditEvent, AuditLog
-from persona.events import Source
+from persona.clock import as_utc
+from persona.events import Source, WorkerEvent
 from persona.store.engine import Store
 from persona.store.flow_tables import schedule_runs
 from tools.redaction import scrub
@@ -37,10 +38,6 @@ JobRun = Callable[[datetime], Awaitable[Any]]
 """Runs the job for a slot; whatever it returns is summarised into ``schedule_runs.result``."""
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def cron_slot(expression: str | None) -> SlotOf:
     """Slots of a five-field cron expression, in UTC."""
 
@@ -50,9 +47,9 @@ def cron_slot(expression: str | None) -> SlotOf:
         from croniter import croniter
 
         # croniter's get_prev is strictly before its start: nudge the start so "now" itself counts.
-        base = _aware(now).astimezone(UTC) + timedelta(microseconds=1)
+        base = as_utc(now).astimezone(UTC) + timedelta(microseconds=1)
         found: datetime = croniter(expression, base).get_prev(datetime)
-        return _aware(found)
+        return as_utc(found)
 
     return slot
 
@@ -61,7 +58,7 @@ def interval_slot(seconds: float) -> SlotOf:
     """Slots every ``seconds`` since the Unix epoch, so every worker computes the same ones."""
 
     def slot(now: datetime) -> datetime | None:
-        stamp = _aware(now).timestamp()
+        stamp = as_utc(now).timestamp()
         return datetime.fromtimestamp(stamp - stamp % seconds, UTC)
 
     return slot
@@ -120,7 +117,7 @@ class Scheduler:
         """Run every job whose latest slot nobody has run (or whose run failed or was abandoned)."""
         ran: list[SlotRun] = []
         for job in self.jobs:
-            now = _aware(self.now())
+            now = as_utc(self.now())
             slot = job.slot(now)
             if slot is None or self._settled.get(job.name) == slot:
                 continue
@@ -144,7 +141,7 @@ class Scheduler:
         if self.audit is not None:
             try:
                 await self.audit.append(
-                    AuditEvent(event="schedule_run", source=Source.SCHEDULE, decision=state, reason=result,
+                    AuditEvent(event=WorkerEvent.SCHEDULE_RUN, source=Source.SCHEDULE, decision=state, reason=result,
                                payload={"job": job.name, "slot": slot.isoformat(), "owner": self.owner})
                 )  # fmt: skip
             except Exception as exc:
@@ -166,8 +163,8 @@ class Scheduler:
             if seen.state == "done":
                 self._settled[job.name] = slot
                 return False
-            failed_due = seen.state == "failed" and _aware(seen.finished_at) <= now - self.retry_after
-            abandoned = seen.state == "running" and _aware(seen.started_at) <= now - self.stale_after
+            failed_due = seen.state == "failed" and as_utc(seen.finished_at) <= now - self.retry_after
+            abandoned = seen.state == "running" and as_utc(seen.started_at) <= now - self.stale_after
             if not (failed_due or abandoned):
                 return False
         with self.store.begin("claim a schedule slot") as conn:
@@ -198,7 +195,7 @@ class Scheduler:
             conn.execute(
                 update(schedule_runs)
                 .where(t.name == name, t.slot == slot, t.owner == self.owner)
-                .values(state=state, finished_at=_aware(self.now()), result=result)
+                .values(state=state, finished_at=as_utc(self.now()), result=result)
             )
 
     def history(self, name: str | None = None, limit: int = 20) -> list[ScheduleRun]:
@@ -208,8 +205,8 @@ class Scheduler:
             query = query.where(t.name == name)
         with self.store.read("read the schedule history") as conn:
             return [
-                ScheduleRun(r.name, _aware(r.slot), r.state, r.owner, _aware(r.started_at),
-                            None if r.finished_at is None else _aware(r.finished_at), r.result)
+                ScheduleRun(r.name, as_utc(r.slot), r.state, r.owner, as_utc(r.started_at),
+                            None if r.finished_at is None else as_utc(r.finished_at), r.result)
                 for r in conn.execute(query)
             ]  # fmt: skip
 

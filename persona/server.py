@@ -23,11 +23,13 @@ from fastapi.responses import Response
 from persona.api import approvals, audit, chat, docs, drafts, effects, flows, ops
 from persona.api.errors import install_errors
 from persona.app import Runtime
+from persona.deps import ReceiverDeps, SecretsSource
 from persona.http_auth import Auth
+from persona.inbox import Inbox, InboxWriter
+from persona.jsonutil import jsonable
 from persona.users import Users
-from persona.web.console import install as install_console
-from persona.webhooks import Receiver, SecretsSource
-from persona.wire import jsonable
+from persona.web.site import install as install_console
+from persona.webhooks import Receiver, vault_secrets
 
 if TYPE_CHECKING:
     from persona.worker import Worker
@@ -70,7 +72,11 @@ def create_app(
         docs_url=None,  # /docs is persona.api.docs: rendered here, nothing loaded from a CDN
         redoc_url=None,
     )
-    receiver = Receiver(rt, secrets=secrets)
+    inbox = Inbox(rt.store)
+    receiver = Receiver(ReceiverDeps(
+        inbox=inbox, writer=InboxWriter(inbox, rt.store), audit=rt.audit, now=rt.now,
+        secrets=secrets or vault_secrets(rt.settings, rt.vault), max_body=rt.settings.server.max_body_bytes,
+    ))  # fmt: skip
     users = Users(rt.store, rt.audit, rt.now)
     auth = Auth(users)
     install_errors(app)

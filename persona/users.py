@@ -20,10 +20,12 @@ from typing import Any
 from sqlalchemy import func, select, update
 
 from persona.audit import AuditEvent, AuditLog
+from persona.clock import as_utc
 from persona.errors import Conflict, NotFound, PersonaError
+from persona.events import VaultEvent
 from persona.store.engine import Store
 from persona.store.vault_tables import api_tokens, users
-from persona.vault_types import Actor, VaultEvent, aware
+from persona.vault import Actor
 from tools.redaction import register_secret
 
 ROLES = ("admin", "operator", "viewer")
@@ -46,7 +48,7 @@ class User:
 
 
 def _user(row: Any, tokens: int = 0, used: datetime | None = None) -> User:
-    created = aware(row.created_at) or row.created_at
+    created = as_utc(row.created_at)
     return User(row.id, row.email, row.role, row.status, created, row.created_by, tokens, used)
 
 
@@ -144,7 +146,7 @@ class Users:
             .order_by(users.c.created_at)
         )
         with self.store.read("read users") as conn:
-            return [_user(r, int(r.tokens), aware(r.used)) for r in conn.execute(query)]
+            return [_user(r, int(r.tokens), as_utc(r.used)) for r in conn.execute(query)]
 
     def issue_token(self, email: str, actor: Actor) -> str:
         """A new token for ``email``: returned once, stored only as a hash."""
@@ -202,7 +204,7 @@ class Users:
             return None
         register_secret(token)  # only real tokens: guesses must not grow the scrubber's list
         now = self.now()
-        last = aware(row.last_used_at)
+        last = as_utc(row.last_used_at)
         if last is None or now - last > _TOUCH_EVERY:  # at most one write a minute per token
             with self.store.begin("note a token's use") as conn:
                 conn.execute(

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,28 +44,17 @@ import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from persona.app import Runtime
 from persona.audit import AuditEvent
-from persona.config import PlisioMode, Settings
+from persona.deps import ReceiverDeps, SecretsSource
 from persona.errors import StoreError, StoreUnavailable
-from persona.events import Source
-from persona.inbox import Inbox, InboxWriter, UnusableCallback, parse_callback
+from persona.events import Source, WebhookEvent
+from persona.inbox import UnusableCallback, parse_callback
+from persona.settings import PlisioMode, Settings
+from persona.vault import Vault, callback_secrets
 from tools.errors import CallbackFormatError, CallbackSignatureError
 from tools.plisio.callbacks import VerifiedCallback, verify
 
 log = structlog.get_logger(__name__)
-
-SecretsSource = Callable[[], list[str]]
-"""Accepted callback keys, current first (index 0 is reported as ``current``)."""
-
-
-class WebhookEvent:
-    """Audit event names of the receiver (source ``webhook``)."""
-
-    RECEIVED = "webhook_received"
-    DUPLICATE = "webhook_duplicate"
-    REJECTED = "webhook_rejected"
-    POISON = "webhook_poison"
 
 
 def settings_secrets(settings: Settings) -> SecretsSource:
@@ -87,14 +75,12 @@ def settings_secrets(settings: Settings) -> SecretsSource:
     return secrets
 
 
-def runtime_secrets(rt: Runtime) -> SecretsSource:
+def vault_secrets(settings: Settings, vault: Vault) -> SecretsSource:
     """The vault's keys once it holds a connection; until then the settings' (the single-user path)."""
-    fallback = settings_secrets(rt.settings)
+    fallback = settings_secrets(settings)
 
     def secrets() -> list[str]:
-        from persona.credentials import callback_secrets
-
-        return fallback() if rt.vault.is_empty() else callback_secrets(rt.vault)
+        return fallback() if vault.is_empty() else callback_secrets(vault)
 
     return secrets
 
@@ -123,14 +109,12 @@ def _error(status: int, kind: str, message: str) -> Verdict:
 
 
 class Receiver:
-    """The ``POST /webhooks/plisio`` handler, built around a runtime and a secrets source."""
+    """The ``POST /webhooks/plisio`` handler: verify, store once, acknowledge (see the module docstring)."""
 
-    def __init__(self, rt: Runtime, *, secrets: SecretsSource | None = None) -> None:
-        self.rt = rt
-        self.secrets = secrets or runtime_secrets(rt)
-        self.max_body = rt.settings.server.max_body_bytes
-        self.inbox = Inbox(rt.store)
-        self.writer = InboxWriter(self.inbox, rt.store)
+    def __init__(self, deps: ReceiverDeps) -> None:
+        self.deps = deps
+        self.secrets, self.max_body = deps.secrets, deps.max_body
+        self.inbox, self.writer = deps.inbox, deps.writer
         self._secrets: tuple[float, list[str]] | None = None
 
     async def __call__(self, request: Request) -> Response:
@@ -173,7 +157,7 @@ class Receiver:
     async def _current_secrets(self) -> list[str]:
         """The verification keys, re-read at most every ``SECRETS_TTL_S`` (a revoked or rotated key stops
         verifying within that time; reading the vault for every callback would cap the ingest rate)."""
-        now = self.rt.now().timestamp()  # the runtime's clock: a grace window's end is seen at once
+        now = self.deps.now().timestamp()  # the injected clock: a grace window's end is seen at once
         cached = self._secrets
         if cached is not None and now - cached[0] < SECRETS_TTL_S:
             return cached[1]
@@ -205,7 +189,7 @@ class Receiver:
         try:
             recorded = await self.writer.record(
                 source="callback", body=body, encoding=verified.encoding, fields=fields, callback=callback,
-                error=error, now=self.rt.now(),
+                error=error, now=self.deps.now(),
             )  # fmt: skip
         except StoreError as exc:
             log.error("webhook_store_failed", error=str(exc), unavailable=isinstance(exc, StoreUnavailable))
@@ -236,10 +220,10 @@ class Receiver:
         """The callback is durable in the inbox already; its audit record goes to the audit writer now
         and is committed with its next batch, so the 2xx does not wait for a second commit."""
         try:
-            self.rt.audit.record(
+            self.deps.audit.record(
                 AuditEvent(event=event, source=Source.WEBHOOK, reason=reason, payload=payload)
             )
-            self.rt.audit.send()
+            self.deps.audit.send()
         except Exception as exc:  # the store may be down: the log line still records it
             log.error("webhook_audit_failed", audit_event=event, error=f"{type(exc).__name__}: {exc}")
 
@@ -252,7 +236,7 @@ class Receiver:
     ) -> None:
         """Audit, but never let a failing audit write change the answer (the inbox is what counts)."""
         try:
-            await self.rt.audit.append(
+            await self.deps.audit.append(
                 AuditEvent(
                     event=event, source=Source.WEBHOOK, reason=reason, decision=decision, payload=payload
                 )

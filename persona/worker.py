@@ -46,7 +46,8 @@ import structlog
 from persona.app import Runtime
 from persona.audit import AuditEvent
 from persona.checkpoints.publisher import CheckpointPublisher
-from persona.events import Source
+from persona.deps import FlowDeps
+from persona.events import Source, WorkerEvent
 from persona.inbox import Callback, Inbox, InboxRow, UnusableCallback, parse_callback
 from persona.invoices import SUCCESS_STATUSES, InvoiceStates, Transition, advance, rank
 from persona.scheduler import Job, Scheduler, cron_slot, interval_slot
@@ -66,12 +67,12 @@ history must not draft recovery messages for months-old abandoned payments)."""
 class FlowHandlers(Protocol):
     """What the worker calls; ``persona.flows.recovery`` is the real one, tests pass a fake."""
 
-    async def handle_failure(self, rt: Runtime, op: Operation, *, trigger: str) -> object: ...
+    async def handle_failure(self, deps: FlowDeps, op: Operation, *, trigger: str) -> object: ...
 
-    async def handle_success(self, rt: Runtime, op: Operation) -> object: ...
+    async def handle_success(self, deps: FlowDeps, op: Operation) -> object: ...
 
 
-ChurnScan = Callable[[Runtime, datetime], Awaitable[object]]
+ChurnScan = Callable[[FlowDeps, datetime], Awaitable[object]]
 
 
 def recovery_handlers() -> FlowHandlers:
@@ -80,21 +81,11 @@ def recovery_handlers() -> FlowHandlers:
     return recovery
 
 
-async def churn_scan(rt: Runtime, slot: datetime) -> object:
+async def churn_scan(deps: FlowDeps, slot: datetime) -> object:
     from persona.flows.churn import scan
 
-    report = await scan(rt, trigger="schedule", slot=slot)
+    report = await scan(deps, trigger="schedule", slot=slot)
     return f"churn report {report.id}"
-
-
-class WorkerEvent:
-    """Audit event names of the worker (source ``worker``)."""
-
-    PROCESSED = "inbox_processed"
-    RETRY = "inbox_retry_scheduled"
-    FAILED = "inbox_failed"
-    POISON = "inbox_poison"
-    RECONCILED = "reconcile_finished"
 
 
 @dataclass(frozen=True)
@@ -164,7 +155,9 @@ class Worker:
                             self.checkpoints.on_schedule, keep=timedelta(days=1)))  # fmt: skip
         if churn is not None and rt.settings.flows.churn.schedule:
             scan = churn
-            jobs.append(Job("churn_scan", cron_slot(rt.settings.flows.churn.schedule), lambda s: scan(rt, s)))
+            jobs.append(
+                Job("churn_scan", cron_slot(rt.settings.flows.churn.schedule), lambda s: scan(rt.flows, s))
+            )
         self.scheduler = Scheduler(
             rt.store, jobs if schedules else [], now=self.now, owner=self.owner, audit=rt.audit,
             retry_after_s=max(self.settings.retry_backoff_s, 60.0), stale_after_s=max(self.settings.lease_s, 3600.0),
@@ -287,10 +280,10 @@ class Worker:
         if moved.stale:
             action = "stale"
         elif effective in self.recovery_statuses and op is not None:
-            await self.handlers.handle_failure(self.rt, op, trigger=trigger)
+            await self.handlers.handle_failure(self.rt.flows, op, trigger=trigger)
             action = "recovery"
         elif effective in SUCCESS_STATUSES:
-            await self.handlers.handle_success(self.rt, op or _operation(callback, effective))
+            await self.handlers.handle_success(self.rt.flows, op or _operation(callback, effective))
             action = "success"
         elif effective == OperationStatus.CANCELLED_DUPLICATE:
             action = "superseded"

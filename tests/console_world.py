@@ -14,14 +14,14 @@ import httpx
 from pydantic import SecretStr
 
 from persona.app import Runtime
-from persona.config import OutboundSettings
 from persona.drafts import Draft
 from persona.flows import churn, recovery, refunds
 from persona.llm import ChatModel, ScriptedChatModel
 from persona.loop import run_turn
+from persona.settings import OutboundSettings
 from persona.store.engine import Store
 from persona.users import Users
-from persona.vault_types import Actor
+from persona.vault import Actor
 from tests.conftest import NOW
 from tests.harness import build_runtime, call, say, step
 from tests.test_recovery import failed_invoice, recovery_script
@@ -93,15 +93,15 @@ async def build_world(store: Store, sandbox: Sandbox, *, now: Any = None) -> Wor
     good, bad = await failed_invoice(rt, sandbox), await failed_invoice(rt, sandbox)
     rt.model_factory = _models({bad.id})  # type: ignore[assignment]
     for op in (good, bad):
-        draft = await recovery.handle_failure(rt, op, trigger="webhook")
+        draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
         assert draft is not None
         world.drafts.append(draft)
     world.chat_conversation, world.approval_id = await _held_call(rt)
     op = await _invoice(rt, RECENT_REFUNDABLE_ORDER_NUMBERS[2])
     world.refund_id = (
-        await refunds.triage(rt, txn_id=op.id, reason="ordered twice", requested_by=OPERATOR, trigger="http")
+        await refunds.triage(rt.flows, txn_id=op.id, reason="ordered twice", requested_by=OPERATOR, trigger="http")
     ).id
-    world.churn_id = (await churn.scan(rt, trigger="cli", requested_by=OPERATOR)).id
+    world.churn_id = (await churn.scan(rt.flows, trigger="cli", requested_by=OPERATOR)).id
     world.poison_row = _poison(rt, now=rt.now())
     return world
 

@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 
 from persona.app import Runtime, connect_plisio
-from persona.config import Settings, load_settings
+from persona.config import load_settings
 from persona.llm import ScriptStep, ToolCall
+from persona.settings import Settings
 from persona.store.engine import Store
 from tests.conftest import NOW
 
@@ -105,7 +106,7 @@ def bearer(rt: Runtime, email: str = "alice@example.com", role: str = "operator"
 
     from persona.errors import Conflict
     from persona.users import Users
-    from persona.vault_types import Actor
+    from persona.vault import Actor
 
     users = Users(rt.store, rt.audit, rt.now)
     actor = Actor("cli", "test-setup")

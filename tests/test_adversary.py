@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from persona.config import Limits
 from persona.llm import ScriptedChatModel, ScriptStep, ToolCall
 from persona.loop import run_turn
+from persona.settings import Limits
 from persona.store.engine import Store
 from tests.harness import build_runtime
 from tools.plisio.sandbox import Sandbox

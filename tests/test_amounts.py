@@ -19,7 +19,6 @@ import pytest
 
 from persona.app import Runtime
 from persona.calls import Outcome
-from persona.config import InvoicePolicy, PersonaSettings
 from persona.events import Event
 from persona.llm import ScriptedChatModel
 from persona.loop import run_turn
@@ -32,6 +31,7 @@ from persona.policy import (
     reserved,
     shown,
 )
+from persona.settings import InvoicePolicy, PersonaSettings
 from persona.store.engine import Store
 from tests.harness import build_runtime, call, say, step
 from tools.errors import PlisioError

@@ -24,8 +24,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from persona.config import InvoicePolicy, PersonaSettings
 from persona.policy import MAX_MAGNITUDE, ExtraCaps, Policy, PolicyDecision, Verdict
+from persona.settings import InvoicePolicy, PersonaSettings
 from tests.test_amounts import Rates
 from tools.plisio.args import AMOUNT_INTEGER_DIGITS, FIAT_FRACTION_DIGITS, CreateInvoiceArgs
 from tools.plisio.tools import PLISIO_TOOLS

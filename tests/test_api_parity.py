@@ -16,7 +16,6 @@ from fastapi import FastAPI
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
-from persona.config import OutboundSettings
 from persona.effects.keys import EffectKey, arguments_hash
 from persona.effects.ledger import Intent, State
 from persona.events import Source
@@ -24,6 +23,7 @@ from persona.flows import recovery
 from persona.llm import ChatModel
 from persona.operations import retry_inbox_row
 from persona.server import create_app
+from persona.settings import OutboundSettings
 from persona.store.engine import Store
 from tests.harness import bearer, build_runtime, call, repo_settings, say, step
 from tests.test_recovery import Capture, failed_invoice, recovery_script, with_outbound
@@ -107,7 +107,7 @@ async def test_send_redelivers_a_failed_draft_to_the_outbound_receiver(
 ) -> None:
     rt.model_factory = Flows()
     http = as_role["operator"]
-    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     refused(await http.post(f"/v1/drafts/{draft.id}/send"), 409, "conflict")  # still waiting for review
     no_channel = refused(await http.post(f"/v1/drafts/{draft.id}/approve"), 503, "not_configured")
@@ -140,7 +140,7 @@ async def test_send_without_an_outbound_channel_says_how_to_fix_it_or_mark_sent(
     rt: Runtime, sandbox: Sandbox, as_role: dict[str, httpx.AsyncClient]
 ) -> None:
     rt.model_factory = Flows()
-    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     with_outbound(rt, Capture(status=500))
     await as_role["operator"].post(f"/v1/drafts/{draft.id}/approve")

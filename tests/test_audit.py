@@ -23,8 +23,9 @@ from sqlalchemy import text
 
 from persona.audit import AuditEvent, AuditFilter, AuditLog, AuditRecord
 from persona.errors import AuditIntegrityError, StoreError
+from persona.jsonutil import canonical_json
 from persona.store import Store
-from persona.store.audit_tables import GENESIS_HASH, canonical_json, canonical_record, record_hash
+from persona.store.audit_tables import GENESIS_HASH, canonical_record, record_hash
 from tools.redaction import register_secret
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

@@ -14,9 +14,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from persona.audit import _COLUMN_NAMES, AuditLog
-from persona.checkpoints.ledger import CheckpointDir, check, current, open_file, sign_current
+from persona.checkpoints.ledger import check, current, sign_current
 from persona.checkpoints.merkle import ProofError
 from persona.checkpoints.note import CheckpointError, NoteSigner, NoteVerifier
+from persona.checkpoints.signed import CheckpointDir, open_file
 from persona.store.audit_tables import GENESIS_HASH, canonical_record
 from persona.store.engine import Store
 from tests.test_audit import Clock, drop_triggers, event, fill, raw

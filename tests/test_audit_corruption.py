@@ -23,10 +23,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from persona.audit import AuditFilter, AuditLog
 from persona.checkpoints import merkle
-from persona.checkpoints.ledger import CheckpointDir, LiveTree, current, sign_current, tree
+from persona.checkpoints.ledger import LiveTree, current, sign_current, tree
 from persona.checkpoints.note import CheckpointError, NoteSigner, NoteVerifier
 from persona.checkpoints.offline import verify_export
-from persona.checkpoints.retention import extension_line, prune
+from persona.checkpoints.retention import prune
+from persona.checkpoints.signed import CheckpointDir, extension_line
 from persona.checkpoints.verification import Finding, verify_log
 from persona.errors import AuditIntegrityError, Conflict
 from persona.store.engine import Store

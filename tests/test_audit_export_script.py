@@ -12,8 +12,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from persona.audit import AuditFilter, AuditLog
-from persona.checkpoints.ledger import CheckpointDir, sign_current
+from persona.checkpoints.ledger import sign_current
 from persona.checkpoints.note import NoteSigner
+from persona.checkpoints.signed import CheckpointDir
 from persona.store.engine import Store
 from tests.test_audit import Clock, fill
 from tests.test_audit_keys import keys_of

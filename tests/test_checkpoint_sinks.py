@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from structlog.testing import capture_logs
 
 from persona.app import Runtime
-from persona.checkpoints.ledger import CheckpointDir, open_file
 from persona.checkpoints.note import Checkpoint, NoteSigner, NoteVerifier
 from persona.checkpoints.publisher import CHECKPOINT_RETRY_S
+from persona.checkpoints.signed import CheckpointDir, open_file
 from persona.checkpoints.signing import skey_of
 from persona.checkpoints.sinks import SinkError, WebhookSink
 from persona.config import load_settings

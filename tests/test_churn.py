@@ -15,11 +15,11 @@ import pytest
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
-from persona.config import ChurnSettings
 from persona.flows import churn
 from persona.flows.runs import FlowRuns
 from persona.flows.signals import compute
 from persona.llm import ScriptedChatModel
+from persona.settings import ChurnSettings
 from persona.store.engine import Store
 from tests.conftest import NOW
 from tests.harness import build_runtime, call, say, step, write_config
@@ -170,7 +170,7 @@ async def test_scan_stores_an_actionable_report_and_audits_it(rt: Runtime, sandb
     rt.model_factory = growth(
         "**Headline**: 4 repeat customers stopped paying, e.g. olivia.hart@example.com."
     )
-    report = await churn.scan(rt, trigger="cli", requested_by="gina@example.com")
+    report = await churn.scan(rt.flows, trigger="cli", requested_by="gina@example.com")
     assert report.summarized_by == "scripted-growth" and report.summary.startswith("**Headline**")
     assert report.run_key.startswith("churn_scan:manual:") and report.trigger == "cli"
     assert report.operations_scanned == known.INVOICES_LAST_30D + known.INVOICES_PREVIOUS_60D
@@ -181,8 +181,8 @@ async def test_scan_stores_an_actionable_report_and_audits_it(rt: Runtime, sandb
         r for r in sandbox.requests if r.path == "/api/v1/operations" and r.query.get("type") == "invoice"
     ]
     assert [r.query["limit"] for r in pages] == ["50"] * 6 + (["50"] if len(pages) > 6 else [])
-    assert [d.id for d in churn.list_reports(rt)] == [report.id]
-    assert churn.get_report(rt, report.id).signals == report.signals
+    assert [d.id for d in churn.list_reports(rt.flows)] == [report.id]
+    assert churn.get_report(rt.flows, report.id).signals == report.signals
     (event,) = rt.audit.query(AuditFilter(event="churn_report_created"))
     assert (event.source, event.user, event.persona) == ("cli", "gina@example.com", "growth")
     assert set(event.payload["churned"]) == known.CHURNED_REPEAT_CUSTOMERS
@@ -199,19 +199,19 @@ async def test_the_same_slot_twice_is_one_report_and_one_model_run(rt: Runtime) 
     factory = growth("Report.")
     rt.model_factory = factory
     slot = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
-    first = await churn.scan(rt, trigger="schedule", slot=slot)
-    second = await churn.scan(rt, trigger="schedule", slot=slot)
+    first = await churn.scan(rt.flows, trigger="schedule", slot=slot)
+    second = await churn.scan(rt.flows, trigger="schedule", slot=slot)
     assert first.id == second.id and first.run_key == "churn_scan:2026-11-23T06:00:00+00:00"
-    assert len(factory.calls) == 1 and len(churn.list_reports(rt)) == 1
+    assert len(factory.calls) == 1 and len(churn.list_reports(rt.flows)) == 1
     assert len(rt.audit.query(AuditFilter(event="churn_report_created"))) == 1
-    due = await churn.scan_due(rt)  # the schedule "0 6 * * 1": NOW (a Tuesday) belongs to Monday's slot
+    due = await churn.scan_due(rt.flows)  # the schedule "0 6 * * 1": NOW (a Tuesday) belongs to Monday's slot
     assert due is not None and due.id == first.id
-    manual = await churn.scan(rt, trigger="cli")
-    assert manual.id != first.id and len(churn.list_reports(rt)) == 2
+    manual = await churn.scan(rt.flows, trigger="cli")
+    assert manual.id != first.id and len(churn.list_reports(rt.flows)) == 2
 
 
 async def test_without_a_model_the_report_is_a_template_with_every_number(rt: Runtime) -> None:
-    report = await churn.scan(rt, trigger="cli")
+    report = await churn.scan(rt.flows, trigger="cli")
     assert report.summarized_by == "template" and report.conversation_id is None
     for email in known.CHURNED_REPEAT_CUSTOMERS | known.REPEAT_UNDERPAYERS | known.COIN_SWITCHERS:
         assert email in report.summary
@@ -222,7 +222,7 @@ async def test_without_a_model_the_report_is_a_template_with_every_number(rt: Ru
 
 async def test_a_summary_naming_unknown_customers_is_flagged(rt: Runtime) -> None:
     rt.model_factory = growth("Call nora.quinn@example.com now.")
-    report = await churn.scan(rt, trigger="replay")
+    report = await churn.scan(rt.flows, trigger="replay")
     assert report.signals["review"]["flags"] == [
         "summary_names_customers_not_in_signals:nora.quinn@example.com"
     ]

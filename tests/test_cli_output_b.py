@@ -19,7 +19,7 @@ from persona.flows import churn, refunds
 from persona.inbox import Inbox
 from persona.store.flow_tables import churn_reports, refund_decisions
 from persona.store.inbox_tables import inbox
-from persona.vault_types import Actor
+from persona.vault import Actor
 from tests.harness import run_cli, write_config
 from tools.plisio.sandbox import SANDBOX_API_KEY
 from tools.plisio.sandbox.seed import RECENT_REFUNDABLE_ORDER_NUMBERS, TOO_OLD_TO_REFUND_ORDER_NUMBERS
@@ -59,14 +59,14 @@ def test_refunds_and_churn_for_pipes_and_scripts(tmp_path: Path) -> None:
             op = rt.plisio.sandbox.state.by_order_number(order)
             assert op is not None
             made = await refunds.triage(
-                rt, txn_id=op.id, reason=LONG_REASON, requested_by=LONG_USER, trigger="cli"
+                rt.flows, txn_id=op.id, reason=LONG_REASON, requested_by=LONG_USER, trigger="cli"
             )
             with rt.store.begin("test: a known id") as conn:
                 conn.execute(
                     update(refund_decisions).where(refund_decisions.c.id == made.id).values(id=new_id)
                 )
         for new_id in ("c0ffee01aaaa", "c0ffee02bbbb"):
-            report = await churn.scan(rt, trigger="cli", requested_by=LONG_USER)
+            report = await churn.scan(rt.flows, trigger="cli", requested_by=LONG_USER)
             with rt.store.begin("test: a known id") as conn:
                 conn.execute(update(churn_reports).where(churn_reports.c.id == report.id).values(id=new_id))
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from persona.app import connect_plisio
-from persona.config import load_settings, resolve_tools
+from persona.config import load_settings
 from persona.errors import ConfigError, NotConfigured
+from persona.settings import resolve_tools
 from tests.harness import REPO
 
 PERSONAS = f"""

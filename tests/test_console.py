@@ -21,7 +21,7 @@ from persona.flows import recovery
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.users import Users
-from persona.vault_types import Actor
+from persona.vault import Actor
 from tests.conftest import NOW
 from tests.harness import build_runtime
 from tests.test_checkpoint_sinks import all_logs
@@ -53,7 +53,7 @@ async def world(store: Store, sandbox: Sandbox) -> AsyncIterator[dict[str, Any]]
     ):
         users.add(email, role, actor)
         tokens[role] = users.issue_token(email, actor)
-    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     yield {"rt": rt, "tokens": tokens, "draft": draft, "clock": clock, "users": users}
     await rt.plisio.aclose()

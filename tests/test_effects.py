@@ -15,7 +15,6 @@ import pytest
 from persona.app import Runtime
 from persona.audit import AuditEvent, AuditFilter
 from persona.calls import Outcome
-from persona.config import Limits
 from persona.effects import is_order_number
 from persona.effects.keys import arguments_hash
 from persona.effects.ledger import State
@@ -24,6 +23,7 @@ from persona.flows import recovery
 from persona.llm import ScriptedChatModel, ToolCall
 from persona.loop import run_turn
 from persona.policy import SIDE_EFFECT_RULES, Verdict
+from persona.settings import Limits
 from persona.store.engine import Store
 from tests.harness import build_runtime, call, say, step
 from tests.test_effects_matrix import fast_settings
@@ -118,7 +118,7 @@ async def test_cancelling_an_approval_or_a_flow_mid_call_still_records_the_invoi
             )  # fmt: skip
             await sandbox.expire(created.txn_id)
             op = await rt.plisio.client.get_operation(created.txn_id)
-            work = recovery.handle_failure(rt, op, trigger="webhook")
+            work = recovery.handle_failure(rt.flows, op, trigger="webhook")
         sandbox.faults.add(FaultRule(path="/api/v1/invoices/new", kind="slow_after_commit", latency_ms=300))
         task = asyncio.ensure_future(work)
         for _ in range(200):
@@ -265,7 +265,7 @@ async def test_recovery_makes_one_link_whatever_mix_of_model_and_template_runs(
         step(call("plisio_get_invoice", {"invoice_id": op.id}, call_id=f"r{i}")) for i in range(20)
     ]
     rt.model_factory = lambda flow, persona, facts: ScriptedChatModel(endless)
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None and draft.drafted_by == "template", "the turn stopped at max_steps"
     [effect] = rt.dispatcher.effects.ledger.find()
     assert effect.state is State.APPLIED and draft.payment_link and draft.new_txn_id

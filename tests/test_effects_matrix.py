@@ -20,7 +20,6 @@ import pytest
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
-from persona.config import Settings
 from persona.drafts import Draft, DraftStore
 from persona.effects.ledger import Effect, State
 from persona.errors import EffectUnresolved
@@ -28,6 +27,7 @@ from persona.events import Event
 from persona.flows import recovery
 from persona.llm import ScriptedChatModel
 from persona.loop import run_turn
+from persona.settings import Settings
 from persona.store.engine import Store
 from tests.conftest import NOW
 from tests.harness import build_runtime, call, repo_settings, say, step
@@ -190,7 +190,7 @@ async def from_recovery(kit: Kit, cell: Cell) -> Effect:
     op = await client.get_operation(created.txn_id)
     disarm = arm(kit, cell)
     try:
-        draft = await recovery.handle_failure(kit.rt, op, trigger="webhook")  # no model: the template path
+        draft = await recovery.handle_failure(kit.rt.flows, op, trigger="webhook")  # no model: the template path
     except EffectUnresolved:
         draft = None  # the link's outcome is not known: no draft without it; the worker retries the flow
     finally:
@@ -199,7 +199,7 @@ async def from_recovery(kit: Kit, cell: Cell) -> Effect:
     assert effect.namespace == f"recovery:{op.id}" and effect.slot == "fresh_link"
     if effect.state is State.UNKNOWN:
         assert draft is None and DraftStore(kit.rt.store).for_invoice(op.id) == []
-        kit.retry = lambda: recovery.handle_failure(kit.rt, op, trigger="webhook")
+        kit.retry = lambda: recovery.handle_failure(kit.rt.flows, op, trigger="webhook")
     else:
         assert draft is not None and (draft.payment_link is not None) == (effect.state is State.APPLIED)
     return effect

@@ -234,7 +234,7 @@ async def test_recovery_facts_keep_every_attempt_inside_the_block(
     op = op.model_copy(update={"params": op.params.model_copy(update={"email": text})})
     factory, made = recording('{"subject": "Your order", "body": "Hello, here is what happened."}')
     rt.model_factory = factory
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None and len(made) == 1
     facts, model = made[0]
     values = [bounded(text, 120), bounded(text, 64), bounded(text, 254)]
@@ -280,7 +280,7 @@ async def test_refund_facts_keep_every_attempt_inside_the_block(
     factory, made = recording("The refund decision stands; see the policy.", name="scripted-finance")
     rt.model_factory = factory
     out = await refunds.triage(
-        rt, txn_id=created.txn_id, reason=text, requested_by="alice@example.com", trigger="cli"
+        rt.flows, txn_id=created.txn_id, reason=text, requested_by="alice@example.com", trigger="cli"
     )
     assert out.conversation_id and len(made) == 1
     facts, model = made[0]
@@ -313,7 +313,7 @@ async def test_churn_facts_keep_every_attempt_inside_the_block(rt: Runtime, sand
             await sandbox.pay(created.txn_id)
     factory, made = recording("**Headline**: coin switchers to look at.", name="scripted-growth")
     rt.model_factory = factory
-    report = await churn.scan(rt, trigger="cli", requested_by="gina@example.com")
+    report = await churn.scan(rt.flows, trigger="cli", requested_by="gina@example.com")
     assert report.summarized_by == "scripted-growth" and len(made) == 1
     facts, model = made[0]
     numbers = {e["order_number"] for c in facts["coin_switchers"] for e in c["evidence"]}

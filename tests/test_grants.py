@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from persona.app import Runtime
-from persona.credentials import service_key_source
 from persona.errors import Conflict, Forbidden, NotConfigured, NotFound, VaultError
 from persona.masterkey import MasterKeySource
 from persona.store.engine import Store
+from persona.vault import service_key_source
 from tests.harness import repo_settings
 from tests.test_vault import ADMIN, KEY, Kit, connect_key, dispatch, error_of, grant, make_kit
 

@@ -16,7 +16,7 @@ from persona.errors import Forbidden, PersonaError
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.users import Users, normalise_email, same_identity
-from persona.vault_types import Actor
+from persona.vault import Actor
 from tests.fakes.openai_server import FakeOpenAI, FakeStep
 from tests.harness import bearer, build_runtime, call, run_cli, write_config
 from tests.test_console import form_token, sign_in

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from persona.app import Runtime
-from persona.config import Limits
 from persona.dispatcher import Outcome
 from persona.effects import is_order_number
 from persona.errors import Conflict, Forbidden
 from persona.events import Event
 from persona.llm import ScriptedChatModel, ScriptStep, ToolCall, Usage
 from persona.loop import TurnResult, run_turn
+from persona.settings import Limits
 from persona.store.engine import Store
 from tests.harness import ConcurrencyProbe, build_runtime, call, repo_settings, say, step
 from tools.plisio.sandbox import Sandbox

@@ -25,13 +25,13 @@ import structlog
 from sqlalchemy import select, text, update
 
 from persona import log as persona_log
-from persona.credentials import rotate
 from persona.errors import VaultError
 from persona.llm import ScriptedChatModel
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.store.metadata import metadata
 from persona.store.vault_tables import credential_blobs
+from persona.vault import rotate
 from tests.harness import bearer, call, say, step
 from tests.test_vault import ADMIN, Kit, connect_key, dispatch, grant, make_kit, post_callback
 

@@ -13,11 +13,11 @@ import pytest
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
-from persona.config import OutboundSettings
 from persona.drafts import DELIVERY_HEADER, SIGNATURE_HEADER, DraftStore, sign
 from persona.errors import Conflict, NotConfigured
 from persona.flows import recovery
 from persona.llm import ScriptedChatModel
+from persona.settings import OutboundSettings
 from persona.store.engine import Store
 from tests.conftest import NOW
 from tests.harness import build_runtime, call, repo_settings, say, step
@@ -70,7 +70,7 @@ async def test_expired_invoice_gets_one_draft_with_context_and_a_fresh_link(
 ) -> None:
     op = await failed_invoice(rt, sandbox)
     assert op.status == "expired"
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None and draft.status == "pending_review"
     assert draft.subject == "Your order is still waiting" and "fresh link" in draft.body
     assert draft.customer_email == "maria.garcia@example.com" and draft.drafted_by == "scripted-recovery"
@@ -80,7 +80,7 @@ async def test_expired_invoice_gets_one_draft_with_context_and_a_fresh_link(
     assert any(r.query.get("search") == "maria.garcia@example.com" for r in sandbox.requests)
     # Again (duplicate callback, reconciler): the same draft, no second model run, no second link.
     news_before = paths.count("/api/v1/invoices/new")
-    again = await recovery.handle_failure(rt, op, trigger="reconciler")
+    again = await recovery.handle_failure(rt.flows, op, trigger="reconciler")
     assert again is not None and again.id == draft.id
     assert [r.path for r in sandbox.requests].count("/api/v1/invoices/new") == news_before
     events = [r.event for r in rt.audit.conversation(draft.conversation_id or "")]
@@ -95,7 +95,7 @@ async def test_underpaid_expiry_says_what_is_still_due(rt: Runtime, sandbox: San
     assert facts["underpaid"] is True and facts["amount_received"] == "0.001"
     assert Decimal(facts["amount_still_due"]) == (op.amount or 0) - Decimal("0.001")
     rt.model_factory = None  # no LLM configured: the template, with a link created by code under policy
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None and draft.drafted_by == "template"
     assert "0.001 BTC" in draft.body and facts["amount_still_due"] in draft.body
     assert draft.payment_link and draft.payment_link in draft.body
@@ -104,22 +104,22 @@ async def test_underpaid_expiry_says_what_is_still_due(rt: Runtime, sandbox: San
 @pytest.mark.parametrize("how", ["cancel", "error"])
 async def test_cancelled_and_error_trigger_recovery(rt: Runtime, sandbox: Sandbox, how: str) -> None:
     op = await failed_invoice(rt, sandbox, how=how)
-    assert (await recovery.handle_failure(rt, op, trigger="webhook")) is not None
+    assert (await recovery.handle_failure(rt.flows, op, trigger="webhook")) is not None
 
 
 @pytest.mark.parametrize("status", ["mismatch", "cancelled duplicate", "completed", "pending"])
 async def test_mismatch_and_cancelled_duplicate_never_trigger(rt: Runtime, status: str) -> None:
     page = await rt.plisio.client.list_operations(status=OperationStatus(status), limit=1)
     assert page.operations, f"the seed has a {status} invoice"
-    assert await recovery.handle_failure(rt, page.operations[0], trigger="webhook") is None
+    assert await recovery.handle_failure(rt.flows, page.operations[0], trigger="webhook") is None
     assert not DraftStore(rt.store).find(None)
 
 
 async def test_late_payment_makes_a_waiting_draft_obsolete(rt: Runtime, sandbox: Sandbox) -> None:
     op = await failed_invoice(rt, sandbox)
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None
-    await recovery.handle_success(rt, op.model_copy(update={"status": "completed"}))
+    await recovery.handle_success(rt.flows, op.model_copy(update={"status": "completed"}))
     assert DraftStore(rt.store).get(draft.id).status == "obsolete"
 
 
@@ -141,7 +141,7 @@ async def test_injected_instructions_in_customer_fields_change_nothing(rt: Runti
 
     rt.model_factory = obedient
     news = [r for r in sandbox.requests if r.path.endswith("/invoices/new")]
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None and draft.payment_link is not None
     made = [r for r in sandbox.requests if r.path.endswith("/invoices/new")][len(news) :]
     assert len(made) == 1, "one link, and it is the debt's, not the injected one"
@@ -184,7 +184,7 @@ def with_outbound(
 
 
 async def test_approved_draft_goes_out_signed_exactly_once(rt: Runtime, sandbox: Sandbox) -> None:
-    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     with pytest.raises(NotConfigured, match=r"outbound\.webhook_url"):
         await rt.reviews().approve(draft.id, by="bob@example.com")
@@ -205,7 +205,7 @@ async def test_approved_draft_goes_out_signed_exactly_once(rt: Runtime, sandbox:
 
 
 async def test_failed_delivery_stays_visible_and_can_be_resent(rt: Runtime, sandbox: Sandbox) -> None:
-    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     with_outbound(rt, Capture(status=503))
     failed = await rt.reviews().approve(draft.id, by="bob")
@@ -232,7 +232,7 @@ class Held(Capture):
 async def test_concurrent_sends_and_a_mark_sent_during_a_delivery_deliver_once(
     rt: Runtime, sandbox: Sandbox
 ) -> None:
-    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     with_outbound(rt, Capture(status=503))
     assert (await rt.reviews().approve(draft.id, by="bob")).status == "send_failed"
@@ -259,7 +259,7 @@ async def test_a_delivery_left_sending_by_a_dead_process_can_be_taken_over(
     clock = [NOW]
     rt = build_runtime(store, sandbox, now=lambda: clock[0])
     rt.model_factory = lambda flow, persona, facts: recovery_script(facts)
-    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     with_outbound(rt, Capture(status=503))
     await rt.reviews().approve(draft.id, by="bob")
@@ -276,7 +276,7 @@ async def test_a_delivery_left_sending_by_a_dead_process_can_be_taken_over(
 
 
 async def test_rejected_draft_is_never_sent(rt: Runtime, sandbox: Sandbox) -> None:
-    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     capture = Capture()
     with_outbound(rt, capture)

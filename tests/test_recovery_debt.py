@@ -66,7 +66,7 @@ async def test_the_model_cannot_choose_the_links_amount_currency_or_email(
 ) -> None:
     rt.model_factory = steered(**asked)
     op = await failed_invoice(rt, sandbox)  # 240 USD, maria.garcia@example.com
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None and draft.payment_link
     made = invoice_of(sandbox, draft.new_txn_id)
     assert (made.source_amount, made.source_currency, made.email) == (
@@ -85,7 +85,7 @@ async def test_an_underpaid_invoice_gets_a_link_for_exactly_the_remainder(
     rt.model_factory = steered(source_amount="240", source_currency="USD", email="maria.garcia@example.com")
     op = await failed_invoice(rt, sandbox, partial="0.001")
     facts = recovery.facts_for(op)
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None
     [asked] = [r.query for r in sandbox.requests if r.path.endswith("/invoices/new")][-1:]
     assert (asked["amount"], asked["currency"], asked["email"]) == (
@@ -98,7 +98,7 @@ async def test_an_underpaid_invoice_gets_a_link_for_exactly_the_remainder(
 
 async def test_a_model_that_asks_the_right_terms_is_not_flagged(rt: Runtime, sandbox: Sandbox) -> None:
     op = await failed_invoice(rt, sandbox)
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")  # the fixture's well-behaved model
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")  # the fixture's well-behaved model
     assert draft is not None and draft.payment_link
     assert rt.audit.query(AuditFilter(event="tool_call_arguments_pinned")) == []
 
@@ -106,7 +106,7 @@ async def test_a_model_that_asks_the_right_terms_is_not_flagged(rt: Runtime, san
 async def test_the_template_path_is_tied_the_same_way(rt: Runtime, sandbox: Sandbox) -> None:
     rt.model_factory = None
     op = await failed_invoice(rt, sandbox)
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None and draft.drafted_by == "template"
     made = invoice_of(sandbox, draft.new_txn_id)
     assert (made.source_amount, made.source_currency, made.email) == (
@@ -123,7 +123,7 @@ async def test_the_reviewer_is_told_when_a_link_differs_from_the_debt(rt: Runtim
     from persona.effects.ledger import EffectLedger
 
     op = await failed_invoice(rt, sandbox)
-    draft = await recovery.handle_failure(rt, op, trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, op, trigger="webhook")
     assert draft is not None
     ledger = EffectLedger(rt.store, rt.now)
     shown = link_of(ledger, draft)
@@ -153,7 +153,7 @@ async def test_drafts_show_puts_the_failed_invoice_beside_the_link(tmp_path: Any
     store.create_all()
     rt = build_runtime(store, sandbox, settings=settings)
     rt.model_factory = steered(source_amount="999", source_currency="USD", email="attacker@example.net")
-    draft = await recovery.handle_failure(rt, await failed_invoice(rt, sandbox), trigger="webhook")
+    draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     await rt.aclose()
     shown = run_cli(cfg, "drafts", "show", draft.id).stdout

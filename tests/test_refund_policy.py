@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from persona.config import RefundPolicy
 from persona.flows.refund_policy import (
     Clause,
     PriorDecision,
@@ -21,6 +20,7 @@ from persona.flows.refund_policy import (
     policy_explanation,
     rule_text,
 )
+from persona.settings import RefundPolicy
 from tools.plisio.models import Operation
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

@@ -15,12 +15,12 @@ import pytest
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
-from persona.config import RetrySettings
 from persona.errors import NotFound
 from persona.flows import refunds
 from persona.flows.refund_policy import Clause
 from persona.flows.runs import FlowRuns
 from persona.llm import ScriptedChatModel
+from persona.settings import RetrySettings
 from persona.store.engine import Store
 from tests.harness import build_runtime, call, repo_settings, run_cli, say, step, write_config
 from tools.errors import PlisioTransportError
@@ -88,7 +88,11 @@ async def test_approved_refund_is_explained_estimated_stored_listed_and_audited(
         "79.387062 USDT_TRX back costs a network fee of 13.7 (estimated to the invoice's own wallet_hash)."
     )
     out = await refunds.triage(
-        rt, txn_id=op.id, reason="Bought the wrong plan", requested_by="alice@example.com", trigger="cli"
+        rt.flows,
+        txn_id=op.id,
+        reason="Bought the wrong plan",
+        requested_by="alice@example.com",
+        trigger="cli",
     )
     assert (out.decision, out.clause) == ("approve", Clause.AUTO_APPROVE_UP_TO)
     assert out.refund_amount == op.actual_sum and out.refund_currency == "USDT_TRX"
@@ -106,8 +110,8 @@ async def test_approved_refund_is_explained_estimated_stored_listed_and_audited(
         "the persona read the invoice"
     )
 
-    assert [d.id for d in refunds.list_decisions(rt)] == [out.id]
-    again = refunds.get_decision(rt, out.id)
+    assert [d.id for d in refunds.list_decisions(rt.flows)] == [out.id]
+    again = refunds.get_decision(rt.flows, out.id)
     assert (again.decision, again.clause, again.refund_amount, again.refund_value) == (
         "approve", Clause.AUTO_APPROVE_UP_TO, op.actual_sum, Decimal("79.00"))  # fmt: skip
     assert again.cost_estimate == out.cost_estimate and again.explanation == out.explanation
@@ -131,7 +135,7 @@ async def test_a_model_claiming_approval_of_a_denied_refund_changes_nothing_and_
         "Good news: your refund has been approved and will be sent today.", estimate=False
     )
     out = await refunds.triage(
-        rt, txn_id=op.id, reason="please", requested_by="bob@example.com", trigger="http"
+        rt.flows, txn_id=op.id, reason="please", requested_by="bob@example.com", trigger="http"
     )
     assert (out.decision, out.clause) == ("deny", Clause.WINDOW_DAYS)
     assert out.refund_amount is None and out.refund_value is None
@@ -139,7 +143,7 @@ async def test_a_model_claiming_approval_of_a_denied_refund_changes_nothing_and_
     assert out.explained_by == "policy" and out.explanation.startswith(
         "Denied under flows.refunds.window_days"
     )
-    stored = refunds.get_decision(rt, out.id)
+    stored = refunds.get_decision(rt.flows, out.id)
     assert stored.decision == "deny" and "approved" not in stored.explanation
     assert stored.facts and "has been approved" in stored.facts["review"]["model_explanation"]
     (flagged,) = events(rt, "refund_explanation_flagged")
@@ -153,7 +157,7 @@ async def test_without_a_model_the_policy_explains(rt: Runtime) -> None:
     op = await invoice(rt, RECENT_REFUNDABLE_ORDER_NUMBERS[2])  # 45.15 EUR in ETH, 11 days ago
     assert rt.model_factory is None and rt.flow_model("refund_triage", "refunds", {}) is None
     out = await refunds.triage(
-        rt, txn_id=op.id, reason="duplicate order", requested_by="carol", trigger="cli"
+        rt.flows, txn_id=op.id, reason="duplicate order", requested_by="carol", trigger="cli"
     )
     assert (out.decision, out.clause) == ("approve", Clause.AUTO_APPROVE_UP_TO)
     assert out.refund_currency == "ETH" and out.refund_amount == op.actual_sum
@@ -168,24 +172,30 @@ async def test_without_a_model_the_policy_explains(rt: Runtime) -> None:
 async def test_seeded_cases_mismatch_underpaid_escalation_and_duplicates(rt: Runtime) -> None:
     mismatch = await invoice(rt, MISMATCH_ORDER)
     out = await refunds.triage(
-        rt, txn_id=mismatch.id, reason="paid too much", requested_by="raj", trigger="cli"
+        rt.flows, txn_id=mismatch.id, reason="paid too much", requested_by="raj", trigger="cli"
     )
     assert mismatch.actual_sum is not None and mismatch.amount is not None
     assert (out.decision, out.refund_amount) == ("approve", mismatch.actual_sum - mismatch.amount)
     assert out.refund_value == Decimal("4.75")
 
     under = await invoice(rt, UNDERPAID_ORDER)
-    out = await refunds.triage(rt, txn_id=under.id, reason="gave up", requested_by="priya", trigger="cli")
+    out = await refunds.triage(
+        rt.flows, txn_id=under.id, reason="gave up", requested_by="priya", trigger="cli"
+    )
     assert (out.decision, out.clause) == ("escalate", Clause.UNDERPAID)
 
     big = await invoice(rt, RECENT_REFUNDABLE_ORDER_NUMBERS[0])  # 190.00 USD
-    first = await refunds.triage(rt, txn_id=big.id, reason="not needed", requested_by="ava", trigger="cli")
+    first = await refunds.triage(
+        rt.flows, txn_id=big.id, reason="not needed", requested_by="ava", trigger="cli"
+    )
     assert (first.decision, first.clause, first.refund_value) == (
         "escalate", Clause.AUTO_APPROVE_UP_TO, Decimal("190.00"))  # fmt: skip
-    second = await refunds.triage(rt, txn_id=big.id, reason="FRAUD!", requested_by="ava", trigger="replay")
+    second = await refunds.triage(
+        rt.flows, txn_id=big.id, reason="FRAUD!", requested_by="ava", trigger="replay"
+    )
     assert (second.decision, second.clause) == ("deny", Clause.ONE_PER_INVOICE) and first.id in second.detail
-    assert len(refunds.list_decisions(rt, limit=2)) == 2
-    assert {d.id for d in refunds.list_decisions(rt)} >= {first.id, second.id}
+    assert len(refunds.list_decisions(rt.flows, limit=2)) == 2
+    assert {d.id for d in refunds.list_decisions(rt.flows)} >= {first.id, second.id}
     runs = {r.key: r.state for r in FlowRuns(rt.store, rt.now).recent("refund_triage")}
     assert runs == {
         f"refund_triage:{mismatch.id}:0": "done",
@@ -198,13 +208,13 @@ async def test_seeded_cases_mismatch_underpaid_escalation_and_duplicates(rt: Run
 async def test_unknown_invoice_is_not_found_and_nothing_is_stored(rt: Runtime) -> None:
     with pytest.raises(NotFound, match="no invoice 0123456789abcdef01234567"):
         await refunds.triage(
-            rt, txn_id="0123456789abcdef01234567", reason="x", requested_by="u", trigger="cli"
+            rt.flows, txn_id="0123456789abcdef01234567", reason="x", requested_by="u", trigger="cli"
         )
     with pytest.raises(NotFound, match="not a Plisio invoice id"):
-        await refunds.triage(rt, txn_id="../operations", reason="x", requested_by="u", trigger="cli")
-    assert refunds.list_decisions(rt) == [] and events(rt, "refund_decided") == []
+        await refunds.triage(rt.flows, txn_id="../operations", reason="x", requested_by="u", trigger="cli")
+    assert refunds.list_decisions(rt.flows) == [] and events(rt, "refund_decided") == []
     with pytest.raises(NotFound):
-        refunds.get_decision(rt, "nope")
+        refunds.get_decision(rt.flows, "nope")
 
 
 class Unreachable(httpx.AsyncBaseTransport):
@@ -221,9 +231,9 @@ async def test_plisio_unreachable_is_a_clear_error_and_stores_nothing(store: Sto
     try:
         with pytest.raises(PlisioTransportError, match=r"Plisio is unreachable .* no decision was stored"):
             await refunds.triage(
-                rt, txn_id="6b02d94077d5759d69cd2483", reason="x", requested_by="u", trigger="cli"
+                rt.flows, txn_id="6b02d94077d5759d69cd2483", reason="x", requested_by="u", trigger="cli"
             )
-        assert refunds.list_decisions(rt) == []
+        assert refunds.list_decisions(rt.flows) == []
     finally:
         await rt.plisio.aclose()
 

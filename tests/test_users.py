@@ -22,7 +22,7 @@ from persona.server import create_app
 from persona.store.engine import Store
 from persona.store.vault_tables import api_tokens
 from persona.users import Users, token_hash
-from persona.vault_types import Actor
+from persona.vault import Actor
 from tests.conftest import NOW
 from tests.harness import REPO, bearer, build_runtime, call
 from tests.test_vault import Clock

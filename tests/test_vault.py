@@ -23,7 +23,6 @@ from sqlalchemy import select, update
 
 from persona.app import Runtime, connect_plisio
 from persona.audit import AuditFilter
-from persona.credentials import callback_secrets, connect, rotate, service_key
 from persona.dispatcher import Dispatched
 from persona.errors import Conflict, Forbidden, VaultError
 from persona.llm import ModelReply, ScriptedChatModel
@@ -32,8 +31,7 @@ from persona.masterkey import MasterKeySource, encode_key, parse_keyring
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.store.vault_tables import connections, credential_blobs
-from persona.vault import Vault
-from persona.vault_types import Actor, fingerprint
+from persona.vault import Actor, Vault, callback_secrets, connect, fingerprint, rotate, service_key
 from tests.conftest import NOW
 from tests.harness import call, repo_settings, say, step
 from tests.test_webhooks import callback_fields

@@ -24,6 +24,7 @@ from sqlalchemy import create_engine
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
+from persona.deps import FlowDeps
 from persona.drafts import DraftStore
 from persona.inbox import Inbox, InboxRow
 from persona.invoices import InvoiceStates
@@ -55,10 +56,10 @@ class FakeFlows:
     failures: list[tuple[str, str | None, str]] = field(default_factory=list)
     successes: list[tuple[str, str | None]] = field(default_factory=list)
 
-    async def handle_failure(self, rt: Runtime, op: Operation, *, trigger: str) -> None:
+    async def handle_failure(self, deps: FlowDeps, op: Operation, *, trigger: str) -> None:
         self.failures.append((op.id, op.status, trigger))
 
-    async def handle_success(self, rt: Runtime, op: Operation) -> None:
+    async def handle_success(self, deps: FlowDeps, op: Operation) -> None:
         self.successes.append((op.id, op.status))
 
 

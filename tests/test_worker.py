@@ -16,11 +16,12 @@ import pytest
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
-from persona.config import RetrySettings, Settings, WorkerSettings
+from persona.deps import FlowDeps
 from persona.errors import Conflict
 from persona.inbox import Inbox, Recorded, parse_callback
 from persona.invoices import InvoiceStates, Transition, advance
 from persona.scheduler import Job, Scheduler, cron_slot, interval_slot
+from persona.settings import RetrySettings, Settings, WorkerSettings
 from persona.store.engine import Store
 from persona.worker import Worker
 from tests.conftest import NOW
@@ -151,8 +152,8 @@ async def test_a_stopping_worker_gives_back_the_rows_it_did_not_start(rt: Runtim
     stop = asyncio.Event()
 
     class StopAfterFirst(FakeFlows):
-        async def handle_success(self, rt: Runtime, op: Any) -> None:
-            await super().handle_success(rt, op)
+        async def handle_success(self, deps: FlowDeps, op: Any) -> None:
+            await super().handle_success(deps, op)
             stop.set()  # SIGTERM arrives while the first row of the batch is processed
 
     ids = [enqueue(rt, f"6a1b2c3d4e5f60718293a4c{i}", "completed", wall()).id for i in range(4)]
@@ -368,16 +369,16 @@ async def test_a_failed_slot_is_retried_after_a_delay(store: Store, wall: Clock)
 
 
 async def test_worker_schedules_the_churn_scan_with_its_slot(rt: Runtime, wall: Clock) -> None:
-    calls: list[tuple[Runtime, datetime]] = []
+    calls: list[tuple[FlowDeps, datetime]] = []
 
-    async def scan(runtime: Runtime, slot: datetime) -> str:
-        calls.append((runtime, slot))
+    async def scan(deps: FlowDeps, slot: datetime) -> str:
+        calls.append((deps, slot))
         return "3 signals"
 
     worker = Worker(rt, handlers=FakeFlows(), churn=scan)
     ran = await worker.scheduler.tick()
     assert sorted(r.name for r in ran) == ["churn_scan", "reconcile", "resolve_effects"]
-    assert calls == [(rt, datetime(2026, 11, 23, 6, 0, tzinfo=UTC))]  # NOW is Tuesday 24th: Monday's slot
+    assert calls == [(rt.flows, datetime(2026, 11, 23, 6, 0, tzinfo=UTC))]  # NOW is Tuesday 24th: Monday's slot
     assert await worker.scheduler.tick() == []
     [audit] = rt.audit.query(AuditFilter(event="schedule_run", source="schedule", limit=1, newest=True))
     assert audit.decision == "done"

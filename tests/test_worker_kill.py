@@ -99,8 +99,7 @@ async def expired_with_callback(rt: Runtime, box: Sandbox, order_number: str, em
 
 
 def cli(cfg: Path, *args: str) -> list[str]:
-    # ``persona.cli.serve`` adds its commands to the main CLI (until persona/cli/main.py registers them).
-    return [sys.executable, "-m", "persona.cli.serve", "--config", str(cfg), *args]
+    return [sys.executable, "-m", "persona", "--config", str(cfg), *args]
 
 
 def start_worker(cfg: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -11,18 +11,18 @@ back as data (:class:`ToolResult`); only bugs raise.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tools.errors import PlisioError, ToolDefinitionError
+from tools.schemas import admits_null, model_view, strict_schema
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -39,26 +39,6 @@ C = TypeVar("C")
 
 MAX_RESULT_CHARS = 6000
 """Results handed back to a model are cut to this many characters (lists shortened first)."""
-
-# Keywords OpenAI's strict mode accepts; anything else stays in the local validation schema only.
-_MODEL_KEYWORDS = frozenset(
-    {
-        "type",
-        "properties",
-        "required",
-        "additionalProperties",
-        "items",
-        "enum",
-        "anyOf",
-        "description",
-        "pattern",
-        "format",
-        "minimum",
-        "maximum",
-        "minItems",
-        "maxItems",
-    }
-)
 
 
 class ToolArgs(BaseModel):
@@ -173,7 +153,7 @@ class Tool(Generic[A, C]):
     @cached_property
     def parameters(self) -> dict[str, Any]:
         """The strict schema as sent to the model: only keywords strict mode accepts."""
-        pruned: dict[str, Any] = _prune(self.validation_schema)
+        pruned: dict[str, Any] = model_view(self.validation_schema)
         return pruned
 
     @cached_property
@@ -185,7 +165,7 @@ class Tool(Generic[A, C]):
     @cached_property
     def _nullable(self) -> frozenset[str]:
         props = self.validation_schema["properties"]
-        return frozenset(name for name, spec in props.items() if _admits_null(spec))
+        return frozenset(name for name, spec in props.items() if admits_null(spec))
 
     def openai_tool(self) -> dict[str, Any]:
         return {
@@ -226,6 +206,19 @@ class Tool(Generic[A, C]):
             return self.args_model.model_validate(obj)
         except ValidationError as exc:
             return _pydantic_failure(exc)
+
+
+C_co = TypeVar("C_co", covariant=True)
+
+
+class ContextFactory(Protocol[C_co]):
+    """The context a tool call runs with, built per call by the integration the tools belong to (for Plisio: a
+    client on the persona's own key, the order number the caller's effects ledger derived, the callback URL).
+
+    The gate takes one and knows nothing of what is inside: it knows tools, not Plisio.
+    """
+
+    def __call__(self, persona: str, order_number: str | None = None) -> Awaitable[C_co]: ...
 
 
 class Registry(Generic[C]):
@@ -288,84 +281,6 @@ async def run(tool: Tool[A, C], args: A, ctx: C, *, timeout: float | None = None
             tool.name, ToolFailure("tool_timeout", f"{tool.name} did not finish within {timeout:g}s")
         )
     return ToolResult.success(tool.name, data)
-
-
-# ----------------------------------------------------------------------------- schema
-
-
-def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """Pydantic's JSON schema made strict-mode shaped: refs inlined, objects closed, all required."""
-    raw = model.model_json_schema(mode="validation")
-    defs = raw.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, list):
-            return [walk(n) for n in node]
-        if not isinstance(node, dict):
-            return node
-        if "$ref" in node:
-            target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
-            extra = {k: v for k, v in node.items() if k != "$ref"}
-            return walk({**target, **extra})
-        out = {k: walk(v) for k, v in node.items() if k not in {"title", "default"}}
-        if out.get("type") == "object" or "properties" in out:
-            out["type"] = "object"
-            out.setdefault("properties", {})
-            out["required"] = list(out["properties"])
-            out["additionalProperties"] = False
-        return _enum_only(_collapse_null_union(out))
-
-    schema = walk(raw)
-    if schema.get("type") != "object":
-        raise ToolDefinitionError(f"{model.__name__}: a tool's parameters must be an object")
-    return dict(schema) if isinstance(schema, dict) else {}
-
-
-def _collapse_null_union(node: dict[str, Any]) -> dict[str, Any]:
-    """``anyOf: [{type: T, ...}, {type: null}]`` -> ``{type: [T, null], ...}`` (fewer tokens)."""
-    branches = node.get("anyOf")
-    if not isinstance(branches, list) or len(branches) != 2 or {"type": "null"} not in branches:
-        return node
-    other = next(b for b in branches if b != {"type": "null"})
-    if "enum" in other and "anyOf" not in other:
-        merged = {k: v for k, v in node.items() if k != "anyOf"}
-        merged.update({k: v for k, v in other.items() if k != "type"})
-        merged["enum"] = [*other["enum"], None]
-        return merged
-    if not isinstance(other.get("type"), str) or "anyOf" in other or other.get("type") == "object":
-        return node
-    merged = {k: v for k, v in node.items() if k != "anyOf"}
-    merged.update(other)
-    merged["type"] = [other["type"], "null"]
-    return merged
-
-
-def _enum_only(node: dict[str, Any]) -> dict[str, Any]:
-    """An enum lists every allowed value, its type included: ``type`` beside it only costs tokens."""
-    if "enum" in node and "type" in node:
-        return {k: v for k, v in node.items() if k != "type"}
-    return node
-
-
-def _admits_null(spec: Mapping[str, Any]) -> bool:
-    t = spec.get("type")
-    if t == "null" or (isinstance(t, list) and "null" in t) or None in spec.get("enum", ()):
-        return True
-    return any(_admits_null(b) for b in spec.get("anyOf", ()))
-
-
-def _prune(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_prune(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key == "properties":
-            out[key] = {name: _prune(spec) for name, spec in value.items()}
-        elif key in _MODEL_KEYWORDS:
-            out[key] = _prune(value)
-    return out
 
 
 # ----------------------------------------------------------------------------- errors as data

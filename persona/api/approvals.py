@@ -14,8 +14,9 @@ from persona.app import Runtime
 from persona.approvals import STATUSES
 from persona.events import Source
 from persona.http_auth import ADMIN, Auth
+from persona.jsonutil import jsonable
 from persona.users import User
-from persona.wire import call_view, jsonable
+from persona.wire import call_view
 
 
 def router(rt: Runtime, auth: Auth) -> APIRouter:

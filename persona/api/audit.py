@@ -16,9 +16,8 @@ from persona.api import examples as ex
 from persona.api.access import requires
 from persona.app import Runtime
 from persona.audit import AuditFilter
-from persona.audit_records import SOURCES
 from persona.errors import ConfigError, NotFound
-from persona.events import Event
+from persona.events import SOURCES, Event
 from persona.http_auth import READERS, Auth
 from persona.operations import verify_audit
 from persona.transcript import transcript

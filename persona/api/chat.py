@@ -18,9 +18,10 @@ from persona.chat_requests import ChatRequests, body_hash, check_key, conversati
 from persona.conversations import Conversations, audited, new_conversation_id
 from persona.events import Source
 from persona.http_auth import STAFF, Auth
+from persona.jsonutil import jsonable
 from persona.llm import ChatModel
 from persona.users import User
-from persona.wire import call_view, jsonable
+from persona.wire import call_view
 
 log = structlog.get_logger(__name__)
 

@@ -16,8 +16,8 @@ from persona.drafts import DRAFT_STATUSES, Draft, DraftStore
 from persona.errors import NotConfigured
 from persona.events import Source
 from persona.http_auth import STAFF, Auth
+from persona.jsonutil import jsonable
 from persona.users import User
-from persona.wire import jsonable
 
 MARK_SENT_HINT = (
     "or, if you sent the message yourself, POST /v1/drafts/{id}/mark-sent (`persona drafts mark-sent`)"

@@ -17,9 +17,9 @@ from persona.app import Runtime
 from persona.effects.ledger import UNRESOLVED, Effect, State
 from persona.events import Source
 from persona.http_auth import ADMIN, Auth
+from persona.jsonutil import jsonable
 from persona.operations import resolve_effect
 from persona.users import User
-from persona.wire import jsonable
 
 FILTERS = (*(s.value for s in State), "unresolved", "all")
 

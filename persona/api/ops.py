@@ -17,9 +17,9 @@ from persona.errors import StoreError
 from persona.events import Source
 from persona.http_auth import STAFF, Auth
 from persona.inbox import STATES, Inbox
+from persona.jsonutil import jsonable
 from persona.operations import retry_inbox_row
 from persona.users import User
-from persona.wire import jsonable
 
 log = structlog.get_logger(__name__)
 

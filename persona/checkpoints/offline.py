@@ -80,7 +80,7 @@ def verify_export(lines: Iterable[str], checkpoint: Checkpoint, verifier: NoteVe
 
 
 def _pruned(header: Any, verifier: NoteVerifier | None) -> tuple[Checkpoint, int, str, merkle.TreeBuilder]:
-    from persona.checkpoints.retention import extension_line
+    from persona.checkpoints.signed import extension_line
 
     try:
         through, last, nodes, note = (int(header["through_seq"]), str(header["last_hash"]),

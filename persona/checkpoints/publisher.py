@@ -21,8 +21,8 @@ import structlog
 from persona.audit import AuditLog
 from persona.checkpoints.ledger import LiveTree
 from persona.checkpoints.sinks import WebhookSink
-from persona.config import Settings
 from persona.errors import PersonaError
+from persona.settings import Settings
 from tools.redaction import scrub
 
 log = structlog.get_logger(__name__)
@@ -75,7 +75,8 @@ class CheckpointPublisher:
     def checkpoint(self, *, min_new: int = 1) -> str:
         """Sign the audit log's tree head into ``audit.checkpoint_dir`` if at least ``min_new`` records were
         appended since the latest checkpoint there (any number when there is none)."""
-        from persona.checkpoints.ledger import CheckpointDir, sign_current
+        from persona.checkpoints.ledger import sign_current
+        from persona.checkpoints.signed import CheckpointDir
         from persona.checkpoints.signing import load_signer
 
         self.audit.flush_sync()
@@ -100,7 +101,7 @@ class CheckpointPublisher:
         """(size, file) of the latest checkpoint this worker knows of: the directory is listed the first
         time only; after that :meth:`checkpoint` keeps it current (a loop iteration lists nothing)."""
         if not self._looked:
-            from persona.checkpoints.ledger import CheckpointDir
+            from persona.checkpoints.signed import CheckpointDir
 
             folder = CheckpointDir(self.settings.checkpoint_path())
             latest = folder.latest()

@@ -24,18 +24,14 @@ from pathlib import Path
 from sqlalchemy import delete, func, select
 
 from persona.audit import AuditEvent, AuditLog
-from persona.audit_chain import PruneMark
-from persona.checkpoints.ledger import PRUNED_SUFFIX, CheckpointDir
-from persona.checkpoints.note import Checkpoint, CheckpointError, NoteSigner, NoteVerifier
+from persona.checkpoints.note import Checkpoint, NoteSigner, NoteVerifier
+from persona.checkpoints.signed import PRUNED_SUFFIX, CheckpointDir, extension_line
+from persona.checkpoints.verification import bad as bad_of
+from persona.checkpoints.verification import check_log
 from persona.errors import AuditIntegrityError, Conflict
+from persona.events import OperatorEvent, Source
 from persona.store.audit_tables import audit_log, audit_pruned, ts_text
 from persona.store.engine import Store
-
-EXTENSION = "persona-pruned"
-
-
-def extension_line(through_seq: int, last_hash: str) -> str:
-    return f"{EXTENSION} {through_seq} {last_hash}"
 
 
 @dataclass(frozen=True)
@@ -57,9 +53,6 @@ def prune(
     now: Callable[[], datetime],
 ) -> Pruned:
     """Prune the records stamped before ``before`` (see the module docstring for the order of the steps)."""
-    from persona.checkpoints.verification import bad as bad_of
-    from persona.checkpoints.verification import check_log
-
     audit.flush_sync()
     mark = audit.pruned()
     done = 0 if mark is None else mark.through_seq
@@ -92,25 +85,7 @@ def prune(
         ))  # fmt: skip
         removed = conn.execute(delete(audit_log).where(audit_log.c.seq <= through)).rowcount
     audit.append_sync(AuditEvent(
-        event="audit_pruned", source="cli", user=by, reason=f"records {done + 1}..{through} pruned",
+        event=OperatorEvent.AUDIT_PRUNED, source=Source.CLI, user=by, reason=f"records {done + 1}..{through} pruned",
         payload={"from_seq": done + 1, "through_seq": through, "before": before.isoformat(), "checkpoint": path.name},
     ))  # fmt: skip
     return Pruned(through, int(removed), signed, path)
-
-
-def prune_checkpoint(mark: PruneMark, verifier: NoteVerifier) -> Checkpoint:
-    """The signed checkpoint the latest prune wrote, if the signing key signed it and it names the range the
-    database says was pruned; else :class:`CheckpointError` (records were deleted nobody signed for)."""
-    try:
-        signed = verifier.open(mark.note)
-    except CheckpointError as exc:
-        raise CheckpointError(
-            f"records 1..{mark.through_seq} were deleted, and the checkpoint kept for that prune does not verify: "
-            f"{exc}"
-        ) from None
-    if extension_line(mark.through_seq, mark.last_hash) not in signed.extensions:
-        raise CheckpointError(
-            f"records 1..{mark.through_seq} were deleted, but the signed prune checkpoint records another range "
-            f"({', '.join(signed.extensions) or 'none'}): the pruned range was altered"
-        )
-    return signed

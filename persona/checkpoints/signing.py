@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from persona.checkpoints.note import ALG_ED25519, CheckpointError, NoteSigner
-from persona.config import Settings
+from persona.settings import Settings
 from tools.redaction import register_secret
 
 

@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from persona.config import Settings
 from persona.errors import PersonaError
+from persona.settings import Settings
 from persona.webhook_signature import DELIVERY_HEADER, SIGNATURE_HEADER, sign
 from tools.redaction import REDACTED, register_secret, scrub
 

@@ -11,10 +11,9 @@ from typing import Literal
 
 from persona.audit import AuditLog
 from persona.audit_chain import PruneMark, VerifyReport
-from persona.checkpoints.ledger import check_report, keyed_from, open_file
 from persona.checkpoints.merkle import ProofError
 from persona.checkpoints.note import Checkpoint, CheckpointError, NoteVerifier
-from persona.checkpoints.retention import prune_checkpoint
+from persona.checkpoints.signed import check_report, keyed_from, open_file, prune_checkpoint
 from persona.errors import AuditIntegrityError
 
 

@@ -167,12 +167,12 @@ def verify(
     from rich.console import Console
 
     from persona.app import Runtime
-    from persona.checkpoints.ledger import CheckpointDir
     from persona.checkpoints.note import NoteVerifier
+    from persona.checkpoints.signed import CheckpointDir
     from persona.checkpoints.signing import load_signer
     from persona.checkpoints.verification import verify_log
-    from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
+    from persona.cli.state import STATE
 
     console = Console(highlight=False)
     if export is not None:
@@ -211,9 +211,9 @@ def _print_finding(console: Any, finding: Finding) -> None:
 
 
 def _verify_offline(console: Any, export: Path, checkpoint: Path, pubkey: str) -> bool:
-    from persona.checkpoints.ledger import open_file
     from persona.checkpoints.note import NoteVerifier
     from persona.checkpoints.offline import verify_export
+    from persona.checkpoints.signed import open_file
     from persona.errors import AuditIntegrityError
 
     try:
@@ -245,7 +245,7 @@ PubkeyOpt = Annotated[
 
 def _checkpoint_file(settings: Any, given: str | None) -> Path:
     """The checkpoint file named, else the latest in audit.checkpoint_dir."""
-    from persona.checkpoints.ledger import CheckpointDir
+    from persona.checkpoints.signed import CheckpointDir
     from persona.errors import NotFound
 
     if given:
@@ -258,8 +258,8 @@ def _checkpoint_file(settings: Any, given: str | None) -> Path:
 
 
 def _signed(settings: Any, path: Path, pubkey: str | None) -> Any:
-    from persona.checkpoints.ledger import open_file
     from persona.checkpoints.note import NoteVerifier
+    from persona.checkpoints.signed import open_file
     from persona.checkpoints.signing import load_signer
 
     return open_file(path, NoteVerifier.from_vkey(pubkey or load_signer(settings, create=False).vkey))
@@ -279,8 +279,8 @@ def prove(
     from persona.app import Runtime
     from persona.checkpoints import merkle
     from persona.checkpoints.ledger import check, tree
-    from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
+    from persona.cli.state import STATE
     from persona.errors import NotFound
 
     settings = STATE.settings()
@@ -320,8 +320,8 @@ def consistency(
     from persona.app import Runtime
     from persona.checkpoints import merkle
     from persona.checkpoints.ledger import check, tree
-    from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
+    from persona.cli.state import STATE
 
     settings = STATE.settings()
 
@@ -356,12 +356,12 @@ def prune_cmd(
     from rich.console import Console
 
     from persona.app import Runtime
-    from persona.checkpoints.ledger import CheckpointDir
     from persona.checkpoints.retention import prune
+    from persona.checkpoints.signed import CheckpointDir
     from persona.checkpoints.signing import load_signer
     from persona.cli.identity import resolve_actor
-    from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
+    from persona.cli.state import STATE
 
     moment = _when(before, "--before")
     assert moment is not None
@@ -390,11 +390,12 @@ def checkpoint_cmd() -> None:
     from rich.console import Console
 
     from persona.app import Runtime
-    from persona.checkpoints.ledger import CheckpointDir, sign_current
+    from persona.checkpoints.ledger import sign_current
+    from persona.checkpoints.signed import CheckpointDir
     from persona.checkpoints.signing import load_signer
     from persona.checkpoints.sinks import WebhookSink
-    from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
+    from persona.cli.state import STATE
 
     settings = STATE.settings()
     console = Console(highlight=False)
@@ -416,7 +417,7 @@ def checkpoint_cmd() -> None:
 def pubkey_cmd() -> None:
     """Print the verifier key of this server's checkpoint signing key (give it to auditors)."""
     from persona.checkpoints.signing import load_signer
-    from persona.cli.main import STATE
+    from persona.cli.state import STATE
 
     print(load_signer(STATE.settings()).vkey)
 

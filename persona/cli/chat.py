@@ -79,11 +79,11 @@ def record(
 
     from persona.app import connect_plisio
     from persona.cli.identity import resolve_actor
-    from persona.cli.main import STATE
     from persona.cli.runtime import with_runtime
-    from persona.config import PlisioMode
+    from persona.cli.state import STATE
     from persona.errors import NotConfigured
     from persona.replay.scenario import DEFAULT_NOW
+    from persona.settings import PlisioMode
     from tools.plisio.sandbox import Sandbox
 
     _need_user(user)

@@ -9,7 +9,7 @@ def demo() -> None:
     """Run the failed-payment story on loopback: sandbox Plisio, persona serve, scripted model."""
     from rich.console import Console
 
-    from persona.cli.main import STATE
+    from persona.cli.state import STATE
     from persona.demo import SCENARIO, run_story
     from persona.errors import PersonaError
 

@@ -80,7 +80,7 @@ def show(draft_id: DraftId, as_json: AsJson = False) -> None:
     from persona.draft_links import link_of, original_terms
     from persona.drafts import DraftStore
     from persona.effects.ledger import EffectLedger
-    from persona.wire import rfc3339
+    from persona.jsonutil import rfc3339
 
     console = Console(highlight=False, soft_wrap=True)
 

@@ -30,7 +30,7 @@ def _resolve(rt: Runtime, given: str) -> str:
 
 def _document(e: Effect) -> dict[str, Any]:
     """An effect as JSON: every column, and its key as one text."""
-    from persona.wire import jsonable as plain
+    from persona.jsonutil import jsonable as plain
 
     document: dict[str, Any] = plain(e)
     document["key"] = str(e.key)
@@ -87,7 +87,7 @@ def show(
 
     from persona.cli.output import print_json
     from persona.cli.runtime import with_runtime
-    from persona.wire import rfc3339
+    from persona.jsonutil import rfc3339
 
     async def work(rt: Runtime) -> None:
         e = rt.dispatcher.effects.ledger.get(_resolve(rt, effect_id))

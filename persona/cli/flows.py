@@ -46,7 +46,7 @@ def _plain(console: Console, text: str) -> None:
 
 
 def _when(moment: datetime) -> str:
-    from persona.wire import rfc3339
+    from persona.jsonutil import rfc3339
 
     return rfc3339(moment, precise=False)
 
@@ -83,7 +83,7 @@ def triage(
 
     async def work(rt: Runtime) -> RefundOutcome:
         actor = resolve_actor(rt, by)
-        return await run_triage(rt, txn_id=invoice, reason=reason, requested_by=actor, trigger="cli")
+        return await run_triage(rt.flows, txn_id=invoice, reason=reason, requested_by=actor, trigger="cli")
 
     outcome = with_runtime(work)
     if as_json:
@@ -103,7 +103,7 @@ def list_refunds(limit: Limit = 50, as_json: AsJson = False, as_jsonl: AsJsonl =
     from persona.flows.refunds import list_decisions
 
     async def work(rt: Runtime) -> list[RefundOutcome]:
-        return list_decisions(rt, limit)
+        return list_decisions(rt.flows, limit)
 
     rows = with_runtime(work)
     columns = ("id", "created", "invoice", "decision", "clause", "refund", "value", "asked by", "explained by",
@@ -145,9 +145,9 @@ def show_refund(
 
     async def work(rt: Runtime) -> RefundOutcome:
         found = resolve_id(
-            decision_id, lambda prefix, limit: ids_starting(rt, prefix, limit), "refund decision"
+            decision_id, lambda prefix, limit: ids_starting(rt.flows, prefix, limit), "refund decision"
         )
-        return get_decision(rt, found)
+        return get_decision(rt.flows, found)
 
     outcome = with_runtime(work)
     if as_json:
@@ -215,7 +215,7 @@ def _cost(estimate: dict[str, Any] | None) -> str:
 
 def _outcome_json(o: RefundOutcome) -> dict[str, Any]:
     """A decision in full, JSON-ready (times RFC 3339 ``Z``, amounts as strings)."""
-    from persona.wire import jsonable as plain
+    from persona.jsonutil import jsonable as plain
 
     data: dict[str, Any] = plain(o)
     return data
@@ -270,7 +270,7 @@ def scan(
         trigger = "schedule" if scheduled else "cli"
         # Without --by the run names no one: recorded as "cli" (not an email, so never taken for a user).
         actor = "cli" if by is None else resolve_actor(rt, by)
-        return await run_scan(rt, trigger=trigger, slot=when, requested_by=actor)
+        return await run_scan(rt.flows, trigger=trigger, slot=when, requested_by=actor)
 
     report = with_runtime(work)
     if as_json:
@@ -290,7 +290,7 @@ def reports(limit: Limit = 20, as_json: AsJson = False, as_jsonl: AsJsonl = Fals
     from persona.flows.churn import headline, list_reports
 
     async def work(rt: Runtime) -> list[ChurnReport]:
-        return list_reports(rt, limit)
+        return list_reports(rt.flows, limit)
 
     rows = with_runtime(work)
     emit_list(
@@ -318,8 +318,10 @@ def show_report(
     from persona.flows.churn import get_report, ids_starting
 
     async def work(rt: Runtime) -> ChurnReport:
-        found = resolve_id(report_id, lambda prefix, limit: ids_starting(rt, prefix, limit), "churn report")
-        return get_report(rt, found)
+        found = resolve_id(
+            report_id, lambda prefix, limit: ids_starting(rt.flows, prefix, limit), "churn report"
+        )
+        return get_report(rt.flows, found)
 
     report = with_runtime(work)
     if as_json:
@@ -338,7 +340,7 @@ def runs(limit: Limit = 20, as_json: AsJson = False, as_jsonl: AsJsonl = False) 
     from persona.cli.runtime import with_runtime
     from persona.flows.churn import due_slot, next_slot, run_key, scan_runs
     from persona.flows.runs import FlowRun, FlowRuns
-    from persona.wire import jsonable as plain
+    from persona.jsonutil import jsonable as plain
 
     async def work(rt: Runtime) -> tuple[str | None, str, list[FlowRun]]:
         schedule = rt.settings.flows.churn.schedule
@@ -349,7 +351,7 @@ def runs(limit: Limit = 20, as_json: AsJson = False, as_jsonl: AsJsonl = False) 
             done = FlowRuns(rt.store, rt.now).get(run_key(due))
             state = done.state if done else "not run yet"
             line = f"schedule: {schedule} (UTC); current slot {_when(due)} ({state}); next {_when(next_slot(schedule, now))}"
-        return schedule, line, scan_runs(rt, limit)
+        return schedule, line, scan_runs(rt.flows, limit)
 
     _, line, history = with_runtime(work)
     if not (as_json or as_jsonl):
@@ -389,7 +391,7 @@ def _print_report(console: Console, r: ChurnReport) -> None:
 def _report_json(r: ChurnReport) -> dict[str, Any]:
     """A report in full, JSON-ready, with the headline the tables show."""
     from persona.flows.churn import headline
-    from persona.wire import jsonable as plain
+    from persona.jsonutil import jsonable as plain
 
     data: dict[str, Any] = plain(r)
     data["headline"] = headline(r.signals)

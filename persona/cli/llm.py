@@ -25,8 +25,8 @@ def check(
     import asyncio
 
     from persona.app import model_for
-    from persona.cli.main import STATE
     from persona.cli.output import emit_list
+    from persona.cli.state import STATE
     from persona.llm.check import run_checks
 
     settings = STATE.settings()

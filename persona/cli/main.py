@@ -6,13 +6,11 @@ Imports are deferred into the commands so ``persona --help`` stays fast.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    from persona.config import Settings
+from persona.cli.state import STATE
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -22,25 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-@dataclass
-class CliState:
-    config: str | None = None
-    log_level: str | None = None
-    _settings: Settings | None = None
-
-    def settings(self) -> Settings:
-        if self._settings is None:
-            from persona import log
-            from persona.config import load_settings
-
-            self._settings = load_settings(self.config)
-            log.configure(self.log_level or self._settings.log.level, self._settings.log.format)
-        return self._settings
-
-
-STATE = CliState()
 
 
 @app.callback()

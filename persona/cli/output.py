@@ -19,8 +19,8 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
-from persona.wire import jsonable as plain
-from persona.wire import rfc3339
+from persona.jsonutil import jsonable as plain
+from persona.jsonutil import rfc3339
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")]
 AsJsonl = Annotated[bool, typer.Option("--jsonl", help="Print JSON Lines: one object per line.")]

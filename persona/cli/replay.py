@@ -18,7 +18,7 @@ def replay(
     from rich.console import Console
     from rich.table import Table
 
-    from persona.cli.main import STATE
+    from persona.cli.state import STATE
     from persona.errors import ScenarioError
     from persona.replay.runner import Result, run_scenario
     from persona.replay.scenario import discover, load

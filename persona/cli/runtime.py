@@ -15,7 +15,7 @@ def with_runtime(
 ) -> T:
     """Run ``work`` with a runtime built from the CLI's settings, always closing it (``keys_optional``: see
     :meth:`Runtime.build`)."""
-    from persona.cli.main import STATE
+    from persona.cli.state import STATE
 
     async def main() -> T:
         runtime = Runtime.build(STATE.settings(), plisio=plisio, keys_optional=keys_optional)

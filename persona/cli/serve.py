@@ -3,15 +3,6 @@
 ``serve`` runs the HTTP app (callbacks, chat, operator endpoints) and, unless told otherwise,
 the worker in the same process; ``worker`` runs only the worker, for deployments that keep
 them apart or run several. ``inbox`` shows what arrived and re-queues what failed.
-
-Register these in ``persona/cli/main.py``::
-
-    from persona.cli import serve
-    app.command("serve")(serve.serve)
-    app.command("worker")(serve.worker)
-    app.add_typer(serve.inbox_app, name="inbox")
-
-Until then ``python -m persona.cli.serve ...`` runs the full CLI with them added.
 """
 
 from __future__ import annotations
@@ -49,7 +40,7 @@ def serve(
     from rich.console import Console
 
     from persona.app import Runtime, settle_heap
-    from persona.cli.main import STATE
+    from persona.cli.state import STATE
     from persona.server import create_app
 
     settings = STATE.settings()
@@ -174,22 +165,3 @@ def retry(
         typer.echo(f"inbox row {row.id} ({row.txn_id} {row.status}) is pending again")
 
     with_runtime(work)
-
-
-def register(app: typer.Typer) -> None:
-    """Add ``serve``, ``worker`` and ``inbox`` to the main CLI (idempotent)."""
-    names = {c.name for c in app.registered_commands}
-    if "serve" not in names:
-        app.command("serve")(serve)
-    if "worker" not in names:
-        app.command("worker")(worker)
-    if not any(g.name == "inbox" for g in app.registered_groups):
-        app.add_typer(inbox_app, name="inbox")
-
-
-if __name__ == "__main__":
-    from persona.cli.main import app as _app
-    from persona.cli.main import main as _main
-
-    register(_app)
-    _main()

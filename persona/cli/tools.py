@@ -66,7 +66,7 @@ def call(
     With --persona the call goes through the dispatcher exactly as the persona's own calls do: a side effect
     is capped, held for approval or refused by the same policy, once, with source ``cli``. Without it only a
     read-only tool runs, and it is audited too."""  # fmt: skip
-    from persona.cli.main import STATE
+    from persona.cli.state import STATE
     from persona.errors import NotConfigured
 
     tool = _tool(name)

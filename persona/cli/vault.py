@@ -20,13 +20,10 @@ from persona.cli.output import AsJson, AsJsonl
 
 if TYPE_CHECKING:
     from persona.audit import AuditLog
-    from persona.config import Settings
-    from persona.credentials import ClientFactory
-    from persona.grants import GrantInfo, Grants
+    from persona.settings import Settings
     from persona.store.engine import Store
     from persona.users import Users
-    from persona.vault import Vault
-    from persona.vault_types import Actor
+    from persona.vault import Actor, ClientFactory, GrantInfo, Grants, Vault
 
 T = TypeVar("T")
 
@@ -71,7 +68,7 @@ class VaultContext:
         """A given ``--by`` must be a user (:func:`persona.cli.identity.resolve_actor`); without one, the OS
         account is recorded (``local:<name>``: not an email, so never taken for a user)."""
         from persona.cli.identity import resolve_actor
-        from persona.vault_types import Actor
+        from persona.vault import Actor
 
         return Actor("cli", local_user() if by is None else resolve_actor(self, by))
 
@@ -88,12 +85,11 @@ def local_user() -> str:
 @contextlib.contextmanager
 def vault_context() -> Iterator[VaultContext]:
     from persona.audit import AuditLog
-    from persona.cli.main import STATE
-    from persona.grants import Grants
+    from persona.cli.state import STATE
     from persona.masterkey import MasterKeySource
     from persona.store.engine import Store
     from persona.users import Users
-    from persona.vault import Vault
+    from persona.vault import Grants, Vault
 
     settings = STATE.settings()
     store = Store.open(settings.store_url())
@@ -154,8 +150,7 @@ def connect_plisio_key(
     """Check a Plisio secret key with GET /shops, then store it encrypted."""
     from rich.console import Console
 
-    from persona.credentials import connect
-    from persona.vault_types import ConnectionInfo
+    from persona.vault import ConnectionInfo, connect
 
     key = read_key(key_stdin, "Plisio secret key (input hidden)")
 
@@ -173,8 +168,8 @@ def connect_plisio_key(
 def list_connections(as_json: AsJson = False, as_jsonl: AsJsonl = False) -> None:
     """Connections with their fingerprints, times and grants (never a key)."""
     from persona.cli.output import emit_list
-    from persona.vault_types import ConnectionInfo
-    from persona.wire import jsonable as plain
+    from persona.jsonutil import jsonable as plain
+    from persona.vault import ConnectionInfo
 
     async def work(ctx: VaultContext) -> tuple[list[ConnectionInfo], dict[str, list[str]]]:
         held: dict[str, list[str]] = {}
@@ -210,8 +205,8 @@ def rotate(name: str, key_stdin: KeyStdin = False, by: By = None) -> None:
     """Replace a connection's key: stored as pending, verified, promoted; the old one still verifies callbacks."""
     from rich.console import Console
 
-    from persona.credentials import rotate as rotate_key
-    from persona.vault_types import ConnectionInfo
+    from persona.vault import ConnectionInfo
+    from persona.vault import rotate as rotate_key
 
     key = read_key(key_stdin, f"New Plisio secret key for {name} (input hidden)")
 
@@ -235,7 +230,9 @@ def revoke(name: str, by: By = None) -> None:
     from rich.console import Console
 
     async def work(ctx: VaultContext) -> int:
-        return ctx.vault.revoke(name, ctx.actor(by))[1]
+        from persona.vault import revoke
+
+        return (await revoke(ctx.vault, name, ctx.actor(by)))[1]
 
     count = with_vault(work)
     Console(highlight=False).print(
@@ -310,7 +307,7 @@ def list_grants(
 
 def _grant_json(g: GrantInfo) -> dict[str, Any]:
     """A grant in full, JSON-ready; caps as exact decimal strings (no trailing zeros), or null."""
-    from persona.wire import jsonable as plain
+    from persona.jsonutil import jsonable as plain
 
     data: dict[str, Any] = plain(g)
     data["max_amount"] = None if g.max_amount is None else _amount(g.max_amount)
@@ -346,8 +343,10 @@ def add_grant(
     chosen = [t.strip() for t in tools.split(",") if t.strip()] if tools else None
 
     async def work(ctx: VaultContext) -> str:
-        g = ctx.grants.add(
-            persona=persona, connection=connection, tools=chosen, max_amount=max_amount,
+        from persona.vault import grant
+
+        g = await grant(
+            ctx.grants, persona=persona, connection=connection, tools=chosen, max_amount=max_amount,
             daily_total=daily_total, actor=ctx.actor(by),
         )  # fmt: skip
         return (

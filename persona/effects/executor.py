@@ -17,7 +17,7 @@ import contextlib
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -26,7 +26,6 @@ from persona.calls import (
     CallContext,
     Dispatched,
     Outcome,
-    PlisioAccess,
     call_event,
     current_call,
     error_content,
@@ -37,13 +36,14 @@ from persona.errors import Forbidden, VaultError
 from persona.events import Event, Source
 from persona.policy import PolicyDecision
 from tools.errors import PlisioError, PlisioExistingInvoice, PlisioOutcomeUnknown
-from tools.plisio.tools import PlisioContext
 from tools.redaction import scrub
-from tools.registry import Registry, Tool, ToolFailure, ToolResult, bounded_json, to_jsonable
+from tools.registry import ContextFactory, Registry, Tool, ToolFailure, ToolResult, bounded_json, to_jsonable
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+C = TypeVar("C")
+"""The context the tools run with (the integration's: ``PlisioContext`` for Plisio)."""
 
 
 async def finish_shielded(unit: asyncio.Future[T]) -> T:
@@ -112,21 +112,20 @@ def _with_notices(content: str, notices: Sequence[str]) -> str:
     return bounded_json(payload)
 
 
-class EffectExecutor:
+class EffectExecutor(Generic[C]):
     def __init__(
         self,
         *,
         ledger: EffectLedger,
         audit: AuditLog,
-        registry: Registry[PlisioContext],
-        plisio: PlisioAccess,
-        callback_url: str | None,
+        registry: Registry[C],
+        contexts: ContextFactory[C],
         now: Callable[[], datetime],
         resolve_after_s: float,
         lookup_timeout_s: float = 30.0,
     ) -> None:
-        self.ledger, self._audit, self._registry, self._plisio = ledger, audit, registry, plisio
-        self._callback_url, self._now = callback_url, now
+        self.ledger, self._audit, self._registry, self._contexts = ledger, audit, registry, contexts
+        self._now = now
         self.resolve_after_s, self._lookup_timeout_s = resolve_after_s, lookup_timeout_s
 
     # -- answering a repeat ------------------------------------------------------------------
@@ -135,7 +134,7 @@ class EffectExecutor:
         self,
         ctx: CallContext,
         call_id: str,
-        tool: Tool[Any, PlisioContext],
+        tool: Tool[Any, C],
         effect: Effect,
         notices: Sequence[str],
     ) -> Dispatched:
@@ -176,7 +175,7 @@ class EffectExecutor:
         self,
         ctx: CallContext,
         call_id: str,
-        tool: Tool[Any, PlisioContext],
+        tool: Tool[Any, C],
         args: Any,
         effect: Effect,
         decision: PolicyDecision,
@@ -190,7 +189,7 @@ class EffectExecutor:
         self,
         ctx: CallContext,
         call_id: str,
-        tool: Tool[Any, PlisioContext],
+        tool: Tool[Any, C],
         args: Any,
         effect: Effect,
         decision: PolicyDecision,
@@ -204,12 +203,9 @@ class EffectExecutor:
         unknown: str | None = None
         data: Any = None
         try:
-            client = await self._plisio(ctx.persona_name)
-            pctx = PlisioContext(
-                client=client, order_number=effect.order_number, callback_url=self._callback_url
-            )
+            tool_ctx = await self._contexts(ctx.persona_name, effect.order_number)
             async with asyncio.timeout(timeout):
-                data = await tool.handler(args, pctx)
+                data = await tool.handler(args, tool_ctx)
         except (Forbidden, VaultError) as exc:  # the key is read before anything is sent: never left
             return await self._refused(ctx, call_id, tool, effect, exc)
         except TimeoutError:
@@ -237,7 +233,7 @@ class EffectExecutor:
             )
             log.warning("effect_outcome_unknown", effect_id=effect.id, tool=tool.name, reason=scrub(unknown))
             try:
-                found = await self._lookup(tool, args, effect, pctx_for=ctx.persona_name)
+                found = await self._lookup(tool, args, effect, persona=ctx.persona_name)
             except _LookupFailed:
                 found = None
             except _FoundOther as other:  # its order number holds an invoice that is not this one
@@ -278,7 +274,7 @@ class EffectExecutor:
         )  # fmt: skip
 
     async def _refused(
-        self, ctx: CallContext, call_id: str, tool: Tool[Any, PlisioContext], effect: Effect, exc: Exception
+        self, ctx: CallContext, call_id: str, tool: Tool[Any, C], effect: Effect, exc: Exception
     ) -> Dispatched:
         grant = isinstance(exc, Forbidden)
         kind = "no_plisio_access" if grant else "credential_unavailable"
@@ -290,9 +286,7 @@ class EffectExecutor:
         )  # fmt: skip
         return Dispatched(call_id, tool.name, Outcome.DENIED, content, read_only=False, effect_id=effect.id)
 
-    def _cut_off(
-        self, ctx: CallContext, tool: Tool[Any, PlisioContext], call_id: str, effect: Effect, why: str
-    ) -> None:
+    def _cut_off(self, ctx: CallContext, tool: Tool[Any, C], call_id: str, effect: Effect, why: str) -> None:
         """Synchronously, for a unit cancelled by the loop shutting down: the effect is ``unknown``, not lost."""
         self.ledger.mark(effect.id, State.UNKNOWN, reason=why, only_from=(State.CLAIMED,))
         self._audit.record(call_event(ctx, Event.TOOL_CALL_UNKNOWN, tool.name,
@@ -301,18 +295,13 @@ class EffectExecutor:
 
     # -- resolution --------------------------------------------------------------------------
 
-    async def _lookup(
-        self, tool: Tool[Any, PlisioContext], args: Any, effect: Effect, *, pctx_for: str
-    ) -> Any | None:
+    async def _lookup(self, tool: Tool[Any, C], args: Any, effect: Effect, *, persona: str) -> Any | None:
         """The lookup's result data, or None when it is not there or the lookup itself failed."""
         assert tool.lookup is not None  # a side-effect tool declares one (Tool.__post_init__)
         try:
-            client = await self._plisio(pctx_for)
-            pctx = PlisioContext(
-                client=client, order_number=effect.order_number, callback_url=self._callback_url
-            )
+            tool_ctx = await self._contexts(persona, effect.order_number)
             async with asyncio.timeout(self._lookup_timeout_s):
-                return await tool.lookup(args, pctx)
+                return await tool.lookup(args, tool_ctx)
         except PlisioExistingInvoice as exc:
             raise _FoundOther(exc) from None
         except (PlisioError, TimeoutError, Forbidden, VaultError) as exc:
@@ -330,7 +319,7 @@ class EffectExecutor:
             log.error("effect_unresolvable", effect_id=effect.id, tool=effect.tool)
             return effect
         try:
-            found = await self._lookup(tool, args, effect, pctx_for=effect.persona)
+            found = await self._lookup(tool, args, effect, persona=effect.persona)
         except _LookupFailed:
             await asyncio.to_thread(self.ledger.touch, effect.id)  # to the back of the sweep's queue
             return await asyncio.to_thread(self.ledger.get, effect.id)

@@ -16,11 +16,12 @@ n**2 / 1.6e16 (one in 16,000 at a million effects); the read-back compares price
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 from typing import Any
+
+from persona.jsonutil import canonical_json
 
 ORDER_DIGITS = 16
 
@@ -65,7 +66,4 @@ def normalised(value: Any) -> Any:
 
 def arguments_hash(arguments: Any) -> str:
     """Digest of validated arguments (a pydantic model's ``model_dump()``), amounts normalised."""
-    text = json.dumps(
-        normalised(arguments), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    )
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(normalised(arguments)).encode()).hexdigest()

@@ -18,9 +18,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from persona.app import Runtime
 from persona.audit import AuditEvent
+from persona.clock import as_utc
+from persona.deps import FlowDeps
 from persona.errors import Conflict, NotFound
+from persona.events import FlowEvent
 from persona.flows.refunds import audit_source, model_name
 from persona.flows.runs import FlowRun, FlowRuns
 from persona.flows.signals import ChurnSignals, CustomerEvidence, compute
@@ -55,7 +57,7 @@ class ChurnReport:
 def run_key(slot: datetime | None) -> str:
     if slot is None:
         return f"{FLOW}:manual:{uuid.uuid4().hex}"
-    return f"{FLOW}:{_aware(slot).astimezone(UTC).isoformat()}"
+    return f"{FLOW}:{as_utc(slot).astimezone(UTC).isoformat()}"
 
 
 def due_slot(schedule: str, now: datetime) -> datetime:
@@ -74,26 +76,28 @@ def next_slot(schedule: str, now: datetime) -> datetime:
     return slot.astimezone(UTC)
 
 
-async def scan_due(rt: Runtime, *, requested_by: str = "scheduler") -> ChurnReport | None:
+async def scan_due(deps: FlowDeps, *, requested_by: str = "scheduler") -> ChurnReport | None:
     """Run the scan for the current cron slot (once per slot, whoever calls); None when unscheduled."""
-    schedule = rt.settings.flows.churn.schedule
+    schedule = deps.settings.flows.churn.schedule
     if not schedule:
         return None
-    return await scan(rt, trigger="schedule", slot=due_slot(schedule, rt.now()), requested_by=requested_by)
+    return await scan(
+        deps, trigger="schedule", slot=due_slot(schedule, deps.now()), requested_by=requested_by
+    )
 
 
 async def scan(
-    rt: Runtime, *, trigger: str, slot: datetime | None = None, requested_by: str | None = None
+    deps: FlowDeps, *, trigger: str, slot: datetime | None = None, requested_by: str | None = None
 ) -> ChurnReport:
     """Scan, summarise, store and audit one churn report; a slot already done returns its report."""
     source = audit_source(trigger)
     key = run_key(slot)
-    runs = FlowRuns(rt.store, rt.now)
+    runs = FlowRuns(deps.store, deps.now)
     run, mine = runs.start(FLOW, key, trigger)
     if not mine:
-        return _existing(rt, run)
+        return _existing(deps, run)
     try:
-        report = await _scan(rt, key=key, trigger=trigger, source=source, user=requested_by or trigger)
+        report = await _scan(deps, key=key, trigger=trigger, source=source, user=requested_by or trigger)
     except BaseException as exc:
         runs.finish(key, state="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
@@ -103,8 +107,8 @@ async def scan(
     return report
 
 
-def _existing(rt: Runtime, run: FlowRun) -> ChurnReport:
-    with rt.store.read("read churn reports") as conn:
+def _existing(deps: FlowDeps, run: FlowRun) -> ChurnReport:
+    with deps.store.read("read churn reports") as conn:
         row = conn.execute(select(churn_reports).where(churn_reports.c.run_key == run.key)).first()
     if row is not None:
         return _report(row)
@@ -115,15 +119,13 @@ def _existing(rt: Runtime, run: FlowRun) -> ChurnReport:
     raise Conflict(f"the churn scan {run.key} ended {run.state} without a report: {run.error or 'no detail'}")
 
 
-async def fetch_invoices(rt: Runtime, *, since: datetime) -> list[Operation]:
+async def fetch_invoices(deps: FlowDeps, *, since: datetime) -> list[Operation]:
     """Invoices newest first until one is older than ``since`` (or the pages end)."""
     found: list[Operation] = []
     cutoff = int(since.timestamp())
     for page in range(1, MAX_PAGES + 1):
         try:
-            batch = await rt.plisio.client.list_operations(
-                page=page, limit=PAGE_SIZE, type=OperationType.INVOICE
-            )
+            batch = await deps.plisio.list_operations(page=page, limit=PAGE_SIZE, type=OperationType.INVOICE)
         except (PlisioTransportError, PlisioDeadlineExceeded) as exc:
             raise PlisioTransportError(
                 f"cannot scan for churn: Plisio is unreachable ({exc.message}); no report was stored",
@@ -136,14 +138,14 @@ async def fetch_invoices(rt: Runtime, *, since: datetime) -> list[Operation]:
     return found
 
 
-async def _scan(rt: Runtime, *, key: str, trigger: str, source: str, user: str) -> ChurnReport:
-    settings = rt.settings.flows.churn
-    now = rt.now()
-    operations = await fetch_invoices(rt, since=now - timedelta(days=settings.lookback_days))
+async def _scan(deps: FlowDeps, *, key: str, trigger: str, source: str, user: str) -> ChurnReport:
+    settings = deps.settings.flows.churn
+    now = deps.now()
+    operations = await fetch_invoices(deps, since=now - timedelta(days=settings.lookback_days))
     signals = compute(operations, now=now, settings=settings)
     facts = signals.to_dict()
     result = await persona_turn(
-        rt, flow=FLOW, persona=settings.persona, key=key, source=source, template=TEMPLATE,
+        deps, flow=FLOW, persona=settings.persona, key=key, source=source, template=TEMPLATE,
         instruction="Summarise these churn signals into a report a growth person can act on this week.",
         facts=_projection(facts), user=user, extra={"churn": settings, "invoices": signals.invoices},
     )  # fmt: skip
@@ -154,7 +156,7 @@ async def _scan(rt: Runtime, *, key: str, trigger: str, source: str, user: str) 
         text = clean_text(result.text, 8000) or ""
         flags += result.flags
         if result.stopped_by is None and text:
-            summary, summarized_by = text, model_name(rt, conversation_id, settings.persona)
+            summary, summarized_by = text, model_name(deps, conversation_id, settings.persona)
             strangers = _unknown_emails(text, signals)
             if strangers:
                 flags.append("summary_names_customers_not_in_signals:" + ",".join(sorted(strangers)))
@@ -162,8 +164,8 @@ async def _scan(rt: Runtime, *, key: str, trigger: str, source: str, user: str) 
             flags.append(f"model_unfinished:{result.stopped_by or 'empty'}")
     facts["review"] = {"flags": flags}
     report_id = uuid.uuid4().hex[:12]
-    created = rt.now()
-    with rt.store.begin("store a churn report") as conn:
+    created = deps.now()
+    with deps.store.begin("store a churn report") as conn:
         conn.execute(
             churn_reports.insert().values(
                 id=report_id, run_key=key, trigger=trigger, window_start=signals.window_start, window_end=now,
@@ -176,9 +178,9 @@ async def _scan(rt: Runtime, *, key: str, trigger: str, source: str, user: str) 
         conversation_id, created,
     )  # fmt: skip
     share = facts["expired_share"]
-    await rt.audit.append(
+    await deps.audit.append(
         AuditEvent(
-            event="churn_report_created", source=source, user=user, persona=settings.persona,
+            event=FlowEvent.CHURN_REPORT_CREATED, source=source, user=user, persona=settings.persona,
             conversation_id=conversation_id, decision=None, reason=headline(facts),
             payload={"report_id": report_id, "run_key": key, "operations_scanned": len(operations),
                      "churned": [c["email"] for c in facts["churned_repeat_customers"]],
@@ -279,48 +281,44 @@ def _line(c: CustomerEvidence, now: datetime) -> str:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def list_reports(rt: Runtime, limit: int = 20) -> list[ChurnReport]:
+def list_reports(deps: FlowDeps, limit: int = 20) -> list[ChurnReport]:
     """Newest first."""
     query = (
         select(churn_reports)
         .order_by(churn_reports.c.created_at.desc(), churn_reports.c.id.desc())
         .limit(max(1, min(limit, 1000)))
     )
-    with rt.store.read("read churn reports") as conn:
+    with deps.store.read("read churn reports") as conn:
         return [_report(r) for r in conn.execute(query)]
 
 
-def ids_starting(rt: Runtime, prefix: str, limit: int) -> list[str]:
+def ids_starting(deps: FlowDeps, prefix: str, limit: int) -> list[str]:
     """Report ids that start with ``prefix`` (an id given by its first characters), in id order."""
     from persona.store.engine import like_prefix
 
     column = churn_reports.c.id
     query = select(column).where(column.like(like_prefix(prefix), escape="\\")).order_by(column).limit(limit)
-    with rt.store.read("find a churn report") as conn:
+    with deps.store.read("find a churn report") as conn:
         return [str(v) for v in conn.execute(query).scalars()]
 
 
-def get_report(rt: Runtime, report_id: str) -> ChurnReport:
-    with rt.store.read("read a churn report") as conn:
+def get_report(deps: FlowDeps, report_id: str) -> ChurnReport:
+    with deps.store.read("read a churn report") as conn:
         row = conn.execute(select(churn_reports).where(churn_reports.c.id == report_id)).first()
     if row is None:
         raise NotFound(f"no churn report {report_id!r}; `persona churn reports` lists them")
     return _report(row)
 
 
-def scan_runs(rt: Runtime, limit: int = 20) -> list[FlowRun]:
+def scan_runs(deps: FlowDeps, limit: int = 20) -> list[FlowRun]:
     """The scan history (scheduled and manual), newest first."""
-    return FlowRuns(rt.store, rt.now).recent(FLOW, limit)
+    return FlowRuns(deps.store, deps.now).recent(FLOW, limit)
 
 
 def _report(row: Any) -> ChurnReport:
     return ChurnReport(
-        id=row.id, run_key=row.run_key, trigger=row.trigger, window_start=_aware(row.window_start),
-        window_end=_aware(row.window_end), operations_scanned=row.operations_scanned, signals=json.loads(row.signals),
+        id=row.id, run_key=row.run_key, trigger=row.trigger, window_start=as_utc(row.window_start),
+        window_end=as_utc(row.window_end), operations_scanned=row.operations_scanned, signals=json.loads(row.signals),
         summary=row.summary, summarized_by=row.summarized_by, conversation_id=row.conversation_id,
-        created_at=_aware(row.created_at),
+        created_at=as_utc(row.created_at),
     )  # fmt: skip
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -23,12 +23,13 @@ from typing import Any
 
 import structlog
 
-from persona.app import Runtime
 from persona.audit import AuditEvent
+from persona.calls import call_context
+from persona.deps import FlowDeps
 from persona.dispatcher import Dispatched, Outcome
 from persona.drafts import Draft, DraftStore
 from persona.errors import EffectUnresolved
-from persona.events import Source
+from persona.events import FlowEvent, Source
 from persona.flows.runs import FlowRuns
 from persona.flows.turn import clean_text, persona_turn
 from persona.llm import ToolCall
@@ -147,19 +148,19 @@ def _wait_for_link(calls: list[Dispatched]) -> None:
             )
 
 
-async def _shop_name(rt: Runtime) -> str:
+async def _shop_name(deps: FlowDeps) -> str:
     try:
-        shop = await rt.plisio.client.get_shop()
+        shop = await deps.plisio.get_shop()
     except PlisioError:
         return "Plisio shop"
     return clean_text(shop.name, 60) or "Plisio shop"
 
 
 async def _template_link(
-    rt: Runtime, facts: dict[str, Any], key: str, source: str
+    deps: FlowDeps, facts: dict[str, Any], key: str, source: str
 ) -> tuple[str | None, str | None]:
     """Without a model, code asks for the fresh link itself, through the same dispatcher and policy."""
-    settings = rt.settings.flows.recovery
+    settings = deps.settings.flows.recovery
     terms = debt_terms(facts)
     if not settings.offer_new_link or terms is None:
         return None, None
@@ -167,10 +168,10 @@ async def _template_link(
         "order_name": facts.get("order_name") or "Order",
         **{k: v for k, v in terms.items() if v is not None},
     }
-    ctx = rt.context(settings.persona, f"system:{FLOW}", source=source, flow_key=key, slots=SLOTS,
+    ctx = call_context(deps.settings, settings.persona, f"system:{FLOW}", source=source, flow_key=key, slots=SLOTS,
                      pinned={"plisio_create_invoice": terms},
                      conversation_id=f"{FLOW}_template_{facts['txn_id']}")  # fmt: skip
-    done = await rt.dispatcher.dispatch(ToolCall(id="fresh_link", name="plisio_create_invoice",
+    done = await deps.dispatcher.dispatch(ToolCall(id="fresh_link", name="plisio_create_invoice",
                                                  arguments=json.dumps(args)), ctx, seq=0)  # fmt: skip
     _wait_for_link([done])
     if done.outcome not in (Outcome.SUCCEEDED, Outcome.REPLAYED):
@@ -179,17 +180,17 @@ async def _template_link(
     return data.get("invoice_url"), data.get("txn_id")
 
 
-async def handle_failure(rt: Runtime, op: Operation, *, trigger: str) -> Draft | None:
+async def handle_failure(deps: FlowDeps, op: Operation, *, trigger: str) -> Draft | None:
     """Draft a recovery message for a failed invoice (at most one per invoice)."""
-    settings = rt.settings.flows.recovery
+    settings = deps.settings.flows.recovery
     if op.type not in (None, "invoice") or op.status not in settings.statuses:
         return None
     key = flow_key(op.id)
-    drafts = DraftStore(rt.store)
+    drafts = DraftStore(deps.store)
     existing = await asyncio.to_thread(drafts.by_key, key)
     if existing is not None:
         return existing
-    runs = FlowRuns(rt.store, rt.now)
+    runs = FlowRuns(deps.store, deps.now)
     run, mine = await asyncio.to_thread(runs.start, FLOW, key, trigger)
     if not mine and run.state == "done":
         return await asyncio.to_thread(drafts.by_key, key)
@@ -198,9 +199,9 @@ async def handle_failure(rt: Runtime, op: Operation, *, trigger: str) -> Draft |
     facts = facts_for(op)
     terms = debt_terms(facts)
     try:
-        shop = await _shop_name(rt)
+        shop = await _shop_name(deps)
         result = await persona_turn(
-            rt, flow=FLOW, persona=settings.persona, key=key, source=source, template="recovery.md.j2",
+            deps, flow=FLOW, persona=settings.persona, key=key, source=source, template="recovery.md.j2",
             instruction="A customer's payment failed. Check their invoice and history with your tools, then draft "
             "one recovery message.",
             facts=facts, user=f"system:{FLOW}", extra={"offer_new_link": settings.offer_new_link, "shop": shop},
@@ -208,7 +209,7 @@ async def handle_failure(rt: Runtime, op: Operation, *, trigger: str) -> Draft |
         )  # fmt: skip
         fallback_subject = f"Your payment for {facts.get('order_name') or 'your order'} did not go through"
         if result is None or result.stopped_by is not None:
-            link, new_txn = await _template_link(rt, facts, key, source)
+            link, new_txn = await _template_link(deps, facts, key, source)
             subject, body = template_draft(facts, shop, link)
             drafted_by = "template"
         else:
@@ -220,16 +221,16 @@ async def handle_failure(rt: Runtime, op: Operation, *, trigger: str) -> Draft |
             drafts.create, flow_key=key, txn_id=op.id, order_number=facts.get("order_number"),
             customer_email=facts.get("customer_email"), subject=subject, body=body, payment_link=link,
             new_txn_id=new_txn, context=facts, drafted_by=drafted_by,
-            conversation_id=None if result is None else result.conversation_id, now=rt.now(),
+            conversation_id=None if result is None else result.conversation_id, now=deps.now(),
         )  # fmt: skip
     except Exception as exc:
         await asyncio.to_thread(runs.finish, key, state="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     await asyncio.to_thread(runs.finish, key, state="done", summary=f"draft {draft.id} ({drafted_by})")
     if created:
-        await rt.audit.append(
+        await deps.audit.append(
             AuditEvent(
-                event="draft_created", source=source, user=f"system:{FLOW}", persona=settings.persona,
+                event=FlowEvent.DRAFT_CREATED, source=source, user=f"system:{FLOW}", persona=settings.persona,
                 conversation_id=draft.conversation_id,
                 payload={"draft_id": draft.id, "txn_id": op.id, "status": op.status, "drafted_by": drafted_by,
                          "payment_link": link, "underpaid": facts["underpaid"]},
@@ -239,19 +240,19 @@ async def handle_failure(rt: Runtime, op: Operation, *, trigger: str) -> Draft |
     return draft
 
 
-async def handle_success(rt: Runtime, op: Operation) -> None:
+async def handle_success(deps: FlowDeps, op: Operation) -> None:
     """The customer paid after all: a recovery draft still waiting for review is now obsolete."""
-    drafts = DraftStore(rt.store)
+    drafts = DraftStore(deps.store)
     for draft in await asyncio.to_thread(drafts.for_invoice, op.id):
         if draft.status != "pending_review":
             continue
         obsolete = await asyncio.to_thread(
             drafts.transition, draft.id, from_=("pending_review",), to="obsolete", by=None,
-            note=f"the invoice is now {op.status}: no message needed", now=rt.now(),
+            note=f"the invoice is now {op.status}: no message needed", now=deps.now(),
         )  # fmt: skip
-        await rt.audit.append(
+        await deps.audit.append(
             AuditEvent(
-                event="draft_obsoleted", source=Source.WORKER, user=f"system:{FLOW}",
+                event=FlowEvent.DRAFT_OBSOLETED, source=Source.WORKER, user=f"system:{FLOW}",
                 conversation_id=obsolete.conversation_id,
                 payload={"draft_id": draft.id, "txn_id": op.id, "status": op.status},
             )

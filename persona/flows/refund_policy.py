@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from persona.config import RefundPolicy
+from persona.settings import RefundPolicy
 from tools.plisio.models import Operation
 
 Verdict = Literal["approve", "deny", "escalate"]

@@ -14,17 +14,18 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
 from sqlalchemy import select
 
-from persona.app import Runtime
 from persona.audit import AuditEvent, AuditFilter
-from persona.audit_records import SOURCES
+from persona.clock import as_utc
+from persona.deps import FlowDeps
 from persona.dispatcher import Outcome
 from persona.errors import Conflict, NotFound
+from persona.events import SOURCES, Event, FlowEvent
 from persona.flows.refund_policy import (
     PriorDecision,
     RefundDecision,
@@ -50,7 +51,6 @@ STALE_RUN = timedelta(minutes=10)
 VERDICT_WORDS = {"approve": "approved", "deny": "denied", "escalate": "escalated to a person"}
 _TXN_ID = re.compile(r"^[A-Za-z0-9]{6,40}$")
 _ESTIMATES = {"plisio_estimate_fee": "fee", "plisio_estimate_commission": "commission"}
-_SOURCES = SOURCES
 _TRIGGER_SOURCE = {"reconciler": "worker"}
 
 
@@ -83,29 +83,31 @@ class RefundOutcome:
 def audit_source(trigger: str) -> str:
     """The audit ``source`` a trigger is recorded under (the audit log accepts a fixed set)."""
     source = _TRIGGER_SOURCE.get(trigger, trigger)
-    if source not in _SOURCES:
-        raise ValueError(f"unknown trigger {trigger!r}; use one of {', '.join(sorted(_SOURCES))}")
+    if source not in SOURCES:
+        raise ValueError(f"unknown trigger {trigger!r}; use one of {', '.join(sorted(SOURCES))}")
     return source
 
 
-async def triage(rt: Runtime, *, txn_id: str, reason: str, requested_by: str, trigger: str) -> RefundOutcome:
+async def triage(
+    deps: FlowDeps, *, txn_id: str, reason: str, requested_by: str, trigger: str
+) -> RefundOutcome:
     """Decide a refund request for invoice ``txn_id`` by the policy, explain it, store and audit it.
 
     Raises :class:`NotFound` for an unknown invoice and :class:`PlisioTransportError` when Plisio
     cannot be reached; in both cases no decision is stored.
     """
     source = audit_source(trigger)
-    policy = rt.settings.flows.refunds
-    op = await _invoice(rt, txn_id)
-    rates = await _rates(rt, op, policy.currency)
+    policy = deps.settings.flows.refunds
+    op = await _invoice(deps, txn_id)
+    rates = await _rates(deps, op, policy.currency)
     reason_text = clean_text(reason, 2000) or ""
-    runs = FlowRuns(rt.store, rt.now)
+    runs = FlowRuns(deps.store, deps.now)
     key = ""
     for _ in range(3):
-        prior = _prior(rt, txn_id)
+        prior = _prior(deps, txn_id)
         key = f"{FLOW}:{txn_id}:{len(prior)}"
         run, mine = runs.start(FLOW, key, trigger)
-        if mine or (run.state == "running" and rt.now() - _aware(run.started_at) > STALE_RUN):
+        if mine or (run.state == "running" and deps.now() - as_utc(run.started_at) > STALE_RUN):
             break
         if run.state == "running":
             raise Conflict(
@@ -115,8 +117,8 @@ async def triage(rt: Runtime, *, txn_id: str, reason: str, requested_by: str, tr
         raise Conflict(f"refund requests for invoice {txn_id} keep arriving at once; try again")
     try:
         facts = facts_from_operation(op, reason=reason_text, requested_by=requested_by, rates=rates)
-        decision = evaluate(policy, facts, now=rt.now(), prior=prior)
-        outcome = await _explain_and_store(rt, decision, key=key, source=source, persona=policy.persona)
+        decision = evaluate(policy, facts, now=deps.now(), prior=prior)
+        outcome = await _explain_and_store(deps, decision, key=key, source=source, persona=policy.persona)
     except BaseException as exc:
         runs.finish(key, state="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
@@ -126,11 +128,11 @@ async def triage(rt: Runtime, *, txn_id: str, reason: str, requested_by: str, tr
     return outcome
 
 
-async def _invoice(rt: Runtime, txn_id: str) -> Operation:
+async def _invoice(deps: FlowDeps, txn_id: str) -> Operation:
     if not _TXN_ID.fullmatch(txn_id):
         raise NotFound(f"{txn_id!r} is not a Plisio invoice id (6-40 letters and digits)")
     try:
-        op = await rt.plisio.client.get_operation(txn_id)
+        op = await deps.plisio.get_operation(txn_id)
     except PlisioApiError as exc:
         if exc.http_status == 404:
             raise NotFound(f"Plisio has no invoice {txn_id}") from None
@@ -145,12 +147,12 @@ async def _invoice(rt: Runtime, txn_id: str) -> Operation:
     return op
 
 
-async def _rates(rt: Runtime, op: Operation, currency: str) -> dict[str, Decimal]:
+async def _rates(deps: FlowDeps, op: Operation, currency: str) -> dict[str, Decimal]:
     """Policy-currency value of the invoice's pricing currency; empty when Plisio gives no rate."""
     pricing = pricing_currency(op)
     if not pricing or pricing == currency:
         return {}
-    prices = PlisioPrices(rt.plisio.client)
+    prices = PlisioPrices(deps.plisio)
     try:
         if pricing == (op.psys_cid or op.currency):  # priced in crypto
             return {pricing: await prices.price(pricing, currency)}
@@ -169,25 +171,25 @@ async def _rates(rt: Runtime, op: Operation, currency: str) -> dict[str, Decimal
         ) from None
 
 
-def _prior(rt: Runtime, txn_id: str) -> list[PriorDecision]:
+def _prior(deps: FlowDeps, txn_id: str) -> list[PriorDecision]:
     query = (
         select(refund_decisions)
         .where(refund_decisions.c.txn_id == txn_id)
         .order_by(refund_decisions.c.created_at, refund_decisions.c.id)
     )
-    with rt.store.read("read refund decisions") as conn:
+    with deps.store.read("read refund decisions") as conn:
         rows = list(conn.execute(query))
-    return [PriorDecision(r.id, r.txn_id, r.decision, r.clause, _aware(r.created_at)) for r in rows]
+    return [PriorDecision(r.id, r.txn_id, r.decision, r.clause, as_utc(r.created_at)) for r in rows]
 
 
 async def _explain_and_store(
-    rt: Runtime, decision: RefundDecision, *, key: str, source: str, persona: str
+    deps: FlowDeps, decision: RefundDecision, *, key: str, source: str, persona: str
 ) -> RefundOutcome:
     facts = decision.facts
     decision_id = uuid.uuid4().hex[:12]
     projection = _projection(decision)
     result = await persona_turn(
-        rt,
+        deps,
         flow=FLOW,
         persona=persona,
         key=key,
@@ -196,7 +198,7 @@ async def _explain_and_store(
         instruction=_instruction(decision),
         facts=projection,
         user=facts.requested_by,
-        extra={"refund_policy": rt.settings.flows.refunds, "verdict": VERDICT_WORDS[decision.verdict]},
+        extra={"refund_policy": deps.settings.flows.refunds, "verdict": VERDICT_WORDS[decision.verdict]},
     )
     fallback = policy_explanation(decision)
     flags: list[str] = []
@@ -218,7 +220,7 @@ async def _explain_and_store(
             flags.append(f"explanation_contradicts_decision:{contradiction}")
             explanation, explained_by = fallback, EXPLAINED_BY_POLICY
         else:
-            explanation, explained_by = model_text, model_name(rt, conversation_id, persona)
+            explanation, explained_by = model_text, model_name(deps, conversation_id, persona)
     stored_facts = {
         "invoice": facts.to_dict(),
         "decision": decision.to_dict(),
@@ -227,8 +229,8 @@ async def _explain_and_store(
             "model_explanation": model_text if explained_by == EXPLAINED_BY_POLICY else None,
         },
     }
-    now = rt.now()
-    with rt.store.begin("store a refund decision") as conn:
+    now = deps.now()
+    with deps.store.begin("store a refund decision") as conn:
         conn.execute(
             refund_decisions.insert().values(
                 id=decision_id, txn_id=facts.txn_id, requested_by=facts.requested_by, reason=facts.reason,
@@ -245,11 +247,11 @@ async def _explain_and_store(
         created_at=now, conversation_id=conversation_id, requested_by=facts.requested_by, reason=facts.reason,
         detail=decision.detail, value_currency=decision.value_currency, flags=tuple(flags), facts=stored_facts,
     )  # fmt: skip
-    await _audit(rt, outcome, source=source, persona=persona)
+    await _audit(deps, outcome, source=source, persona=persona)
     return outcome
 
 
-async def _audit(rt: Runtime, outcome: RefundOutcome, *, source: str, persona: str) -> None:
+async def _audit(deps: FlowDeps, outcome: RefundOutcome, *, source: str, persona: str) -> None:
     payload = {
         "refund_decision_id": outcome.id, "txn_id": outcome.txn_id, "clause": outcome.clause,
         "detail": outcome.detail, "refund_amount": _s(outcome.refund_amount), "refund_currency": outcome.refund_currency,
@@ -261,9 +263,9 @@ async def _audit(rt: Runtime, outcome: RefundOutcome, *, source: str, persona: s
         "source": source, "user": outcome.requested_by, "persona": persona,
         "conversation_id": outcome.conversation_id,
     }  # fmt: skip
-    await rt.audit.append(
+    await deps.audit.append(
         AuditEvent(
-            event="refund_decided",
+            event=FlowEvent.REFUND_DECIDED,
             decision=outcome.decision,
             reason=outcome.clause,
             payload=payload,
@@ -273,9 +275,9 @@ async def _audit(rt: Runtime, outcome: RefundOutcome, *, source: str, persona: s
     contradiction = [f for f in outcome.flags if f.startswith("explanation_contradicts_decision")]
     if contradiction:
         review = (outcome.facts or {}).get("review", {})
-        await rt.audit.append(
+        await deps.audit.append(
             AuditEvent(
-                event="refund_explanation_flagged", decision=outcome.decision, reason=contradiction[0],
+                event=FlowEvent.REFUND_EXPLANATION_FLAGGED, decision=outcome.decision, reason=contradiction[0],
                 payload={"refund_decision_id": outcome.id, "txn_id": outcome.txn_id,
                          "model_explanation": review.get("model_explanation")},
                 **common,
@@ -329,10 +331,10 @@ def _instruction(decision: RefundDecision) -> str:
     return "\n".join(steps)
 
 
-def model_name(rt: Runtime, conversation_id: str, default: str) -> str:
+def model_name(deps: FlowDeps, conversation_id: str, default: str) -> str:
     """Which model wrote the turn's last answer, from the audit log (the flow never holds the model)."""
-    records = rt.audit.query(
-        AuditFilter(conversation_id=conversation_id, event="model_response", limit=1, newest=True)
+    records = deps.audit.query(
+        AuditFilter(conversation_id=conversation_id, event=Event.MODEL_RESPONSE, limit=1, newest=True)
     )
     return next((r.model for r in records if r.model), default)
 
@@ -356,29 +358,29 @@ def cost_estimate(result: TurnResult, coin: str) -> dict[str, Any] | None:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def list_decisions(rt: Runtime, limit: int = 50) -> list[RefundOutcome]:
+def list_decisions(deps: FlowDeps, limit: int = 50) -> list[RefundOutcome]:
     """Newest first."""
     query = (
         select(refund_decisions)
         .order_by(refund_decisions.c.created_at.desc(), refund_decisions.c.id.desc())
         .limit(max(1, min(limit, 1000)))
     )
-    with rt.store.read("read refund decisions") as conn:
+    with deps.store.read("read refund decisions") as conn:
         return [_outcome(r) for r in conn.execute(query)]
 
 
-def ids_starting(rt: Runtime, prefix: str, limit: int) -> list[str]:
+def ids_starting(deps: FlowDeps, prefix: str, limit: int) -> list[str]:
     """Decision ids that start with ``prefix`` (an id given by its first characters), in id order."""
     from persona.store.engine import like_prefix
 
     column = refund_decisions.c.id
     query = select(column).where(column.like(like_prefix(prefix), escape="\\")).order_by(column).limit(limit)
-    with rt.store.read("find a refund decision") as conn:
+    with deps.store.read("find a refund decision") as conn:
         return [str(v) for v in conn.execute(query).scalars()]
 
 
-def get_decision(rt: Runtime, decision_id: str) -> RefundOutcome:
-    with rt.store.read("read a refund decision") as conn:
+def get_decision(deps: FlowDeps, decision_id: str) -> RefundOutcome:
+    with deps.store.read("read a refund decision") as conn:
         row = conn.execute(select(refund_decisions).where(refund_decisions.c.id == decision_id)).first()
     if row is None:
         raise NotFound(f"no refund decision {decision_id!r}; `persona refunds list` shows them")
@@ -395,7 +397,7 @@ def _outcome(row: Any) -> RefundOutcome:
         refund_amount=Decimal(amount) if amount is not None else _decimal(row.refund_amount), refund_currency=row.refund_currency,
         refund_value=None if value is None else Decimal(value), explanation=row.explanation,
         explained_by=row.explained_by, cost_estimate=None if row.cost_estimate is None else json.loads(row.cost_estimate),
-        created_at=_aware(row.created_at), conversation_id=row.conversation_id, requested_by=row.requested_by,
+        created_at=as_utc(row.created_at), conversation_id=row.conversation_id, requested_by=row.requested_by,
         reason=row.reason, detail=decided.get("detail", ""), value_currency=decided.get("value_currency"),
         flags=tuple(facts.get("review", {}).get("flags", [])), facts=facts,
     )  # fmt: skip
@@ -406,10 +408,6 @@ def _decimal(value: Any) -> Decimal | None:
         return None
     exact = value if isinstance(value, Decimal) else Decimal(str(value))
     return Decimal(format(exact.normalize(), "f"))
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _s(value: Decimal | None) -> str | None:

@@ -23,7 +23,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from persona.config import ChurnSettings
+from persona.settings import ChurnSettings
 from tools.plisio.models import Operation
 
 PAID = frozenset({"completed", "mismatch"})

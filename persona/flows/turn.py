@@ -14,7 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from persona.app import Runtime
+from persona.calls import call_context
+from persona.deps import FlowDeps
 from persona.loop import OnEvent, TurnResult, run_turn
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
@@ -76,7 +77,7 @@ def conversation_id_for(flow: str, key: str) -> str:
 
 
 async def persona_turn(
-    rt: Runtime,
+    deps: FlowDeps,
     *,
     flow: str,
     persona: str,
@@ -99,10 +100,11 @@ async def persona_turn(
     link created the first time is answered from the ledger instead of being created twice. ``pinned``
     fixes arguments whatever the model asks (a recovery link's amount, currency and email: the debt).
     """
-    model = rt.flow_model(flow, persona, facts)
+    model = deps.models(flow, persona, facts)
     if model is None:
         return None
-    ctx = rt.context(
+    ctx = call_context(
+        deps.settings,
         persona,
         user,
         conversation_id=conversation_id_for(flow, key),
@@ -111,20 +113,20 @@ async def persona_turn(
         slots=slots,
         pinned=pinned,
     )
-    settings = rt.settings.persona(persona)
-    system = rt.prompts.render(
+    settings = deps.settings.persona(persona)
+    system = deps.prompts.render(
         template,
         persona=persona,
         description=settings.description,
         user=user,
-        today=rt.now().date().isoformat(),
-        tools=list(rt.dispatcher.tools_for_names(settings)),
+        today=deps.now().date().isoformat(),
+        tools=list(deps.dispatcher.tools_for_names(settings)),
         policy=settings.invoice_policy,
         **(extra or {}),
     )
     return await run_turn(
         model=model,
-        dispatcher=rt.dispatcher,
+        dispatcher=deps.dispatcher,
         ctx=ctx,
         system_prompt=system,
         user_message=facts_message(instruction, facts),

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from persona.calls import error_content
-from persona.config import StopReason
-from persona.dispatcher import canonical
+from persona.jsonutil import canonical_json
 from persona.llm import ToolCall
+from persona.settings import StopReason
 
 MAX_CALL_ID = 64
 _CALL_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -88,7 +88,7 @@ class Guard:
         for planned in calls:
             call = planned.call
             assert call.id is not None
-            key = f"{call.name}|{canonical(parse_loose(call.arguments))}"
+            key = f"{call.name}|{canonical_json(parse_loose(call.arguments))}"
             self.seen[key] += 1
             if budget <= 0:
                 plan.answers[call.id] = error_content(

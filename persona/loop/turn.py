@@ -25,7 +25,6 @@ from typing import Any
 import structlog
 
 from persona.calls import CallContext, Dispatched, call_event
-from persona.config import Limits, ModelSettings, StopReason
 from persona.dispatcher import Dispatcher
 from persona.errors import ModelError
 from persona.events import Event
@@ -33,6 +32,7 @@ from persona.llm import ChatModel, ModelReply, Usage, embedded_tool_calls, messa
 from persona.loop import resolution
 from persona.loop.execution import execute
 from persona.loop.planning import Guard, Planned, arg_text, calls_so_far, normalize
+from persona.settings import Limits, ModelSettings, StopReason
 from tools.redaction import scrub
 
 log = structlog.get_logger(__name__)
@@ -76,7 +76,7 @@ class _Turn:
     def __init__(
         self,
         model: ChatModel,
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher[Any],
         ctx: CallContext,
         limits: Limits,
         settings: ModelSettings,
@@ -263,7 +263,7 @@ class _Turn:
 async def run_turn(
     *,
     model: ChatModel,
-    dispatcher: Dispatcher,
+    dispatcher: Dispatcher[Any],
     ctx: CallContext,
     system_prompt: str,
     history: Sequence[dict[str, Any]] = (),
@@ -300,7 +300,7 @@ async def run_turn(
     return result
 
 
-async def _failed(turn: _Turn, dispatcher: Dispatcher, exc: BaseException) -> None:
+async def _failed(turn: _Turn, dispatcher: Dispatcher[Any], exc: BaseException) -> None:
     """``turn_failed`` with the reason, durable before the error goes on (a cancelled turn included)."""
     cancelled = isinstance(exc, asyncio.CancelledError)
     reason = "cancelled" if cancelled else scrub(f"{type(exc).__name__}: {exc}")[:500]

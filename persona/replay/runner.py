@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from persona.app import Runtime, connect_plisio
 from persona.audit import AuditFilter
-from persona.config import PlisioMode, PlisioSettings, Settings
 from persona.drafts import DraftStore
-from persona.errors import PersonaError, ScenarioError, ScriptExhausted, ScriptUnfinished
+from persona.errors import PersonaError, ScenarioError, ScriptExhausted
 from persona.events import Source
-from persona.llm import ChatModel, ScriptedChatModel
 from persona.loop import run_turn
 from persona.replay.checks import Observed, calls_from, check
 from persona.replay.scenario import Scenario
-from persona.replay.script import scripted_turn
+from persona.replay.script import Scripts
+from persona.replay.triggers import REPLAY_CALLBACK_URL, callback, churn_scan, refund_request
+from persona.settings import PlisioMode, PlisioSettings, Settings
 from persona.store.engine import Store
 from tools.plisio.sandbox import Sandbox
-
-REPLAY_CALLBACK_URL = "http://persona.replay/webhooks/plisio"
 
 
 @dataclass
@@ -40,38 +38,6 @@ class Result:
     tool_calls: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
-
-
-class _Scripts:
-    """Hands out the scripted model for each turn and remembers them to check they were used up."""
-
-    def __init__(self, scenario: Scenario) -> None:
-        self.scenario = scenario
-        self.models: list[tuple[str, ScriptedChatModel]] = []
-        self.trigger: dict[str, Any] = {}
-
-    def for_turn(self, index: int, facts: Mapping[str, Any] | None = None) -> ScriptedChatModel:
-        label = f"turn {index + 1}"
-        model = scripted_turn(
-            self.scenario.turns[index], name=f"replay:{self.scenario.name}", label=label,
-            base={"facts": dict(facts or {}), "trigger": self.trigger},
-        )  # fmt: skip
-        self.models.append((label, model))
-        return model
-
-    def factory(self, flow: str, persona: str, facts: Mapping[str, Any]) -> ChatModel:
-        return self.for_turn(len(self.models), facts)
-
-    def leftovers(self) -> list[str]:
-        failures = []
-        for label, model in self.models:
-            try:
-                model.assert_finished()
-            except ScriptUnfinished as exc:
-                failures.append(f"{label}: extra model step: {exc}")
-        if not self.models and self.scenario.turns:
-            failures.append("the scripted model was never called: the flow did not run the persona")
-        return failures
 
 
 def replay_settings(settings: Settings) -> Settings:
@@ -89,7 +55,7 @@ async def run_scenario(scenario: Scenario, settings: Settings) -> Result:
         sandbox = Sandbox(seed=scenario.seed, now=now)
         cfg = replay_settings(settings)
         rt = Runtime.build(cfg, store=store, plisio=connect_plisio(cfg, sandbox=sandbox), now=now)
-        scripts = _Scripts(scenario)
+        scripts = Scripts(scenario)
         rt.model_factory = scripts.factory
         seen = Observed()
         try:
@@ -107,27 +73,19 @@ async def run_scenario(scenario: Scenario, settings: Settings) -> Result:
     return result
 
 
-async def _drive(
-    rt: Runtime, scenario: Scenario, scripts: _Scripts, sandbox: Sandbox, seen: Observed
-) -> None:
+async def _drive(rt: Runtime, scenario: Scenario, scripts: Scripts, sandbox: Sandbox, seen: Observed) -> None:
     kind = scenario.trigger.kind
     if kind == "chat":
         await _chat(rt, scenario, scripts, seen)
     elif kind == "callback":
-        from persona.replay.triggers import callback
-
         await callback(rt, scenario, scripts, sandbox)
     elif kind == "refund_request":
-        from persona.replay.triggers import refund_request
-
         seen.refund = await refund_request(rt, scenario, scripts)
     else:
-        from persona.replay.triggers import churn_scan
-
         seen.churn_signals = await churn_scan(rt, scenario)
 
 
-async def _chat(rt: Runtime, scenario: Scenario, scripts: _Scripts, seen: Observed) -> None:
+async def _chat(rt: Runtime, scenario: Scenario, scripts: Scripts, seen: Observed) -> None:
     ctx = rt.context(scenario.persona, scenario.user, source=Source.REPLAY)
     system = rt.system_prompt(ctx)
     history: list[dict[str, Any]] = []

@@ -15,8 +15,8 @@ from typing import Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from persona.config import StopReason
 from persona.errors import ScenarioError
+from persona.settings import StopReason
 from persona.yaml_errors import line_of
 
 DEFAULT_NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

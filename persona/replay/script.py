@@ -14,9 +14,9 @@ from typing import Any
 
 import jinja2
 
-from persona.errors import ModelError
-from persona.llm import ScriptedChatModel, ScriptStep, ToolCall
-from persona.replay.scenario import ModelStep, Turn
+from persona.errors import ModelError, ScriptUnfinished
+from persona.llm import ChatModel, ScriptedChatModel, ScriptStep, ToolCall
+from persona.replay.scenario import ModelStep, Scenario, Turn
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701 - not HTML
 
@@ -85,3 +85,35 @@ def _is_json(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class Scripts:
+    """Hands out the scripted model for each turn and remembers them to check they were used up."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.models: list[tuple[str, ScriptedChatModel]] = []
+        self.trigger: dict[str, Any] = {}
+
+    def for_turn(self, index: int, facts: Mapping[str, Any] | None = None) -> ScriptedChatModel:
+        label = f"turn {index + 1}"
+        model = scripted_turn(
+            self.scenario.turns[index], name=f"replay:{self.scenario.name}", label=label,
+            base={"facts": dict(facts or {}), "trigger": self.trigger},
+        )  # fmt: skip
+        self.models.append((label, model))
+        return model
+
+    def factory(self, flow: str, persona: str, facts: Mapping[str, Any]) -> ChatModel:
+        return self.for_turn(len(self.models), facts)
+
+    def leftovers(self) -> list[str]:
+        failures = []
+        for label, model in self.models:
+            try:
+                model.assert_finished()
+            except ScriptUnfinished as exc:
+                failures.append(f"{label}: extra model step: {exc}")
+        if not self.models and self.scenario.turns:
+            failures.append("the scripted model was never called: the flow did not run the persona")
+        return failures

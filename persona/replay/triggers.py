@@ -15,11 +15,14 @@ from persona.replay.scenario import Scenario
 
 if TYPE_CHECKING:
     from persona.app import Runtime
-    from persona.replay.runner import _Scripts
+    from persona.replay.script import Scripts
     from tools.plisio.sandbox import Sandbox
 
+REPLAY_CALLBACK_URL = "http://persona.replay/webhooks/plisio"
+"""Where the replayed sandbox sends its callbacks: never a real host (the app is served in-process)."""
 
-async def refund_request(rt: Runtime, scenario: Scenario, scripts: _Scripts) -> Any:
+
+async def refund_request(rt: Runtime, scenario: Scenario, scripts: Scripts) -> Any:
     from persona.flows.refunds import triage
 
     number = scenario.trigger.order_number or ""
@@ -29,7 +32,7 @@ async def refund_request(rt: Runtime, scenario: Scenario, scripts: _Scripts) -> 
         raise ScenarioError(f"trigger.order_number {number!r} is not in the seeded sandbox shop")
     scripts.trigger.update({"txn_id": found[0].id, "order_number": number})
     return await triage(
-        rt,
+        rt.flows,
         txn_id=found[0].id,
         reason=scenario.trigger.reason or "",
         requested_by=scenario.user,
@@ -40,7 +43,7 @@ async def refund_request(rt: Runtime, scenario: Scenario, scripts: _Scripts) -> 
 async def churn_scan(rt: Runtime, scenario: Scenario) -> dict[str, list[str]]:
     from persona.flows.churn import scan
 
-    report = await scan(rt, trigger="replay", slot=scenario.now)
+    report = await scan(rt.flows, trigger="replay", slot=scenario.now)
     return {
         name: [p["email"] for p in people]
         for name, people in report.signals.items()
@@ -48,12 +51,11 @@ async def churn_scan(rt: Runtime, scenario: Scenario) -> dict[str, list[str]]:
     }
 
 
-async def callback(rt: Runtime, scenario: Scenario, scripts: _Scripts, sandbox: Sandbox) -> None:
+async def callback(rt: Runtime, scenario: Scenario, scripts: Scripts, sandbox: Sandbox) -> None:
     """Create the invoice, move it, let the sandbox POST the signed callback, run the worker."""
     import httpx
 
     from persona.effects import EffectKey, order_number
-    from persona.replay.runner import REPLAY_CALLBACK_URL
     from persona.replay.scenario import InvoiceSpec
     from persona.server import create_app
     from persona.worker import Worker

@@ -5,7 +5,7 @@ exact ISO-8601 text that was hashed (fixed width, always UTC, so it also sorts a
 correctly as text): no driver or time-zone round trip can change what ``verify`` rehashes.
 ``payload`` and ``usage`` hold the canonical JSON text that was hashed, for the same reason.
 
-``canonical_record`` (with ``canonical_json`` for payload and usage) defines the bytes each
+``canonical_record`` (with :func:`persona.jsonutil.canonical_json` for payload and usage) defines the bytes each
 record hash covers, for append and verify alike: the stored form and the hashed form are
 defined once, here, next to the columns.
 
@@ -20,19 +20,13 @@ refuse UPDATE/DELETE/TRUNCATE on ``audit_log`` (DELETE only of records a prune r
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import hashlib
 import json
 import math
-import uuid
-from collections.abc import Mapping
-from datetime import UTC, date, datetime, time
-from decimal import Decimal
+from datetime import UTC, datetime
 from json.encoder import encode_basestring  # what json.dumps(ensure_ascii=False) uses, in C
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -236,49 +230,6 @@ def install(conn: Connection, dialect: str) -> None:
 
 
 # -- the hashed form of a record: the same bytes when appending and when verifying ---------------
-
-
-def canonical_json(value: Any) -> str:
-    """Sorted keys, compact separators, UTF-8 as is; Decimal as string (see :func:`jsonable`)."""
-    return json.dumps(
-        jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-
-
-def clean_text(text: str) -> str:
-    """Text any database stores: no NUL (PostgreSQL refuses it), no lone surrogates."""
-    if not text.isascii():
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
-
-
-def jsonable(value: Any) -> Any:
-    """JSON-native data, so that everything that becomes a string passes the scrubber."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {clean_text(str(k)): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return sorted((jsonable(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
-    if isinstance(value, Decimal | uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value)
-    if isinstance(value, BaseModel):
-        return jsonable(value.model_dump(mode="json"))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value))
-    if isinstance(value, bytes | bytearray | memoryview):
-        return f"<{len(value)} bytes>"  # raw bytes cannot be scrubbed: keep only their size
-    return clean_text(str(value))
 
 
 def _enc(value: Any) -> str:

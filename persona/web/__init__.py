@@ -5,7 +5,7 @@ carries the session's CSRF token. Pages read through the same stores the API rea
 action calls the same domain function the API and the CLI call, recorded with source ``web``.
 No JavaScript: the pages work with plain forms, and the Content-Security-Policy allows no script.
 
-Exceptions (raised inside the package, answered by :func:`persona.web.console.install`)::
+Exceptions (raised inside the package, answered by :func:`persona.web.site.install`)::
 
     WebRefusal                the request cannot be served as asked; carries the page to answer with
     ├── SignInNeeded          no live session: 303 to the sign-in page
@@ -15,6 +15,8 @@ Exceptions (raised inside the package, answered by :func:`persona.web.console.in
 from __future__ import annotations
 
 from fastapi.responses import Response
+
+__all__ = ["FormRefused", "SignInNeeded", "WebRefusal"]
 
 
 class WebRefusal(Exception):

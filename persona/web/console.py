@@ -12,20 +12,17 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 
 from persona.app import Runtime
 from persona.audit import AuditEvent
-from persona.events import Source
+from persona.events import OperatorEvent, Source
 from persona.http_auth import ADMIN, READERS, STAFF
-from persona.users import Users
 from persona.web import FormRefused, SignInNeeded, WebRefusal
 from persona.web.render import Pages
 from persona.web.sessions import Session, WebSessions
@@ -164,7 +161,9 @@ def signin_router(console: Console) -> APIRouter:
                                  "That token is not valid: unknown, revoked, or its user is disabled. "
                                  "`persona users token EMAIL` issues a new one.")  # fmt: skip
         cookie, session = started
-        await console.record("console_signed_in", session, f"{session.user.email} signed in to the console")
+        await console.record(
+            OperatorEvent.CONSOLE_SIGNED_IN, session, f"{session.user.email} signed in to the console"
+        )
         log.info("web_signed_in", user=session.user.email, role=session.user.role)
         response = RedirectResponse(local_path(target) or home_for(session.user.role), status_code=303)
         response.set_cookie(
@@ -178,7 +177,9 @@ def signin_router(console: Console) -> APIRouter:
     async def sign_out(request: Request) -> Response:
         session = await any_role(request)
         await asyncio.to_thread(console.sessions.end, request.cookies.get(COOKIE) or "")
-        await console.record("console_signed_out", session, f"{session.user.email} signed out of the console")
+        await console.record(
+            OperatorEvent.CONSOLE_SIGNED_OUT, session, f"{session.user.email} signed out of the console"
+        )
         response = RedirectResponse("/sign-in", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
@@ -196,21 +197,3 @@ def _sign_in_form(
     response.set_cookie(SIGNIN_COOKIE, value, max_age=900, httponly=True, samesite="strict",
                         secure=secure_cookie(request, console.rt), path="/sign-in")  # fmt: skip
     return response
-
-
-def install(app: FastAPI, rt: Runtime, users: Users) -> None:
-    """Add the console to ``app``: sign-in, pages, actions, the stylesheet, the refusal handler."""
-    from persona.web import actions, pages
-
-    ttl = timedelta(minutes=rt.settings.server.console_session_minutes)
-    console = Console(rt, WebSessions(rt.store, users, rt.now, ttl), Pages())
-
-    async def refused(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, WebRefusal)
-        return exc.response
-
-    app.add_exception_handler(WebRefusal, refused)
-    app.include_router(signin_router(console))
-    app.include_router(pages.router(console))
-    app.include_router(actions.router(console))
-    app.mount("/static", StaticFiles(packages=[("persona.web", "static")]), name="console-static")

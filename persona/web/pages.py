@@ -102,7 +102,7 @@ def router(console: Console) -> APIRouter:
     async def refunds(request: Request, session: Session = operator) -> Response:
         from persona.flows.refunds import list_decisions
 
-        found = await asyncio.to_thread(list_decisions, rt, 100)
+        found = await asyncio.to_thread(list_decisions, rt.flows, 100)
         return page(request, session, "refunds.html.j2", decisions=found)
 
     @web.get("/refunds/{decision_id}")
@@ -110,7 +110,7 @@ def router(console: Console) -> APIRouter:
         from persona.flows.refunds import get_decision
 
         try:
-            found = await asyncio.to_thread(get_decision, rt, decision_id)
+            found = await asyncio.to_thread(get_decision, rt.flows, decision_id)
         except NotFound as exc:
             return bad(request, session, exc)
         return page(request, session, "refund.html.j2", decision=found)
@@ -119,7 +119,7 @@ def router(console: Console) -> APIRouter:
     async def churn(request: Request, session: Session = operator) -> Response:
         from persona.flows.churn import list_reports
 
-        found = await asyncio.to_thread(list_reports, rt, 50)
+        found = await asyncio.to_thread(list_reports, rt.flows, 50)
         return page(request, session, "churn.html.j2", reports=found)
 
     @web.get("/churn/{report_id}")
@@ -127,7 +127,7 @@ def router(console: Console) -> APIRouter:
         from persona.flows.churn import get_report
 
         try:
-            found = await asyncio.to_thread(get_report, rt, report_id)
+            found = await asyncio.to_thread(get_report, rt.flows, report_id)
         except NotFound as exc:
             return bad(request, session, exc)
         return page(request, session, "churn_report.html.j2", report=found)

@@ -11,7 +11,7 @@ from urllib.parse import quote
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from persona.wire import rfc3339
+from persona.jsonutil import rfc3339
 
 SECURITY_HEADERS = {
     # No script at all, styles only from this server, forms only to it, never framed.

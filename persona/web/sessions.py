@@ -18,10 +18,10 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
+from persona.clock import as_utc
 from persona.store.engine import Store
 from persona.store.web_tables import web_sessions
 from persona.users import User, Users
-from persona.vault_types import aware
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class WebSessions:
             ).first()
         if row is None:
             return None
-        expires = aware(row.expires_at) or row.expires_at
+        expires = as_utc(row.expires_at)
         if expires <= self.now():
             return None
         user = self.users.by_token_id(row.token_id)

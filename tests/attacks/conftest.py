@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from persona.app import Runtime
-from persona.config import Settings
+from persona.settings import Settings
 from persona.store.engine import Store
 from tests.attacks.obedient import Obedient
 from tests.harness import build_runtime, repo_settings

@@ -162,7 +162,7 @@ async def test_a_compromised_model_in_the_churn_scan(
             relabel(sandbox, made.txn_id, instruction)
         await sandbox.pay(made.txn_id)
     start = len(sandbox.requests)
-    report = await churn.scan(rt, trigger="cli", requested_by="gina@example.com")
+    report = await churn.scan(rt.flows, trigger="cli", requested_by="gina@example.com")
     assert report.conversation_id and obedient.emitted, "the scan's summary came from the obedient model"
     assert_nothing_unauthorised(rt, sandbox, since=start)
     assert_recorded(rt, obedient.emitted)

@@ -8,6 +8,7 @@ configuration. There is deliberately no withdrawal tool.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from tools.plisio.args import (
 )
 from tools.plisio.existing import InvoiceAsk, Unverifiable
 from tools.plisio.models import WithdrawalType
-from tools.registry import Money, Registry, Tool
+from tools.registry import ContextFactory, Money, Registry, Tool
 
 if TYPE_CHECKING:  # the handlers only call methods on it; listing the tools needs no HTTP client
     from tools.plisio.client import PlisioClient
@@ -46,6 +47,20 @@ class PlisioContext:
     client: PlisioClient
     order_number: str | None = None
     callback_url: str | None = None
+
+
+def plisio_contexts(
+    client_for: Callable[[str], Awaitable[PlisioClient]], callback_url: str | None
+) -> ContextFactory[PlisioContext]:
+    """The gate's :class:`~tools.registry.ContextFactory` for Plisio tools: ``client_for(persona)`` gives the
+    client that persona may use right now (it raises when it may use none)."""
+
+    async def context(persona: str, order_number: str | None = None) -> PlisioContext:
+        return PlisioContext(
+            client=await client_for(persona), order_number=order_number, callback_url=callback_url
+        )
+
+    return context
 
 
 def _order_number(ctx: PlisioContext) -> str:

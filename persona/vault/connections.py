@@ -30,15 +30,15 @@ from sqlalchemy import delete, func, select, update
 from persona.audit import AuditEvent, AuditLog
 from persona.audit_keys import MacKeys
 from persona.errors import Conflict, NoMasterKey, NotFound, VaultError
+from persona.events import VaultEvent
 from persona.masterkey import CHECK_PLAINTEXT, Keyring, MasterKeySource, blob_aad, check_aad, seal, unseal
 from persona.store.audit_tables import audit_log, audit_mac_keys
 from persona.store.engine import Store
 from persona.store.vault_tables import connections, credential_blobs, grants, master_key_checks
-from persona.vault_types import (
+from persona.vault.types import (
     Actor,
     ConnectionInfo,
     RekeyReport,
-    VaultEvent,
     check_key_text,
     connection_info,
     fingerprint,

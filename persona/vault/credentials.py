@@ -18,8 +18,8 @@ from sqlalchemy import select
 from persona.calls import current_call
 from persona.errors import VaultError
 from persona.store.vault_tables import connections
-from persona.vault import CONNECTION_ROW, Vault
-from persona.vault_types import Actor, ConnectionInfo, check_key_text
+from persona.vault.connections import CONNECTION_ROW, Vault
+from persona.vault.types import Actor, ConnectionInfo, check_key_text
 from tools.errors import PlisioApiError, PlisioError
 from tools.plisio.client import KeySource, PlisioClient, static_key
 from tools.plisio.models import Shop
@@ -84,6 +84,12 @@ async def rotate(
         await asyncio.to_thread(vault.drop_pending, name)
         raise
     return await asyncio.to_thread(vault.promote, name, actor, grace_hours)
+
+
+async def revoke(vault: Vault, name: str, actor: Actor) -> tuple[ConnectionInfo, int]:
+    """Revoke connection ``name`` and its grants (how many is the second value): their ciphertexts are
+    deleted, so every persona using it is refused from its very next request."""
+    return await asyncio.to_thread(vault.revoke, name, actor)
 
 
 def _actor() -> Actor:

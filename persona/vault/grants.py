@@ -20,13 +20,14 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from persona.config import Settings, resolve_tools
-from persona.dispatcher import GrantDenial
+from persona.clock import as_utc
 from persona.errors import Conflict, Forbidden, NotFound, VaultError
-from persona.policy import ExtraCaps
+from persona.events import VaultEvent
+from persona.policy import ExtraCaps, GrantDenial
+from persona.settings import Settings, resolve_tools
 from persona.store.vault_tables import connections, grants
-from persona.vault import Vault
-from persona.vault_types import Actor, VaultEvent, aware, no_grant
+from persona.vault.connections import Vault
+from persona.vault.types import Actor, no_grant
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def expand(entries: Sequence[str]) -> tuple[str, ...]:
 def _info(row: Any) -> GrantInfo:
     return GrantInfo(
         row.id, row.name, row.connection_id, row.persona, tuple(json.loads(row.tools)), row.max_amount,
-        row.daily_total, row.status, aware(row.created_at) or row.created_at, row.created_by, aware(row.revoked_at),
+        row.daily_total, row.status, as_utc(row.created_at), row.created_by, as_utc(row.revoked_at),
         row.revoked_by,
     )  # fmt: skip
 
@@ -172,6 +173,24 @@ class Grants:
             grant_id=grant.id, persona=persona, connection=connection,
         )  # fmt: skip
         return grant
+
+
+async def grant(
+    grants: Grants,
+    *,
+    persona: str,
+    connection: str,
+    tools: Sequence[str] | None = None,
+    max_amount: Decimal | str | None = None,
+    daily_total: Decimal | str | None = None,
+    actor: Actor,
+) -> GrantInfo:
+    """Let ``persona`` use ``connection`` (optionally for fewer tools, within tighter caps): the key is
+    re-wrapped for that persona's own row (see :meth:`Grants.add`)."""
+    return await asyncio.to_thread(
+        grants.add, persona=persona, connection=connection, tools=tools, max_amount=max_amount,
+        daily_total=daily_total, actor=actor,
+    )  # fmt: skip
 
 
 class GrantGate:

@@ -10,28 +10,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from persona.clock import as_utc
 from persona.errors import Forbidden, VaultError
 from tools.redaction import register_secret
 
 _KEY = re.compile(r"^[\x21-\x7e]{16,256}$")
-
-
-class VaultEvent:
-    """Audit event names of credential, grant and user changes."""
-
-    CONNECTION_CREATED = "connection_created"
-    CONNECTION_ROTATED = "connection_rotated"
-    CONNECTION_REVOKED = "connection_revoked"
-    MASTER_KEY_ROTATED = "master_key_rotated"
-    GRANT_ADDED = "grant_added"
-    GRANT_REMOVED = "grant_removed"
-    USER_ADDED = "user_added"
-    USER_TOKEN_ISSUED = "user_token_issued"  # noqa: S105  (an event name)
-    USER_DISABLED = "user_disabled"
-    TAMPER = "credential_tamper_detected"
 
 
 @dataclass(frozen=True)
@@ -81,15 +67,10 @@ def check_key_text(key: str) -> str:
     return key
 
 
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite gives naive datetimes back; they were stored as UTC."""
-    return moment if moment is None or moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def connection_info(row: Any) -> ConnectionInfo:
     return ConnectionInfo(
-        row.id, row.name, row.provider, row.status, row.fingerprint, aware(row.created_at) or row.created_at,
-        row.created_by, aware(row.rotated_at), aware(row.previous_valid_until), aware(row.revoked_at),
+        row.id, row.name, row.provider, row.status, row.fingerprint, as_utc(row.created_at),
+        row.created_by, as_utc(row.rotated_at), as_utc(row.previous_valid_until), as_utc(row.revoked_at),
     )  # fmt: skip
 
 
