@@ -44,7 +44,9 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
 
 # Benchmarks against peers (not part of `make test`): installs the bench extra, runs every section,
-# prints the tables and writes bench/results/latest.md. `make bench BENCH_ARGS=--quick` for a short run.
+# prints the tables and writes bench/results/latest.md. The side-by-side sections (orchestration, webhooks)
+# run 3 rounds, order rotated, figures as median [min-max]: `make bench BENCH_ARGS='--repeats 5'` for more.
+# `make bench BENCH_ARGS=--quick` for a short run (one round unless --repeats is given).
 BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 $(BENCH_STAMP): $(STAMP)

@@ -103,7 +103,8 @@ async def _fill(workdir: Path, db: Path, total: int, quick: bool) -> dict[str, A
 
     from persona import log as plog
     from persona.audit import AuditLog
-    from persona.checkpoints.ledger import CheckpointDir, sign_current
+    from persona.checkpoints.ledger import sign_current
+    from persona.checkpoints.signed import CheckpointDir
     from persona.checkpoints.signing import skey_of
     from persona.store.engine import Store
 
@@ -139,8 +140,8 @@ def _verify_child(workdir: Path) -> None:
     from persona import log as plog
     from persona.audit import AuditLog
     from persona.audit_segments import cores
-    from persona.checkpoints.ledger import CheckpointDir
     from persona.checkpoints.note import NoteVerifier
+    from persona.checkpoints.signed import CheckpointDir
     from persona.checkpoints.verification import verify_log
     from persona.store.engine import Store
 
@@ -216,6 +217,8 @@ def run(*, quick: bool, workdir: Path) -> Table:
         "`verify` = `persona audit verify`: rehash and chain every record, check every MAC, and compute the "
         "Merkle root the signed checkpoint must match, in one pass over the log cut into one segment per core "
         "(the others scanned by spawned processes).",
+        "One run (`--repeats` does not apply: filling the log to 1M records takes minutes): every figure is "
+        "one measurement, so compare it across runs with the run-to-run spread in mind.",
     ]
     if quick:
         t.notes.append(f"--quick: {total:,} records; the 1M verify time is extrapolated linearly.")

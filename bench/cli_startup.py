@@ -89,7 +89,9 @@ def run(*, quick: bool, workdir: Path) -> Table:
         data[name] = {"walls_s": walls, "p50_s": p50, "target_s": target, "imports": imports}
     t.notes.append(
         f"{runs} timed runs of `{Path(persona).name}` (the installed console script) after one untimed run; "
-        "the verdict is on the median. `python -X importtime -m persona ...` gives the import breakdown."
+        "the verdict is on the median. `python -X importtime -m persona ...` gives the import breakdown. "
+        "`--repeats` does not apply: the runs above already give min, median and max, and no peer is timed "
+        "beside it."
     )
     t.data = data
     return t

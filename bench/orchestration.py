@@ -2,9 +2,11 @@
 
 The fake OpenAI endpoint and the Plisio sandbox each run in their own process on 127.0.0.1; every
 adapter runs in a fresh interpreter (``bench.adapters._harness``), once non-streaming and once
-streaming. Before an adapter is timed, the servers must have seen its warm-up conversations complete
-(every model request valid, every tool call served and answered, every sandbox request made); after
-timing, the totals must match again. A row that fails either check says "did not complete" and why.
+streaming, in each of ``repeats`` rounds; every round starts one adapter later (``bench.repeats``) and
+the table shows each figure as median [min–max] over the rounds, ratios between medians. Before an
+adapter is timed, the servers must have seen its warm-up conversations complete (every model request
+valid, every tool call served and answered, every sandbox request made); after timing, the totals must
+match again. A row that fails either check in any round says "did not complete" and why.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import yaml
 
 from bench import scenario
 from bench.adapters import ADAPTERS, BASELINE
-from bench.report import Table, ratio
+from bench.repeats import Spread, cell, rotated
+from bench.report import Table
 from bench.servers import PREFIX, ROOT, ServerProcess
 
 CHILD_TIMEOUT_S = 900.0
@@ -51,6 +54,7 @@ class Outcome:
     adapter: str
     label: str
     stream: bool
+    round: int = 0
     ok: bool = False
     problem: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +64,42 @@ class Outcome:
     def figure(self, key: str) -> float | None:
         value = self.metrics.get(key)
         return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass
+class Row:
+    """One adapter in one mode over every round: what the table shows, medians for the ratios."""
+
+    adapter: str
+    label: str
+    stream: bool
+    rounds: list[Outcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rounds) and all(o.ok for o in self.rounds)
+
+    @property
+    def failure(self) -> Outcome | None:
+        """The round that did not complete (a failure in round 3 is no less one; later rounds are skipped)."""
+        return next((o for o in self.rounds if not o.ok), None)
+
+    def spread(self, key: str) -> Spread | None:
+        return Spread.of([v for o in self.rounds if (v := o.figure(key)) is not None])
+
+    def figure(self, key: str) -> float | None:
+        """The median over the rounds (what targets and ratios use)."""
+        s = self.spread(key)
+        return s.median if s is not None else None
+
+
+def rows_of(outcomes: list[Outcome]) -> list[Row]:
+    """Outcomes grouped by (mode, adapter), plain first, adapters in the order of ``ADAPTERS``."""
+    grouped: dict[tuple[bool, str], Row] = {}
+    order = {a: i for i, (a, _) in enumerate(ADAPTERS)}
+    for o in sorted(outcomes, key=lambda o: (o.stream, order.get(o.adapter, len(order)), o.round)):
+        grouped.setdefault((o.stream, o.adapter), Row(o.adapter, o.label, o.stream)).rounds.append(o)
+    return list(grouped.values())
 
 
 def child_env() -> dict[str, str]:
@@ -130,7 +170,7 @@ def check_servers(openai: ServerProcess, sandbox: ServerProcess, conversations: 
         return f"{o.get('requests', 0)} model requests, expected {want_requests}"
     if o.get("tool_calls_served", 0) != want_calls:
         return f"{o.get('tool_calls_served', 0)} tool calls served, expected {want_calls}"
-    paths = Counter()
+    paths: Counter[str] = Counter()
     for path, n in (s.get("paths") or {}).items():
         # The persona reads each invoice it made back (GET /operations/{id}: return_existing may answer
         # with an older invoice); the peers do not. One per conversation, or none.
@@ -201,9 +241,9 @@ class Child:
 
 def run_adapter(
     adapter: str, label: str, stream: bool, base: dict[str, Any], plan: Plan, workdir: Path,
-    openai: ServerProcess, sandbox: ServerProcess,
+    openai: ServerProcess, sandbox: ServerProcess, round_index: int = 0,
 ) -> Outcome:  # fmt: skip
-    out = Outcome(adapter, label, stream)
+    out = Outcome(adapter, label, stream, round_index)
     openai.reset()
     sandbox.reset()
     cfg = {
@@ -302,7 +342,12 @@ def base_config(
     }
 
 
-def run(*, quick: bool, workdir: Path, only: list[str] | None = None) -> Table:
+def run(*, quick: bool, workdir: Path, only: list[str] | None = None, repeats: int = 1) -> Table:
+    """Every chosen adapter, plain then streaming, in each of ``repeats`` rounds, the order rotated.
+
+    A (adapter, mode) that failed is not run again in later rounds: it would fail the same way, and a
+    hung framework costs ``CHILD_TIMEOUT_S`` each time.
+    """
     plan = QUICK if quick else FULL
     chosen = [(a, label) for a, label in ADAPTERS if not only or a in only or a == BASELINE]
     workdir = workdir / "orchestration"
@@ -313,28 +358,34 @@ def run(*, quick: bool, workdir: Path, only: list[str] | None = None) -> Table:
     openai = ServerProcess("openai")
     sandbox = ServerProcess("sandbox")
     outcomes: list[Outcome] = []
+    failed: set[tuple[str, bool]] = set()
     try:
         base = base_config(openai, sandbox, prompt, tools)
-        for stream in (False, True):
-            for adapter, label in chosen:
-                print(f"  orchestration: {label} ({'stream' if stream else 'plain'}) ...", flush=True)
-                outcome = run_adapter(adapter, label, stream, base, plan, workdir, openai, sandbox)
-                if not outcome.ok:
-                    print(f"    DID NOT COMPLETE: {outcome.problem}", flush=True)
-                outcomes.append(outcome)
+        for r in range(repeats):
+            order = rotated(chosen, r)
+            if repeats > 1:
+                print(f"  orchestration: round {r + 1} of {repeats}, from {order[0][1]}", flush=True)
+            for stream in (False, True):
+                for adapter, label in order:
+                    mode = "stream" if stream else "plain"
+                    if (adapter, stream) in failed:
+                        print(
+                            f"  orchestration: {label} ({mode}) skipped: did not complete before", flush=True
+                        )
+                        continue
+                    print(f"  orchestration: {label} ({mode}) ...", flush=True)
+                    outcome = run_adapter(adapter, label, stream, base, plan, workdir, openai, sandbox, r)
+                    if not outcome.ok:
+                        print(f"    DID NOT COMPLETE: {outcome.problem}", flush=True)
+                        failed.add((adapter, stream))
+                    outcomes.append(outcome)
     finally:
         openai.stop()
         sandbox.stop()
-    return table(outcomes, plan, tools)
+    return table(outcomes, plan, tools, repeats)
 
 
-def _cell(value: float | None, base: float | None, scale: float = 1000.0, digits: int = 1) -> str:
-    if value is None:
-        return "—"
-    return f"{value * scale:.{digits}f}{ratio(value, base)}"
-
-
-def table(outcomes: list[Outcome], plan: Plan, tools: list[dict[str, Any]]) -> Table:
+def table(outcomes: list[Outcome], plan: Plan, tools: list[dict[str, Any]], repeats: int = 1) -> Table:
     t = Table(
         section="orchestration",
         title="Orchestration overhead (one scripted conversation: 5 model requests, 5 tool calls)",
@@ -343,42 +394,51 @@ def table(outcomes: list[Outcome], plan: Plan, tools: list[dict[str, Any]]) -> T
             f"conv/s @{plan.in_flight}", "import ms", "peak RSS MB", "verified",
         ],
     )  # fmt: skip
+    rows = rows_of(outcomes)
     for stream in (False, True):
-        rows = [o for o in outcomes if o.stream == stream]
-        base = next((o for o in rows if o.adapter == BASELINE and o.ok), None)
+        mode = "stream" if stream else "plain"
+        same_mode = [r for r in rows if r.stream == stream]
+        base = next((r for r in same_mode if r.adapter == BASELINE and r.ok), None)
 
-        def b(key: str, base: Outcome | None = base) -> float | None:
-            return base.figure(key) if base is not None else None
+        def b(key: str, base: Row | None = base) -> Spread | None:
+            return base.spread(key) if base is not None else None
 
-        for o in rows:
-            mode = "stream" if stream else "plain"
-            if not o.ok:
-                t.rows.append([o.label, mode, *["—"] * 8, f"**did not complete**: {o.problem}"])
+        for row in same_mode:
+            failure = row.failure
+            if failure is not None:
+                where = f" in round {failure.round + 1} of {repeats}" if repeats > 1 else ""
+                t.rows.append(
+                    [row.label, mode, *["—"] * 8, f"**did not complete**{where}: {failure.problem}"]
+                )
                 continue
-            served = o.metrics["conversations"]
+            served = sum(o.metrics["conversations"] for o in row.rounds)
+            rounds = len(row.rounds)
             t.rows.append(
                 [
-                    o.label,
+                    row.label,
                     mode,
-                    _cell(o.figure("p50_s"), b("p50_s")),
-                    _cell(o.figure("p95_s"), b("p95_s")),
-                    _cell(o.figure("cpu_s"), b("cpu_s"), digits=2),
-                    _cell(o.figure("sys_s"), None, digits=2),
-                    _cell(o.figure("conc_cpu_s"), b("conc_cpu_s"), digits=2),
-                    _cell(o.figure("throughput"), b("throughput"), scale=1.0),
-                    _cell(o.figure("import_s"), b("import_s"), digits=0),
-                    _cell(o.figure("rss_mb"), b("rss_mb"), scale=1.0),
-                    f"{served} conv, {served * scenario.TOOL_CALLS} tool calls",
+                    cell(row.spread("p50_s"), b("p50_s"), scale=1000.0),
+                    cell(row.spread("p95_s"), b("p95_s"), scale=1000.0),
+                    cell(row.spread("cpu_s"), b("cpu_s"), scale=1000.0, digits=2),
+                    cell(row.spread("sys_s"), None, scale=1000.0, digits=2),
+                    cell(row.spread("conc_cpu_s"), b("conc_cpu_s"), scale=1000.0, digits=2),
+                    cell(row.spread("throughput"), b("throughput")),
+                    cell(row.spread("import_s"), b("import_s"), scale=1000.0, digits=0),
+                    cell(row.spread("rss_mb"), b("rss_mb")),
+                    f"{served} conv, {served * scenario.TOOL_CALLS} tool calls"
+                    + (f" over {rounds} rounds" if rounds > 1 else ""),
                 ]
             )
-    t.notes += _targets(outcomes)
+    t.notes += _targets(rows)
     t.notes += [
+        _rounds_note(repeats, len({r.adapter for r in rows})),
         "Scenario (bench/scenario.py): 4 model steps that call tools (1, a parallel pair, 1, 1: shop info, "
         "balance + fee plans, last 3 completed invoices, create a 20 USD invoice) and the final text: 5 "
         "chat-completion requests, 5 tool calls, each a real HTTP request to the sandbox.",
-        f"Ratios in brackets are to the hand loop on the `openai` client, same mode, same run. "
-        f"Sequential phase: {plan.sequential} conversations one at a time after {plan.warmup} warm-up; "
-        f"concurrent phase: {plan.concurrent} conversations, {plan.in_flight} in flight.",
+        "Ratios in round brackets are to the hand loop on the `openai` client, same mode, same run"
+        + (", median to median. " if repeats > 1 else ". ")
+        + f"Each run: sequential phase {plan.sequential} conversations one at a time after {plan.warmup} warm-up; "
+        f"concurrent phase {plan.concurrent} conversations, {plan.in_flight} in flight.",
         "Client CPU = `time.process_time()` of the adapter's own process (all its threads: for persona that "
         "includes the audit writer and the SQLite thread pool); the fake model and the sandbox run in two "
         "other processes. Import ms = importing the adapter module in a fresh interpreter (its framework "
@@ -392,20 +452,26 @@ def table(outcomes: list[Outcome], plan: Plan, tools: list[dict[str, Any]]) -> T
         if not o.ok and o.log_tail:
             tail = o.log_tail.replace("`", "'").replace("\n", " ⏎ ")
             t.notes.append(
-                f"{o.label} ({'stream' if o.stream else 'plain'}) stderr, last lines: `{tail[-600:]}`"
+                f"{o.label} ({'stream' if o.stream else 'plain'}, round {o.round + 1}) stderr, last lines: "
+                f"`{tail[-600:]}`"
             )
-        extra = o.metrics.get("extra") if o.ok else None
-        if extra:
+    for row in rows:
+        extras = [o.metrics.get("extra") or {} for o in row.rounds if o.ok]
+        if any(extras):
+            records = sorted({str(e.get("audit_records")) for e in extras})
             t.notes.append(
-                f"{o.label} ({'stream' if o.stream else 'plain'}): audit log {extra.get('audit_records')} records, "
-                f"chain verified: {extra.get('audit_ok')}."
+                f"{row.label} ({'stream' if row.stream else 'plain'}): audit log {' / '.join(records)} records"
+                + (" in each round" if len(extras) > 1 else "")
+                + f", chain verified: {all(e.get('audit_ok') for e in extras)}."
             )
     t.data = {
         "plan": plan.__dict__,
+        "repeats": repeats,
         "outcomes": [
             {
                 "adapter": o.adapter,
                 "stream": o.stream,
+                "round": o.round,
                 "ok": o.ok,
                 "problem": o.problem,
                 "metrics": o.metrics,
@@ -417,19 +483,37 @@ def table(outcomes: list[Outcome], plan: Plan, tools: list[dict[str, Any]]) -> T
     return t
 
 
-def _targets(outcomes: list[Outcome]) -> list[str]:
+def _rounds_note(repeats: int, adapters: int) -> str:
+    if repeats == 1:
+        return (
+            "One round: every figure, and so every ratio, is from one run of each adapter (`--quick` runs "
+            "one round unless given `--repeats N`; a full run, 3, shown as median [min–max])."
+        )
+    return (
+        f"Each figure is the median [min–max] over {repeats} rounds. A round runs every adapter once per mode, "
+        f"in the order listed above rotated by one per round (round r, counted from 0, starts at adapter "
+        f"r mod {adapters}), so no adapter always runs first or always after the same neighbour. Ratios and "
+        "targets are computed from the medians. A row that did not complete in one round is not run again "
+        "(the raw figures of its earlier rounds stay in `latest.json`)."
+    )
+
+
+def _targets(all_rows: list[Row]) -> list[str]:
+    """The CPU targets, on medians over the rounds (one run's noise must not meet or miss them)."""
     notes = []
     peers = {"openai_agents_sdk", "pydanticai_agent", "langgraph_react"}
     for stream in (False, True):
         mode = "stream" if stream else "plain"
-        rows = {o.adapter: o for o in outcomes if o.stream == stream and o.ok}
+        rows = {r.adapter: r for r in all_rows if r.stream == stream and r.ok}
         ours, base = rows.get("persona_loop"), rows.get(BASELINE)
         if ours is None or base is None:
             continue
         cpu, base_cpu = ours.figure("cpu_s") or 0.0, base.figure("cpu_s") or 1.0
         peer_cpu = [rows[p].figure("cpu_s") or 0.0 for p in peers if p in rows]
-        line = f"Target ({mode}): persona CPU ≤ 1.0× the `openai` hand loop: {cpu / base_cpu:.2f}× — " + (
-            "met" if cpu <= base_cpu else "**not met**"
+        median = ", medians" if len(ours.rounds) > 1 else ""
+        line = (
+            f"Target ({mode}{median}): persona CPU ≤ 1.0× the `openai` hand loop: {cpu / base_cpu:.2f}× — "
+            + ("met" if cpu <= base_cpu else "**not met**")
         )
         if peer_cpu:
             fastest = min(peer_cpu)

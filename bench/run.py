@@ -1,7 +1,9 @@
-"""``python -m bench.run [--quick] [--only SECTION ...]``: run the benchmarks, print and save the tables.
+"""``python -m bench.run [--quick] [--repeats N] [--only SECTION ...]``: run the benchmarks, save the tables.
 
 Sections: orchestration, cli, webhooks, audit, schemas. ``--quick`` runs every section at a fraction
-of its size (for development; the figures are noisier). Tables go to ``bench/results/latest.md``
+of its size (for development; the figures are noisier). ``--repeats N`` (default 3; 1 under ``--quick``
+unless given) runs the sections that compare rows side by side (orchestration, webhooks) N times, each
+round in a rotated order, and reports median [min–max] per figure. Tables go to ``bench/results/latest.md``
 (+ a timestamped copy and ``latest.json``). Scratch files (SQLite stores, the 1M-record audit log,
 child logs) go to a temporary directory outside the tree, removed at the end.
 """
@@ -17,10 +19,26 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import report
+from bench import repeats, report
 from bench.report import Table
 
 SECTIONS = ("orchestration", "cli", "webhooks", "audit", "schemas")
+REPEATED = ("orchestration", "webhooks")
+"""The sections given ``--repeats``: the others are already many timed runs (cli), one long fill (audit)
+or a count (schemas)."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type for ``--repeats``: a median needs at least one round, and a typo must not run zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of rounds (1 or more), not {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (rounds of each comparison), not {value}")
+    return value
 
 
 def _section(name: str) -> Callable[..., Table]:
@@ -47,9 +65,15 @@ def _section(name: str) -> Callable[..., Table]:
     raise ValueError(name)
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line, apart from :func:`main` so it can be checked without running a section."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller runs, for development")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=None, metavar="N",
+        help=f"rounds of orchestration and webhooks, each in a rotated order; figures as median [min–max] "
+        f"(default {repeats.DEFAULT}; {repeats.QUICK} with --quick unless given)",
+    )  # fmt: skip
     parser.add_argument(
         "--only", action="append", choices=SECTIONS, metavar="SECTION",
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
@@ -58,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         "--adapter", action="append", metavar="NAME",
         help="orchestration: only this adapter (repeatable; the openai hand loop always runs as the baseline)",
     )  # fmt: skip
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
+    rounds = repeats.rounds_for(quick=args.quick, given=args.repeats)
     started = report.now()
     command = report.command_line()
     tree_at_start = report.tree()
@@ -76,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}", flush=True)
             t0 = time.perf_counter()
             try:
-                kwargs = {"quick": args.quick, "workdir": work}
+                kwargs: dict[str, object] = {"quick": args.quick, "workdir": work}
                 if name == "orchestration":
                     kwargs["only"] = args.adapter
+                if name in REPEATED:
+                    kwargs["repeats"] = rounds
                 table = _section(name)(**kwargs)
             except Exception as exc:  # one broken section must not hide the others
                 failed = True

@@ -117,6 +117,7 @@ def run(*, quick: bool, workdir: Path) -> Table:
         f"Counted on compact JSON (`separators=(',', ':')`); with json.dumps's default spacing: {spaced:,} tokens. "
         "Providers render tool definitions into the prompt in their own format, so billed prompt tokens differ "
         "somewhat; the comparison between versions of our schemas is what this tracks.",
+        "Counts, not timings: the same on every run, so counted once (`--repeats` does not apply).",
     ]
     t.data = {"total_tokens": total, "spaced_tokens": spaced, "tools": per_tool}
     return t
