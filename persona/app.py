@@ -18,7 +18,7 @@ import structlog
 from persona.approvals import ApprovalStore
 from persona.audit import AuditLog
 from persona.calls import CallContext, call_context
-from persona.deps import FlowDeps
+from persona.deps import FlowDeps, WorkerDeps
 from persona.dispatcher import Dispatcher
 from persona.effects.executor import EffectExecutor
 from persona.effects.ledger import EffectLedger
@@ -236,6 +236,14 @@ class Runtime:
         return call_context(
             self.settings, persona, user, conversation_id=conversation_id, source=source, flow_key=flow_key,
             slots=slots, pinned=pinned,
+        )  # fmt: skip
+
+    @property
+    def worker(self) -> WorkerDeps:
+        """What the worker needs (built at the call: a test may have replaced a part of the runtime)."""
+        return WorkerDeps(
+            settings=self.settings, store=self.store, audit=self.audit, plisio=self.plisio.client,
+            effects=self.dispatcher.effects, flows=self.flows, now=self.now, checkpoint_transport=self.checkpoint_transport,
         )  # fmt: skip
 
     @property

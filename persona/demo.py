@@ -90,7 +90,7 @@ async def run_story(base: Settings, *, root: Path, workdir: Path, say: Callable[
         # The receiver serves HTTP in its own thread; the worker runs here, as `persona worker` would.
         app = create_app(rt, start_worker=False)
         stop = asyncio.Event()
-        worker = asyncio.create_task(Worker(rt, churn=None, schedules=False).run(stop))
+        worker = asyncio.create_task(Worker(rt.worker, churn=None, schedules=False).run(stop))
         try:
             with LoopbackServer(app) as persona_server:
                 story.server_url = persona_server.base_url

@@ -14,9 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from persona.audit import AuditLog
 from persona.clock import Clock
 from persona.dispatcher import Dispatcher
+from persona.effects.executor import EffectExecutor
 from persona.inbox import Inbox, InboxWriter
 from persona.llm import ChatModel
 from persona.prompts import PromptLibrary
@@ -25,7 +28,7 @@ from persona.store.engine import Store
 from tools.plisio.client import PlisioClient
 from tools.plisio.tools import PlisioContext
 
-__all__ = ["FlowDeps", "FlowModels", "ReceiverDeps", "SecretsSource"]
+__all__ = ["FlowDeps", "FlowModels", "ReceiverDeps", "SecretsSource", "WorkerDeps"]
 
 SecretsSource = Callable[[], list[str]]
 """Accepted callback keys, current first (index 0 is reported as ``current``)."""
@@ -63,3 +66,19 @@ class FlowDeps:
     prompts: PromptLibrary
     now: Clock
     models: FlowModels
+
+
+@dataclass(frozen=True)
+class WorkerDeps:
+    """The worker's: the inbox's store, the audit log, the service's own Plisio reads (an operation re-read
+    before a flow acts on it, the reconciler's listing), the effects to sweep, the flows it hands work to."""
+
+    settings: Settings
+    store: Store
+    audit: AuditLog
+    plisio: PlisioClient
+    effects: EffectExecutor[PlisioContext]
+    flows: FlowDeps
+    now: Clock
+    checkpoint_transport: httpx.AsyncBaseTransport | None = None
+    """Injected transport for the checkpoint sink (tests); None: the network."""

@@ -44,7 +44,7 @@ def create_app(
     secrets: SecretsSource | None = None,
     worker: Callable[[Runtime], Worker] | None = None,
 ) -> FastAPI:
-    """The app around ``rt``. ``start_worker`` runs a worker (``worker(rt)``, default ``Worker(rt)``)
+    """The app around ``rt``. ``start_worker`` runs a worker (``worker(rt)``, default ``Worker(rt.worker)``)
     in the app's lifespan, stopped when the server shuts down."""
 
     @contextlib.asynccontextmanager
@@ -54,7 +54,7 @@ def create_app(
             return
         from persona.worker import Worker
 
-        runner = worker(rt) if worker is not None else Worker(rt)
+        runner = worker(rt) if worker is not None else Worker(rt.worker)
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop), name="persona-worker")
         try:

@@ -43,10 +43,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from persona.app import Runtime
 from persona.audit import AuditEvent
 from persona.checkpoints.publisher import CheckpointPublisher
-from persona.deps import FlowDeps
+from persona.deps import FlowDeps, WorkerDeps
 from persona.events import Source, WorkerEvent
 from persona.inbox import Callback, Inbox, InboxRow, UnusableCallback, parse_callback
 from persona.invoices import SUCCESS_STATUSES, InvoiceStates, Transition, advance, rank
@@ -120,7 +119,7 @@ class Worker:
 
     def __init__(
         self,
-        rt: Runtime,
+        deps: WorkerDeps,
         *,
         handlers: FlowHandlers | None = None,
         churn: ChurnScan | None = churn_scan,
@@ -129,37 +128,39 @@ class Worker:
         schedules: bool = True,
         reconcile_max_age: timedelta | None = _FROM_SETTINGS,
     ) -> None:
-        self.rt = rt
-        self.settings = rt.settings.worker
+        self.deps = deps
+        self.settings = deps.settings.worker
         self.handlers = handlers or recovery_handlers()
-        self.now = now or rt.now
+        self.now = now or deps.now
         self.owner = owner or worker_id()
         if reconcile_max_age is _FROM_SETTINGS:
             hours = self.settings.reconcile_max_age_h
             reconcile_max_age = None if hours is None else timedelta(hours=hours)
         self.reconcile_max_age = reconcile_max_age
-        self.inbox = Inbox(rt.store)
-        self.states = InvoiceStates(rt.store)
-        self.recovery_statuses = frozenset(rt.settings.flows.recovery.statuses)
+        self.inbox = Inbox(deps.store)
+        self.states = InvoiceStates(deps.store)
+        self.recovery_statuses = frozenset(deps.settings.flows.recovery.statuses)
         jobs = [Job("reconcile", interval_slot(self.settings.reconcile_every_s), self._reconcile_job,
                     keep=timedelta(days=1)),
-                Job("resolve_effects", interval_slot(rt.settings.effects.resolve_every_s), self._resolve_job,
+                Job("resolve_effects", interval_slot(deps.settings.effects.resolve_every_s), self._resolve_job,
                     keep=timedelta(days=1))]  # fmt: skip
         self.checkpoints = CheckpointPublisher(
-            rt.audit, rt.settings, now=self.now, poll_interval_s=self.settings.poll_interval_s,
-            enabled=schedules, transport=rt.checkpoint_transport,
+            deps.audit, deps.settings, now=self.now, poll_interval_s=self.settings.poll_interval_s,
+            enabled=schedules, transport=deps.checkpoint_transport,
         )  # fmt: skip
-        audit = rt.settings.audit
+        audit = deps.settings.audit
         if audit.checkpoint_every_s:
             jobs.append(Job("audit_checkpoint", interval_slot(audit.checkpoint_every_s),
                             self.checkpoints.on_schedule, keep=timedelta(days=1)))  # fmt: skip
-        if churn is not None and rt.settings.flows.churn.schedule:
+        if churn is not None and deps.settings.flows.churn.schedule:
             scan = churn
             jobs.append(
-                Job("churn_scan", cron_slot(rt.settings.flows.churn.schedule), lambda s: scan(rt.flows, s))
+                Job(
+                    "churn_scan", cron_slot(deps.settings.flows.churn.schedule), lambda s: scan(deps.flows, s)
+                )
             )
         self.scheduler = Scheduler(
-            rt.store, jobs if schedules else [], now=self.now, owner=self.owner, audit=rt.audit,
+            deps.store, jobs if schedules else [], now=self.now, owner=self.owner, audit=deps.audit,
             retry_after_s=max(self.settings.retry_backoff_s, 60.0), stale_after_s=max(self.settings.lease_s, 3600.0),
         )  # fmt: skip
 
@@ -272,7 +273,7 @@ class Worker:
             recorded = await asyncio.to_thread(self.states.get, callback.txn_id)
             if recorded is not None and (rank(callback.status) or 0) < (rank(recorded) or 0):
                 return await self._done(row, callback, "stale", None, recorded)
-            op = await self.rt.plisio.client.get_operation(callback.txn_id)
+            op = await self.deps.plisio.get_operation(callback.txn_id)
             if op.status is None or rank(op.status) is None:
                 raise _UnknownStatus(f"Plisio reports status {op.status!r} for {callback.txn_id}")
         effective = op.status if op is not None and op.status else callback.status
@@ -280,10 +281,10 @@ class Worker:
         if moved.stale:
             action = "stale"
         elif effective in self.recovery_statuses and op is not None:
-            await self.handlers.handle_failure(self.rt.flows, op, trigger=trigger)
+            await self.handlers.handle_failure(self.deps.flows, op, trigger=trigger)
             action = "recovery"
         elif effective in SUCCESS_STATUSES:
-            await self.handlers.handle_success(self.rt.flows, op or _operation(callback, effective))
+            await self.handlers.handle_success(self.deps.flows, op or _operation(callback, effective))
             action = "success"
         elif effective == OperationStatus.CANCELLED_DUPLICATE:
             action = "superseded"
@@ -296,8 +297,8 @@ class Worker:
         )
 
     def _advance(self, txn_id: str, status: str, inbox_id: int) -> Transition:
-        with self.rt.store.begin("advance an invoice's state") as conn:
-            return advance(conn, self.rt.store.dialect, txn_id, status, now=self.now(), inbox_id=inbox_id)
+        with self.deps.store.begin("advance an invoice's state") as conn:
+            return advance(conn, self.deps.store.dialect, txn_id, status, now=self.now(), inbox_id=inbox_id)
 
     async def _done(
         self, row: InboxRow, callback: Callback, action: str, plisio_status: str | None, previous: str | None,
@@ -358,15 +359,15 @@ class Worker:
         )
         try:
             if wait:
-                await self.rt.audit.append(record)
+                await self.deps.audit.append(record)
             else:
-                self.rt.audit.record(record)
+                self.deps.audit.record(record)
         except Exception as exc:
             log.error("worker_audit_failed", audit_event=event, error=f"{type(exc).__name__}: {exc}")
 
     async def _flush_audit(self) -> None:
         try:
-            await self.rt.audit.flush()
+            await self.deps.audit.flush()
         except Exception as exc:
             log.error("worker_audit_failed", audit_event="batch", error=f"{type(exc).__name__}: {exc}")
 
@@ -374,7 +375,7 @@ class Worker:
 
     async def _resolve_job(self, slot: datetime) -> str:
         """Effects whose answer was lost (or whose process died between claim and outcome): look them up."""
-        resolved = await self.rt.dispatcher.effects.sweep(source=Source.WORKER)
+        resolved = await self.deps.effects.sweep(source=Source.WORKER)
         states = [e.state.value for e in resolved]
         return f"{len(resolved)} effect(s) looked up: " + (
             ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "none due"
@@ -390,9 +391,9 @@ class Worker:
         """Find failed invoices whose callback never came: newest first, ``reconcile_pages`` pages per status."""
         seen, too_old, enqueued = 0, 0, []
         cutoff = None if self.reconcile_max_age is None else self.now() - self.reconcile_max_age
-        for status in self.rt.settings.flows.recovery.statuses:
+        for status in self.deps.settings.flows.recovery.statuses:
             for page in range(1, self.settings.reconcile_pages + 1):
-                found = await self.rt.plisio.client.list_operations(
+                found = await self.deps.plisio.list_operations(
                     page=page, limit=PAGE_SIZE, type=OperationType.INVOICE, status=OperationStatus(status)
                 )
                 ops = [op for op in found.operations if op.status == status and op.type in (None, "invoice")]

@@ -257,7 +257,7 @@ async def test_the_worker_signs_checkpoints_on_its_schedule_and_when_it_stops(
     try:
         for i in range(3):
             rt.audit.append_sync(event(i))
-        worker = Worker(rt, churn=None)
+        worker = Worker(rt.worker, churn=None)
         assert "audit_checkpoint" in [r.name for r in await worker.scheduler.tick()]
         first = folder.latest()
         assert first is not None and check(rt.audit, open_file(first, verifier)) >= 3

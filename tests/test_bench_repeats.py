@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bench import repeats
-from bench.orchestration import Outcome, rows_of
+from bench.orchestration_table import Outcome, rows_of
 from bench.repeats import Spread, cell, rotated
 from bench.run import arguments
 
@@ -103,7 +103,7 @@ def test_repeats_below_one_is_a_usage_error(
 
 
 def test_table_shows_medians_and_names_the_round_that_failed() -> None:
-    from bench.orchestration import QUICK, table
+    from bench.orchestration_table import QUICK, table
 
     def done(adapter: str, r: int, cpu: float) -> Outcome:
         metrics = {"p50_s": cpu, "p95_s": cpu, "cpu_s": cpu, "sys_s": 0.0, "conc_cpu_s": cpu,

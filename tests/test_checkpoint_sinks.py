@@ -212,7 +212,7 @@ async def test_the_worker_delivers_each_new_checkpoint_once_and_retries_a_failed
 ) -> None:
     for i in range(3):
         rt.audit.append_sync(event(i))
-    worker = Worker(rt, churn=None, now=wall)
+    worker = Worker(rt.worker, churn=None, now=wall)
     assert "audit_checkpoint" in [r.name for r in await worker.scheduler.tick()]
     with all_logs() as logs:
         await worker.checkpoints.step()
@@ -249,7 +249,7 @@ async def test_the_worker_delivers_each_new_checkpoint_once_and_retries_a_failed
     await worker.checkpoints.step()
     assert await worker.checkpoints.delivered() is None and len(receiver.requests) == 3
 
-    restarted = Worker(rt, churn=None, now=wall)  # a new worker delivers the latest existing one at start
+    restarted = Worker(rt.worker, churn=None, now=wall)  # a new worker delivers the latest existing one at start
     await restarted.checkpoints.step()
     assert await restarted.checkpoints.delivered() == second and receiver.sizes()[-1] == second
 
@@ -270,7 +270,7 @@ async def test_a_worker_without_a_webhook_url_posts_nothing(
     rt = runtime(store, tmp_path, key, None, checkpoint_every_s=10.0)
     try:
         rt.audit.append_sync(event(1))
-        worker = Worker(rt, churn=None, now=wall)
+        worker = Worker(rt.worker, churn=None, now=wall)
         worker.checkpoints.checkpoint()
         await worker.checkpoints.step()
         assert await worker.checkpoints.delivered() is None and await worker.checkpoints.deliver() is None
@@ -285,7 +285,7 @@ async def test_every_n_records_signs_a_checkpoint_when_n_were_appended_and_not_b
     folder = CheckpointDir(tmp_path / "cps")
     verifier = NoteVerifier.from_vkey(NoteSigner.from_skey(key).vkey)
     try:
-        worker = Worker(rt, churn=None, now=wall)
+        worker = Worker(rt.worker, churn=None, now=wall)
         assert [job.name for job in worker.scheduler.jobs] == ["reconcile", "resolve_effects"]
         for i in range(4):
             rt.audit.append_sync(event(i))
@@ -315,7 +315,7 @@ async def test_with_both_triggers_off_the_worker_signs_nothing(
     try:
         for i in range(3):
             rt.audit.append_sync(event(i))
-        worker = Worker(rt, churn=None, now=wall)
+        worker = Worker(rt.worker, churn=None, now=wall)
         stop = asyncio.Event()
         stop.set()
         await worker.run(stop)

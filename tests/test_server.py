@@ -173,7 +173,7 @@ async def test_in_process_worker_turns_a_callback_into_a_listed_draft(rt: Runtim
         email="carol@example.com",
     )  # fmt: skip
     await sandbox.expire(created.txn_id)
-    app = create_app(rt, start_worker=True, worker=lambda r: Worker(r, churn=None, schedules=False))
+    app = create_app(rt, start_worker=True, worker=lambda r: Worker(r.worker, churn=None, schedules=False))
     body = encode_form_callback(callback_fields(created.txn_id, "expired"), SANDBOX_API_KEY)
     async with app.router.lifespan_context(app), client(app, bearer(rt)) as http:
         posted = await http.post("/webhooks/plisio", content=body,

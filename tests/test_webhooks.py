@@ -91,7 +91,7 @@ def flows() -> FakeFlows:
 
 @pytest.fixture
 def worker(rt: Runtime, flows: FakeFlows) -> Worker:
-    return Worker(rt, handlers=flows, churn=None, schedules=False)
+    return Worker(rt.worker, handlers=flows, churn=None, schedules=False)
 
 
 async def post(
@@ -392,7 +392,7 @@ async def test_twenty_concurrent_duplicates_make_one_row_and_one_draft(
     assert [a.status_code for a in answers] == [200] * 20
     assert sum(not a.json()["duplicate"] for a in answers) == 1
     assert len(rows(rt)) == 1
-    real = Worker(rt, churn=None, schedules=False)  # the real recovery flow
+    real = Worker(rt.worker, churn=None, schedules=False)  # the real recovery flow
     processed = await real.drain()
     assert [(p.outcome, p.action) for p in processed] == [("done", "recovery")]
     assert len(DraftStore(rt.store).for_invoice(txn_id)) == 1

@@ -158,14 +158,14 @@ async def test_a_stopping_worker_gives_back_the_rows_it_did_not_start(rt: Runtim
 
     ids = [enqueue(rt, f"6a1b2c3d4e5f60718293a4c{i}", "completed", wall()).id for i in range(4)]
     flows = StopAfterFirst()
-    worker = Worker(rt, handlers=flows, churn=None, schedules=False)
+    worker = Worker(rt.worker, handlers=flows, churn=None, schedules=False)
     done = await worker.drain(stop=stop)
     assert [(d.inbox_id, d.outcome) for d in done] == [(ids[0], "done")]
     inbox = Inbox(rt.store)
     assert [(inbox.get(i).state, inbox.get(i).attempts, inbox.get(i).lease_owner) for i in ids[1:]] == [
         ("pending", 0, None)
     ] * 3  # released at once, not left to a lapsing lease
-    later = await Worker(rt, handlers=flows, churn=None, schedules=False).drain()
+    later = await Worker(rt.worker, handlers=flows, churn=None, schedules=False).drain()
     assert [d.inbox_id for d in later] == ids[1:] and len(flows.successes) == 4
 
 
@@ -193,7 +193,7 @@ async def test_callback_says_expired_but_plisio_says_completed_no_recovery(
     txn_id = await new_invoice(rt)
     await sandbox.pay(txn_id)  # really completed
     enqueue(rt, txn_id, "expired", wall())  # a signed but outdated claim
-    [done] = await Worker(rt, handlers=flows, churn=None, schedules=False).drain()
+    [done] = await Worker(rt.worker, handlers=flows, churn=None, schedules=False).drain()
     assert (done.outcome, done.action, done.plisio_status) == ("done", "success", "completed")
     assert flows.failures == []
     assert flows.successes == [(txn_id, "completed")]
@@ -207,7 +207,7 @@ async def test_callback_says_expired_but_plisio_says_completed_no_recovery(
 
 async def test_expired_then_a_late_payment_moves_forward(rt: Runtime, sandbox: Sandbox, wall: Clock) -> None:
     flows = FakeFlows()
-    worker = Worker(rt, handlers=flows, churn=None, schedules=False)
+    worker = Worker(rt.worker, handlers=flows, churn=None, schedules=False)
     txn_id = await new_invoice(rt)
     await sandbox.expire(txn_id)
     enqueue(rt, txn_id, "expired", wall())
@@ -232,7 +232,7 @@ async def test_plisio_down_backs_off_then_fails_and_an_operator_retries(
 ) -> None:
     down = build_runtime(store, sandbox, settings=rt.settings, now=wall, transport=Refuse())
     flows = FakeFlows()
-    worker = Worker(down, handlers=flows, churn=None, schedules=False)
+    worker = Worker(down.worker, handlers=flows, churn=None, schedules=False)
     txn_id = await new_invoice(rt)
     await sandbox.expire(txn_id)
     row_id = enqueue(rt, txn_id, "expired", wall()).id
@@ -256,7 +256,7 @@ async def test_plisio_down_backs_off_then_fails_and_an_operator_retries(
     assert flows.failures == []
 
     inbox.retry(row_id, now=wall())  # `persona inbox retry`, once Plisio is back
-    [done] = await Worker(rt, handlers=flows, churn=None, schedules=False).drain()
+    [done] = await Worker(rt.worker, handlers=flows, churn=None, schedules=False).drain()
     assert (done.outcome, done.action) == ("done", "recovery")
     assert flows.failures == [(txn_id, "expired", "webhook")]
     down.audit.close()
@@ -269,7 +269,7 @@ async def test_reconciler_finds_a_failed_invoice_whose_callback_never_came(
     rt: Runtime, sandbox: Sandbox, wall: Clock
 ) -> None:
     flows = FakeFlows()
-    worker = Worker(rt, handlers=flows, churn=None, schedules=False)
+    worker = Worker(rt.worker, handlers=flows, churn=None, schedules=False)
     txn_id = await new_invoice(rt)
     report = await sandbox.cancel(txn_id)
     assert report["callback"]["status_code"] is None  # lost on the way
@@ -310,7 +310,7 @@ async def test_an_unreadable_row_does_not_end_the_reconcilers_paging(
                                                  status=OperationStatus("cancelled"))  # fmt: skip
         on_page_two = [op.id for op in second.operations if op.id in made]
         assert on_page_two, "one of them is on the second page"
-        found = await Worker(rt, handlers=FakeFlows(), churn=None, schedules=False).reconcile()
+        found = await Worker(rt.worker, handlers=FakeFlows(), churn=None, schedules=False).reconcile()
         assert set(on_page_two) <= set(found.enqueued)
     finally:
         rt.audit.close()
@@ -375,7 +375,7 @@ async def test_worker_schedules_the_churn_scan_with_its_slot(rt: Runtime, wall: 
         calls.append((deps, slot))
         return "3 signals"
 
-    worker = Worker(rt, handlers=FakeFlows(), churn=scan)
+    worker = Worker(rt.worker, handlers=FakeFlows(), churn=scan)
     ran = await worker.scheduler.tick()
     assert sorted(r.name for r in ran) == ["churn_scan", "reconcile", "resolve_effects"]
     assert calls == [(rt.flows, datetime(2026, 11, 23, 6, 0, tzinfo=UTC))]  # NOW is Tuesday 24th: Monday's slot

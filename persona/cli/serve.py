@@ -89,7 +89,7 @@ def worker(
     from persona.worker import Worker
 
     async def work(rt: Runtime) -> None:
-        runner = Worker(rt, schedules=schedules)
+        runner = Worker(rt.worker, schedules=schedules)
         if once:
             await runner.scheduler.tick()
             done = await runner.drain()

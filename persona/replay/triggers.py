@@ -82,4 +82,4 @@ async def callback(rt: Runtime, scenario: Scenario, scripts: Scripts, sandbox: S
     delivered = report.get("callback") or {}
     if delivered.get("status_code") != 200:
         raise ScenarioError(f"the webhook receiver did not accept the signed callback: {delivered}")
-    await Worker(rt, churn=None, schedules=False).drain()
+    await Worker(rt.worker, churn=None, schedules=False).drain()

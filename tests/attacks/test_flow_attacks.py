@@ -92,7 +92,7 @@ async def test_a_compromised_model_in_the_recovery_flow(
         headers={"Content-Type": FORM_CONTENT_TYPE},
     )  # fmt: skip
     assert answer.status_code == 200, answer.text
-    processed = await Worker(rt, churn=None, schedules=False).drain()
+    processed = await Worker(rt.worker, churn=None, schedules=False).drain()
     assert [p.outcome for p in processed] == ["done"]
     assert obedient.emitted, "the model did what the order's text said"
     assert_nothing_unauthorised(rt, sandbox, since=start, invoices=invoices, terms=debt)
