@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,11 +16,7 @@ from persona.effects.keys import EffectKey, chat_key
 from persona.events import Source
 from persona.policy import PolicyDecision
 from persona.settings import PersonaSettings, Settings
-from tools.plisio.client import PlisioClient
 from tools.registry import ToolResult, bounded_json
-
-PlisioAccess = Callable[[str], Awaitable[PlisioClient]]
-"""Gives the Plisio client a persona may use right now (a revoked grant raises Forbidden)."""
 
 
 class Outcome(StrEnum):
