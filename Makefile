@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test lint typecheck pytest demo bench clean browser-test
+.PHONY: install test test-fast lint typecheck pytest pytest-fast demo bench clean browser-test
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q --ignore=tests/browser
 
 test: lint typecheck pytest
+
+# The inner loop: `make test` without the tests marked slow (those that start the persona CLI as a process).
+pytest-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" --ignore=tests/browser
+
+test-fast: lint typecheck pytest-fast
 
 # The review console in headless Chromium (Debian's /usr/bin/chromium; `apt-get install chromium`), driven by
 # Playwright. `make browser-test PERSONA_SCREENSHOTS_DIR=docs` refreshes the README's screenshots.

@@ -34,7 +34,9 @@ async def serve(config_path: str) -> None:
     log.configure(settings.log.level, settings.log.format)
     rt = Runtime.build(settings)
     try:
-        app = create_app(rt, start_worker=True, worker=lambda r: Worker(r.worker, churn=None, schedules=False))
+        app = create_app(
+            rt, start_worker=True, worker=lambda r: Worker(r.worker, churn=None, schedules=False)
+        )
 
         async def bare(request: Request) -> Response:
             await request.body()

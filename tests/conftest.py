@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+import structlog
 
 from tools.plisio.client import PlisioClient, RetryPolicy
 
@@ -63,5 +66,27 @@ async def plisio(sandbox, clock: FakeClock) -> AsyncIterator[PlisioClient]:  # t
         yield client
 
 
+@pytest.fixture
+def capture_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every structlog event of the test, at every level, as the dicts the code logged: before any processor,
+    so before the scrubbing the log line gets (a secret found here was handed to the logger).
+
+    The runtime configures structlog to drop events below its level (``log.level: warning``): logging is set
+    up first, as the runtime would, then the level filter is opened to debug and restored afterwards."""
+    from persona import log
+
+    log.ensure_configured()
+    wrapper = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(wrapper_class=wrapper)
+
+
 # Storage fixtures (SQLite always, PostgreSQL too when PERSONA_TEST_POSTGRES_URL is set).
 from tests.fixtures_store import store, store_url  # noqa: E402, F401
+
+# Rules held for every test: CLI subprocesses are marked slow; the repository's config.yaml is never read.
+from tests.guards import pytest_configure, pytest_runtest_protocol  # noqa: E402, F401

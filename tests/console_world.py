@@ -99,7 +99,9 @@ async def build_world(store: Store, sandbox: Sandbox, *, now: Any = None) -> Wor
     world.chat_conversation, world.approval_id = await _held_call(rt)
     op = await _invoice(rt, RECENT_REFUNDABLE_ORDER_NUMBERS[2])
     world.refund_id = (
-        await refunds.triage(rt.flows, txn_id=op.id, reason="ordered twice", requested_by=OPERATOR, trigger="http")
+        await refunds.triage(
+            rt.flows, txn_id=op.id, reason="ordered twice", requested_by=OPERATOR, trigger="http"
+        )
     ).id
     world.churn_id = (await churn.scan(rt.flows, trigger="cli", requested_by=OPERATOR)).id
     world.poison_row = _poison(rt, now=rt.now())

@@ -20,7 +20,8 @@ from persona.store import Store
 
 POSTGRES_ENV = "PERSONA_TEST_POSTGRES_URL"
 _POSTGRES_URL = os.environ.get(POSTGRES_ENV, "")
-_BACKENDS = ["sqlite", *(["postgres"] if _POSTGRES_URL else [])]
+_BACKENDS = ["sqlite", *([pytest.param("postgres", marks=pytest.mark.postgres)] if _POSTGRES_URL else [])]
+"""Each PostgreSQL variant carries the ``postgres`` marker: ``pytest -m postgres`` runs exactly those."""
 
 
 @pytest.fixture(params=_BACKENDS)

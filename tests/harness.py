@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import functools
 import json
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -23,13 +27,34 @@ from persona.store.engine import Store
 from tests.conftest import NOW
 
 REPO = Path(__file__).resolve().parent.parent
+CONFIG = Path(__file__).resolve().parent / "config.yaml"
+"""The config the tests run on: config.yaml as shipped, kept in tests/ so that editing the repository's own
+(as the README says) changes nothing here. Tests get copies of it (:func:`config_text`), never REPO/config.yaml."""
+
+
+def config_text() -> str:
+    """The tests' config, its ``prompts_dir`` the repository's prompts/ by absolute path (copies go elsewhere)."""
+    text = CONFIG.read_text(encoding="utf-8")
+    assert "\nprompts_dir: prompts\n" in text, CONFIG
+    return text.replace("\nprompts_dir: prompts\n", f"\nprompts_dir: {REPO / 'prompts'}\n")
+
+
+@functools.cache
+def _settings_file() -> Path:
+    """:func:`repo_settings`' copy of the config, in a temporary directory of this test process (removed at
+    exit): the files its defaults put beside the store (var/master.key) land there, not in the repository."""
+    home = Path(tempfile.mkdtemp(prefix="persona-tests-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    path = home / "config.yaml"
+    path.write_text(config_text(), encoding="utf-8")
+    return path
 
 
 def repo_settings(**env: str) -> Settings:
-    """The shipped config. Periodic audit checkpoints (on time and every N records) are off: the shipped
-    paths would put them (and the signing key) in the repository's var/; the tests that want them give a
+    """The tests' config (:data:`CONFIG`). Periodic audit checkpoints (on time and every N records) are off:
+    the shipped paths would put them (and the signing key) beside the store; the tests that want them give a
     directory of their own."""
-    settings = load_settings(REPO / "config.yaml", env=env)
+    settings = load_settings(_settings_file(), env=env)
     off = {"checkpoint_every_s": None, "checkpoint_every_records": None}
     return settings.model_copy(update={"audit": settings.audit.model_copy(update=off)})
 
@@ -133,9 +158,9 @@ def run_cli(
 def write_config(
     tmp_path: Path, *, llm_url: str | None = None, sandbox_url: str | None = None, store: bool = True
 ) -> Path:
-    """The shipped config.yaml, with prompts from the repo, the store in ``tmp_path`` and optional endpoints."""
-    text = (REPO / "config.yaml").read_text(encoding="utf-8")
-    text = text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
+    """The tests' config (:func:`config_text`) as ``tmp_path/config.yaml``: the store in ``tmp_path``, optional
+    endpoints."""
+    text = config_text()
     if store:
         text = text.replace(
             "url: sqlite:///var/persona.sqlite3", f"url: sqlite:///{tmp_path / 'persona.sqlite3'}"

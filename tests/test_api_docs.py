@@ -228,7 +228,8 @@ async def test_each_example_has_the_keys_its_route_really_returns(
     real[("/v1/effects/{effect_id}/resolve", "post")] = real[("/v1/effects/{effect_id}", "get")]
 
     drafts = [
-        await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook") for _ in "abc"
+        await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
+        for _ in "abc"
     ]
     ids = [d.id for d in drafts if d is not None]
     with_outbound(rt, Capture(status=503))

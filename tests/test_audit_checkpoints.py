@@ -148,6 +148,7 @@ def test_a_checkpoint_file_is_never_overwritten(audit: AuditLog, signer: NoteSig
         sign_current(audit, signer, folder)  # the latest one is altered: the signer stops and says so
 
 
+@pytest.mark.slow
 def test_the_command_line_signs_checks_and_names_a_rewrite(tmp_path: Path) -> None:
     from tests.harness import run_cli, write_config
 

@@ -11,6 +11,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+
 from persona.audit import AuditLog
 from persona.audit_keys import MacKeys
 from persona.checkpoints import merkle
@@ -25,6 +27,7 @@ def flat(text: str) -> str:
     return " ".join(text.split())
 
 
+@pytest.mark.slow
 def test_consistency_prune_and_verify_on_the_command_line(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     run_cli(cfg, "audit", "checkpoint")  # a first start: the master key and the signing key are created
@@ -90,6 +93,7 @@ def test_consistency_prune_and_verify_on_the_command_line(tmp_path: Path) -> Non
     assert "✗ checkpoint 000000000013.checkpoint does not match the log" in broken
 
 
+@pytest.mark.slow
 def test_the_checkpoint_command_also_posts_to_the_configured_webhook(tmp_path: Path) -> None:
     got: list[tuple[str, dict[str, str], bytes]] = []
 
@@ -131,6 +135,7 @@ def test_the_checkpoint_command_also_posts_to_the_configured_webhook(tmp_path: P
         server.server_close()
 
 
+@pytest.mark.slow
 def test_verify_runs_unkeyed_without_the_master_key_and_creates_none(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     fresh = flat(run_cli(cfg, "audit", "verify").stdout)

@@ -281,6 +281,7 @@ def llm() -> Iterator[tuple[FakeOpenAI, LoopbackServer]]:
         yield fake, server
 
 
+@pytest.mark.slow
 def test_persona_chat_resumes_a_conversation_for_its_owner_only(
     tmp_path: Path, llm: tuple[FakeOpenAI, LoopbackServer]
 ) -> None:

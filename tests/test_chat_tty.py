@@ -152,6 +152,7 @@ def slow() -> Iterator[tuple[SlowModel, LoopbackServer]]:
             model.released.set()
 
 
+@pytest.mark.slow
 def test_ctrl_c_cancels_the_turn_in_flight_and_a_second_one_leaves(
     tmp_path: Path, slow: tuple[SlowModel, LoopbackServer]
 ) -> None:
@@ -210,6 +211,7 @@ def test_ctrl_c_cancels_the_turn_in_flight_and_a_second_one_leaves(
     }
 
 
+@pytest.mark.slow
 def test_a_long_streamed_answer_piped_has_only_the_line_breaks_the_model_sent(tmp_path: Path) -> None:
     words = [f"{n}" + "x" * 117 for n in range(5)]  # each streamed chunk is longer than the 80 columns
     text = " ".join(words[:3]) + "\n" + " ".join(words[3:])

@@ -249,7 +249,8 @@ async def test_the_worker_delivers_each_new_checkpoint_once_and_retries_a_failed
     await worker.checkpoints.step()
     assert await worker.checkpoints.delivered() is None and len(receiver.requests) == 3
 
-    restarted = Worker(rt.worker, churn=None, now=wall)  # a new worker delivers the latest existing one at start
+    # A new worker delivers the latest existing one at start.
+    restarted = Worker(rt.worker, churn=None, now=wall)
     await restarted.checkpoints.step()
     assert await restarted.checkpoints.delivered() == second and receiver.sizes()[-1] == second
 
@@ -358,8 +359,10 @@ def test_the_checkpoint_secret_comes_from_the_variable_the_config_names(tmp_path
     assert shipped.audit.checkpoint_timeout_s == 10.0
 
 
-def test_the_shipped_config_counts_records_between_checkpoints() -> None:
-    from tests.harness import REPO
+def test_the_shipped_config_counts_records_between_checkpoints(tmp_path: Path) -> None:
+    from tests.harness import config_text
 
-    settings = load_settings(REPO / "config.yaml", env={})
+    path = tmp_path / "config.yaml"
+    path.write_text(config_text(), encoding="utf-8")
+    settings = load_settings(path, env={})  # repo_settings() turns both off
     assert settings.audit.checkpoint_every_records == 10_000 and settings.audit.checkpoint_every_s == 300.0

@@ -235,6 +235,7 @@ def test_due_and_next_slots() -> None:
     assert churn.next_slot("0 6 * * 1", monday_six) == monday_six + timedelta(days=7)
 
 
+@pytest.mark.slow
 def test_churn_cli_scan_reports_show_runs(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)  # in-process sandbox: history seeded up to today's midnight, scanned now
     out = persona(cfg, "churn", "scan").stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAI, FakeStep
-from tests.harness import REPO, run_cli, write_config
+from tests.harness import config_text, run_cli, write_config
 from tools.plisio.sandbox import SANDBOX_API_KEY, LoopbackServer
 
 
@@ -37,6 +37,7 @@ def cfg(tmp_path: Path, llm: LoopbackServer) -> Path:
     return write_config(tmp_path, llm_url=llm.base_url, store=False)
 
 
+@pytest.mark.slow
 def test_chat_approve_and_audit_from_the_command_line(cfg: Path, tmp_path: Path) -> None:
     chat = persona(
         cfg, "chat", "--persona", "finance", "--user", "alice@example.com", "--message", "bill ACME 400"
@@ -83,6 +84,7 @@ def test_chat_approve_and_audit_from_the_command_line(cfg: Path, tmp_path: Path)
     assert "bob@example.com" in listed_denied or "approval_granted" in listed_denied
 
 
+@pytest.mark.slow
 def test_tools_commands(cfg: Path) -> None:
     listed = persona(cfg, "tools", "list").stdout
     assert "13 Plisio tools" in listed and "plisio_get_transaction" in listed
@@ -100,13 +102,9 @@ def test_tools_commands(cfg: Path) -> None:
     assert "runs only through a persona's gate" in door.stderr and "Traceback" not in door.stderr
 
 
+@pytest.mark.slow
 def test_chat_without_an_llm_says_how_to_configure_one(tmp_path: Path) -> None:
-    text = (
-        (REPO / "config.yaml")
-        .read_text(encoding="utf-8")
-        .replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
-    )
     path = tmp_path / "config.yaml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(config_text(), encoding="utf-8")
     proc = persona(path, "chat", "--user", "a@example.com", "--message", "hi", check=2)
     assert "no LLM endpoint is configured" in proc.stderr and "Ollama" in proc.stderr

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from persona.audit_keys import MacKeys
 from persona.drafts import DraftStore
 from persona.effects.keys import EffectKey
@@ -96,6 +98,7 @@ def lines_with(text: str, *values: str) -> list[str]:
     return [line for line in text.splitlines() if all(v in line for v in values)]
 
 
+@pytest.mark.slow
 def test_list_and_show_at_80_columns_piped(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     # A first start (master key, tables) and a user with a long email.

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from persona.audit import AuditLog
 from persona.store.engine import Store
 from tests.harness import run_cli, write_config
@@ -16,6 +18,7 @@ COLS = {"COLUMNS": "80"}
 LONG_USER = "maria.fernanda.garcia-lopez@finance.northwind-digital.example.com"
 
 
+@pytest.mark.slow
 def test_audit_list_and_show_for_pipes_and_scripts(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     store = Store.open(f"sqlite:///{tmp_path / 'persona.sqlite3'}")
@@ -62,6 +65,7 @@ def test_audit_list_and_show_for_pipes_and_scripts(tmp_path: Path) -> None:
     assert "no conversation 'zzz' (nor one whose id starts with it)" in missing
 
 
+@pytest.mark.slow
 def test_a_flow_only_persona_is_refused_for_chat_naming_those_that_can(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     refused = " ".join(run_cli(cfg, "chat", "--persona", "recovery", "--user", "a@example.com", "-m", "hi",
@@ -70,6 +74,7 @@ def test_a_flow_only_persona_is_refused_for_chat_naming_those_that_can(tmp_path:
     assert "chat with one of: finance, growth" in refused and "template" not in refused
 
 
+@pytest.mark.slow
 def test_drafts_mark_sent_on_the_command_line(tmp_path: Path) -> None:
     from persona.drafts import DraftStore
     from tests.conftest import NOW

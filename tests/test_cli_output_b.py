@@ -11,6 +11,7 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from sqlalchemy import update
 
 from persona.app import Runtime
@@ -49,6 +50,7 @@ def build(cfg: Path, setup: Callable[[Runtime], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_refunds_and_churn_for_pipes_and_scripts(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)  # in-process sandbox, seeded up to today; no model: the policy explains
 
@@ -136,6 +138,7 @@ def test_refunds_and_churn_for_pipes_and_scripts(tmp_path: Path) -> None:
     assert all(r["key"] in runs for r in history)
 
 
+@pytest.mark.slow
 def test_inbox_for_pipes_and_scripts(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     errors = {
@@ -180,6 +183,7 @@ def test_inbox_for_pipes_and_scripts(tmp_path: Path) -> None:
     assert "Invalid value for 'row_id'" in not_a_number and "valid integer" in not_a_number
 
 
+@pytest.mark.slow
 def test_connections_and_grants_for_pipes_and_scripts(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
 

@@ -12,7 +12,7 @@ from persona.app import connect_plisio
 from persona.config import load_settings
 from persona.errors import ConfigError, NotConfigured
 from persona.settings import resolve_tools
-from tests.harness import REPO
+from tests.harness import REPO, repo_settings
 
 PERSONAS = f"""
 prompts_dir: {REPO / "prompts"}
@@ -37,7 +37,7 @@ def error_for(tmp_path: Path, text: str) -> ConfigError:
 
 
 def test_the_shipped_config_loads_and_offers_the_promised_scopes() -> None:
-    settings = load_settings(REPO / "config.yaml", env={})
+    settings = repo_settings()  # tests/config.yaml: the shipped text, not a ./config.yaml since edited
     finance = resolve_tools(settings.personas["finance"])
     growth = resolve_tools(settings.personas["growth"])
     assert len(finance) == 13 and "plisio_create_invoice" in finance
@@ -94,15 +94,13 @@ def test_explicit_missing_file(tmp_path: Path) -> None:
 
 
 def test_live_mode_needs_a_key_and_sandbox_does_not() -> None:
-    live = load_settings(REPO / "config.yaml", env={}).model_copy(
-        update={
-            "plisio": load_settings(REPO / "config.yaml", env={}).plisio.model_copy(update={"mode": "live"})
-        }
-    )
+    settings = repo_settings()
+    live = settings.model_copy(update={"plisio": settings.plisio.model_copy(update={"mode": "live"})})
     with pytest.raises(NotConfigured, match="export PLISIO_API_KEY"):
         connect_plisio(live)
 
 
+@pytest.mark.slow
 def test_cli_prints_the_error_without_a_traceback(tmp_path: Path) -> None:
     path = write(tmp_path, PERSONAS.replace("max_amount: 100", "max_amount: lots"))
     proc = subprocess.run(

@@ -3,6 +3,7 @@ the worker drafts a recovery message with real tool calls, and the audit log sho
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from persona.demo import run_story
-from tests.harness import REPO, repo_settings
+from tests.harness import REPO, repo_settings, write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -38,9 +39,12 @@ async def test_failed_payment_story_over_loopback(tmp_path: Path) -> None:
     assert any("6. persona audit verify: chain intact" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_make_demo_command_prints_the_story(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)  # the demo works beside its config: its var/ and scenarios/
+    shutil.copytree(REPO / "scenarios", tmp_path / "scenarios")
     proc = subprocess.run(
-        [sys.executable, "-m", "persona", "--config", str(REPO / "config.yaml"), "demo"],
+        [sys.executable, "-m", "persona", "--config", str(cfg), "demo"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "COLUMNS": "120"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr

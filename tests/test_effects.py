@@ -397,6 +397,7 @@ async def test_a_retried_chat_request_with_an_idempotency_key_runs_once(
 
 
 @pytest.mark.parametrize("arrived", [True, False], ids=["killed-after-send", "killed-before-commit"])
+@pytest.mark.slow
 async def test_an_approval_whose_process_is_killed_mid_call_is_resolved_by_the_sweep(
     tmp_path: Any, arrived: bool
 ) -> None:
@@ -441,6 +442,9 @@ async def test_an_approval_whose_process_is_killed_mid_call_is_resolved_by_the_s
             finally:
                 if child.poll() is None:
                     child.kill()
+                    child.wait(timeout=10)
+                if child.stdout is not None:
+                    child.stdout.close()  # else a ResourceWarning (unclosed pipe) when it is collected
             box.faults.clear()
             assert (box.state.by_order_number(effect.order_number) is not None) is arrived
             assert rt.approvals.get(approval_id).status == "approved", "cut off half-way"

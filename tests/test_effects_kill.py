@@ -62,6 +62,7 @@ def kill(child: subprocess.Popen[Any]) -> None:
     assert child.wait(timeout=10) == -signal.SIGKILL
 
 
+@pytest.mark.slow
 async def test_a_chat_killed_mid_invoice_is_resolved_by_the_sweep(
     tmp_path: Path, box: tuple[Sandbox, LoopbackServer]
 ) -> None:
@@ -105,6 +106,7 @@ async def test_a_chat_killed_mid_invoice_is_resolved_by_the_sweep(
         await rt.aclose()
 
 
+@pytest.mark.slow
 async def test_a_worker_killed_mid_link_leaves_one_link_for_the_next_worker(
     tmp_path: Path, box: tuple[Sandbox, LoopbackServer]
 ) -> None:

@@ -190,7 +190,8 @@ async def from_recovery(kit: Kit, cell: Cell) -> Effect:
     op = await client.get_operation(created.txn_id)
     disarm = arm(kit, cell)
     try:
-        draft = await recovery.handle_failure(kit.rt.flows, op, trigger="webhook")  # no model: the template path
+        # No model: the template path.
+        draft = await recovery.handle_failure(kit.rt.flows, op, trigger="webhook")
     except EffectUnresolved:
         draft = None  # the link's outcome is not known: no draft without it; the worker retries the flow
     finally:

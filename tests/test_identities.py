@@ -160,6 +160,7 @@ def _flat(text: str) -> str:
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_approvals_approve_by_must_be_an_enabled_user_once_users_exist(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     first, second = await _hold_on(cfg, "alice@example.com", 2)
@@ -194,6 +195,7 @@ async def test_approvals_approve_by_must_be_an_enabled_user_once_users_exist(tmp
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_drafts_approve_by_an_unknown_user_is_refused(tmp_path: Path) -> None:
     from persona.drafts import DraftStore
     from tests.conftest import NOW
@@ -227,6 +229,7 @@ def llm() -> Iterator[LoopbackServer]:
 
 
 @pytest.mark.anyio
+@pytest.mark.slow
 async def test_chat_as_bob_in_another_case_then_bob_approving_over_http_is_refused(
     tmp_path: Path, llm: LoopbackServer
 ) -> None:

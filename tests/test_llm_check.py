@@ -103,6 +103,7 @@ def closed_port() -> Iterator[int]:
         yield s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_server_that_cannot_stream_tool_calls_fails_with_the_fix(tmp_path: Path) -> None:
     with LoopbackServer(FakeOpenAI(no_streamed_tools).app) as server:  # type: ignore[arg-type]
         out, err = check(tmp_path, server.base_url, code=1)
@@ -116,6 +117,7 @@ def test_a_server_that_cannot_stream_tool_calls_fails_with_the_fix(tmp_path: Pat
     assert seen["round trip"][0] == "ok"
 
 
+@pytest.mark.slow
 def test_a_server_that_needs_its_reasoning_back_passes_and_says_so(tmp_path: Path) -> None:
     with LoopbackServer(Thinking().app) as server:
         out, _ = check(tmp_path, server.base_url, model="deepseek-reasoner", code=0)
@@ -125,6 +127,7 @@ def test_a_server_that_needs_its_reasoning_back_passes_and_says_so(tmp_path: Pat
     assert seen["profile"][1] == "generic (tools: loose schema)" and "a persona can use this endpoint" in out
 
 
+@pytest.mark.slow
 def test_a_server_that_is_down_is_one_clear_failure(tmp_path: Path, closed_port: int) -> None:
     out, err = check(tmp_path, f"http://127.0.0.1:{closed_port}", code=1)
     seen = rows(out)
@@ -133,6 +136,7 @@ def test_a_server_that_is_down_is_one_clear_failure(tmp_path: Path, closed_port:
     assert "error: a persona cannot use this endpoint: reachable failed" in err
 
 
+@pytest.mark.slow
 def test_without_streaming_a_server_that_cannot_stream_tool_calls_is_usable(tmp_path: Path) -> None:
     with LoopbackServer(FakeOpenAI(no_streamed_tools).app) as server:  # type: ignore[arg-type]
         cfg = write_config(tmp_path, llm_url=server.base_url)

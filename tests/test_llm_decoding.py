@@ -281,6 +281,7 @@ async def test_bytes_that_do_not_decode_are_a_model_error(streamed: bool) -> Non
 # -- the CLI: a turn that stopped on a model error is not a success -----------------------------------------
 
 
+@pytest.mark.slow
 def test_chat_m_exits_1_and_prints_the_model_error_once(tmp_path: Path) -> None:
     from tests.fakes.openai_server import FakeOpenAI, FakeStep
     from tests.harness import run_cli, write_config

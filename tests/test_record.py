@@ -51,6 +51,7 @@ def assert_clean(path: Path) -> dict[str, Any]:
     return dict(yaml.safe_load(text))
 
 
+@pytest.mark.slow
 def test_record_then_replay(cfg: Path, tmp_path: Path) -> None:
     out = tmp_path / "recorded_retry.yaml"
     persona(cfg, "record", "--persona", "finance", "--user", "alice@example.com", "-m", "bill the last expired one",
@@ -65,6 +66,7 @@ def test_record_then_replay(cfg: Path, tmp_path: Path) -> None:
     assert "pass" in replayed.stdout
 
 
+@pytest.mark.slow
 def test_audit_export_as_scenario_then_replay(cfg: Path, tmp_path: Path) -> None:
     chat = persona(
         cfg, "chat", "--persona", "finance", "--user", "bob@example.com", "-m", "bill the last expired one"
@@ -79,6 +81,7 @@ def test_audit_export_as_scenario_then_replay(cfg: Path, tmp_path: Path) -> None
     assert "pass" in replayed.stdout
 
 
+@pytest.mark.slow
 def test_a_recording_that_stopped_replays_only_as_stopped(tmp_path: Path) -> None:
     """The recorded turn hit the loop guard: record exits 1, the scenario says so, and its replay passes
     only while it expects that stop (without it, replay exits 1 and names the stop)."""

@@ -143,6 +143,7 @@ async def test_the_reviewer_is_told_when_a_link_differs_from_the_debt(rt: Runtim
     )
 
 
+@pytest.mark.slow
 async def test_drafts_show_puts_the_failed_invoice_beside_the_link(tmp_path: Any, sandbox: Sandbox) -> None:
     from persona.config import load_settings
     from tests.harness import run_cli, write_config

@@ -252,6 +252,7 @@ def served() -> Iterator[tuple[Sandbox, str]]:
         yield box, f"{server.base_url}/api/v1"
 
 
+@pytest.mark.slow
 def test_refunds_cli_triage_list_show(tmp_path: Path, served: tuple[Sandbox, str]) -> None:
     box, url = served
     cfg = write_config(tmp_path, sandbox_url=url)

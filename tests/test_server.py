@@ -31,7 +31,7 @@ from persona.llm import ChatModel, ScriptedChatModel
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.worker import Worker
-from tests.harness import REPO, bearer, build_runtime, call, say, step
+from tests.harness import REPO, bearer, build_runtime, call, config_text, say, step
 from tests.test_webhooks import FakeFlows, callback_fields
 from tests.test_worker_kill import cli
 from tools.errors import PlisioTransportError
@@ -253,10 +253,11 @@ async def test_inbox_listing(rt: Runtime, http: httpx.AsyncClient) -> None:
     assert FakeFlows().failures == []
 
 
+@pytest.mark.slow
 def test_persona_serve_command(tmp_path: Path) -> None:
-    text = (REPO / "config.yaml").read_text(encoding="utf-8")
-    text = text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}")
-    text = text.replace("url: sqlite:///var/persona.sqlite3", f"url: sqlite:///{tmp_path / 'db.sqlite3'}")
+    text = config_text().replace(
+        "url: sqlite:///var/persona.sqlite3", f"url: sqlite:///{tmp_path / 'db.sqlite3'}"
+    )
     cfg = tmp_path / "config.yaml"
     cfg.write_text(text, encoding="utf-8")
     with socket.socket() as sock:

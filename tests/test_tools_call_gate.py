@@ -63,6 +63,7 @@ def records(cfg: Path, **flt: str) -> list[object]:
         store.close()
 
 
+@pytest.mark.slow
 def test_a_write_needs_a_persona_and_goes_through_its_gate(live: tuple[Path, Sandbox]) -> None:
     cfg, sandbox = live
     door = persona(cfg, "tools", "call", "plisio_create_invoice", "--args", invoice("100", "a@x.io"), check=2)
@@ -101,6 +102,7 @@ def test_a_write_needs_a_persona_and_goes_through_its_gate(live: tuple[Path, San
     ) in events
 
 
+@pytest.mark.slow
 def test_grant_caps_apply_to_the_cli_too(live: tuple[Path, Sandbox]) -> None:
     cfg, sandbox = live
     persona(cfg, "connect", "plisio", "--name", "shop-main", "--key-stdin", stdin=SANDBOX_API_KEY + "\n")
@@ -113,6 +115,7 @@ def test_grant_caps_apply_to_the_cli_too(live: tuple[Path, Sandbox]) -> None:
     assert billed(sandbox, "grant@x.io") == 1
 
 
+@pytest.mark.slow
 def test_a_read_is_audited(live: tuple[Path, Sandbox]) -> None:
     cfg, _ = live
     read = persona(

@@ -24,7 +24,7 @@ from persona.store.vault_tables import api_tokens
 from persona.users import Users, token_hash
 from persona.vault import Actor
 from tests.conftest import NOW
-from tests.harness import REPO, bearer, build_runtime, call
+from tests.harness import bearer, build_runtime, call, config_text
 from tests.test_vault import Clock
 from tests.test_webhooks import callback_fields
 from tools.plisio.callbacks import encode_form_callback
@@ -270,14 +270,12 @@ def persona(
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> Path:
-    text = (REPO / "config.yaml").read_text(encoding="utf-8")
     path = tmp_path / "config.yaml"
-    path.write_text(
-        text.replace("prompts_dir: prompts", f"prompts_dir: {REPO / 'prompts'}"), encoding="utf-8"
-    )
+    path.write_text(config_text(), encoding="utf-8")
     return path
 
 
+@pytest.mark.slow
 def test_users_commands(cfg: Path) -> None:
     added = persona(
         cfg, "users", "add", "Alice@Example.com", "--role", "operator", "--by", "root@example.com"
@@ -299,6 +297,7 @@ def test_users_commands(cfg: Path) -> None:
     assert token not in audit
 
 
+@pytest.mark.slow
 def test_vault_commands(cfg: Path) -> None:
     """The key comes from stdin or a hidden prompt, never argv; nothing prints it."""
     stored = persona(

@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import REPO
 from tools.plisio.args import CreateInvoiceArgs
 from tools.plisio.client import PlisioClient
 from tools.plisio.sandbox import SANDBOX_API_KEY, Sandbox
@@ -45,10 +45,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_persona_sandbox_white_label_serves_a_white_label_shop() -> None:
+@pytest.mark.slow
+def test_persona_sandbox_white_label_serves_a_white_label_shop(tmp_path: Path) -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "persona", "sandbox", "--white-label", "--port", str(port)], cwd=REPO,
+        [sys.executable, "-m", "persona", "sandbox", "--white-label", "--port", str(port)], cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

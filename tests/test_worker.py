@@ -378,7 +378,8 @@ async def test_worker_schedules_the_churn_scan_with_its_slot(rt: Runtime, wall: 
     worker = Worker(rt.worker, handlers=FakeFlows(), churn=scan)
     ran = await worker.scheduler.tick()
     assert sorted(r.name for r in ran) == ["churn_scan", "reconcile", "resolve_effects"]
-    assert calls == [(rt.flows, datetime(2026, 11, 23, 6, 0, tzinfo=UTC))]  # NOW is Tuesday 24th: Monday's slot
+    # NOW is Tuesday 24th: Monday's slot.
+    assert calls == [(rt.flows, datetime(2026, 11, 23, 6, 0, tzinfo=UTC))]
     assert await worker.scheduler.tick() == []
     [audit] = rt.audit.query(AuditFilter(event="schedule_run", source="schedule", limit=1, newest=True))
     assert audit.decision == "done"

@@ -30,7 +30,7 @@ from persona.flows.runs import FlowRuns
 from persona.inbox import Inbox
 from persona.server import create_app
 from tests.fakes.openai_server import FakeOpenAI, FakeStep
-from tests.harness import REPO
+from tests.harness import REPO, config_text
 from tools.plisio.sandbox import LoopbackServer, Sandbox
 
 pytestmark = pytest.mark.anyio
@@ -71,9 +71,8 @@ def llm() -> Iterator[tuple[SlowFirst, FakeOpenAI, LoopbackServer]]:
 
 
 def write_config(tmp_path: Path, sandbox_url: str, llm_url: str) -> Path:
-    text = (REPO / "config.yaml").read_text(encoding="utf-8")
+    text = config_text()
     replacements = {
-        "prompts_dir: prompts": f"prompts_dir: {REPO / 'prompts'}",
         "  base_url: null\n  model: null": f"  base_url: {llm_url}/v1\n  model: fake-model",
         "url: sqlite:///var/persona.sqlite3": f"url: sqlite:///{tmp_path / 'persona.sqlite3'}",
         "    url: null        #": f"    url: {sandbox_url}/api/v1  #",
@@ -119,6 +118,7 @@ def wait_for(what: str, check: Callable[[], bool], log: Path, timeout: float = 6
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_killed_worker_loses_nothing_and_doubles_nothing(
     tmp_path: Path,
     sandbox_server: tuple[Sandbox, LoopbackServer],

@@ -164,6 +164,7 @@ CLI: dict[str, tuple[tuple[str, ...], int, str]] = {
 
 
 @pytest.mark.parametrize("name", list(CLI))
+@pytest.mark.slow
 def test_at_the_cli_nothing_goes_around_the_gate(
     live: tuple[Path, Sandbox], obedient: Obedient, store_for: Any, name: str
 ) -> None:
