@@ -53,14 +53,15 @@ def child_env() -> dict[str, str]:
 def system_prompt() -> tuple[str, list[dict[str, Any]]]:
     """The finance persona's rendered system prompt and its 13 tool definitions, as our loop sends them."""
     from persona.app import Runtime
+    from persona.calls import call_context
     from persona.config import load_settings
     from persona.store.engine import Store
 
     settings = load_settings(ROOT / "config.yaml", env={})
     rt = Runtime.build(settings, store=Store.open("sqlite:///:memory:"))
     try:
-        ctx = rt.context(scenario.PERSONA, scenario.USER)
-        return rt.system_prompt(ctx), rt.dispatcher.tools_for(ctx.persona)
+        ctx = call_context(settings, scenario.PERSONA, scenario.USER)
+        return rt.prompts.for_call(ctx, today=rt.now().date()), rt.dispatcher.tools_for(ctx.persona)
     finally:
         rt.audit.close()
         rt.store.close()

@@ -1,35 +1,36 @@
-"""Composition root: builds the Plisio client (live or sandbox) and, later, store, registry, personas.
+"""The composition root: :class:`Runtime` builds every long-lived part from the settings (the store, the
+audit log, the vault, the Plisio client, the gate, the pooled models) and closes them together.
 
-Everything that owns a connection is built here and closed here, so the CLI, the server
-and the tests assemble the same objects the same way.
+Its properties hand each consumer the typed bundle it takes (:mod:`persona.deps`: ``chat``, ``flows``,
+``worker``, ``operator``); nothing below reaches into the runtime itself. Imported only by the entry points
+(:mod:`persona.cli`, :mod:`persona.server`) and by the two modules that build a world of their own (the
+demo, the replay runner), as ``tests/test_invariants.py`` holds.
 """
 
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import structlog
 
 from persona.approvals import ApprovalStore
 from persona.audit import AuditLog
-from persona.calls import CallContext, call_context
-from persona.deps import FlowDeps, WorkerDeps
+from persona.deps import ChatDeps, ConsoleDeps, FlowDeps, OperatorDeps, WorkerDeps
 from persona.dispatcher import Dispatcher
 from persona.effects.executor import EffectExecutor
 from persona.effects.ledger import EffectLedger
 from persona.effects.seal import Seal
 from persona.errors import NoMasterKey, NotConfigured
-from persona.events import Source
-from persona.llm import ChatModel, OpenAIChatModel
 from persona.masterkey import MasterKeySource
+from persona.models import ModelFactory, Models
 from persona.policy import PlisioPrices, Policy
 from persona.prompts import PromptLibrary
-from persona.settings import PlisioMode, Settings, resolve_tools
+from persona.settings import PlisioMode, Settings
 from persona.store.engine import Store
 from persona.vault import GrantGate, Grants, PersonaAccess, Vault, service_key_source
 from tools.plisio.client import KeySource, PlisioClient, RetryPolicy, Timeouts
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
     from tools.plisio.sandbox import Sandbox
 
 IN_PROCESS_SANDBOX_URL = "http://sandbox.invalid/api/v1"
-
-ModelFactory = Callable[[str, str, Mapping[str, Any]], "ChatModel"]
-"""(flow, persona, facts) -> the model that writes for that flow run."""
 
 
 @dataclass
@@ -114,14 +112,6 @@ def connect_plisio(
     return PlisioConnection(local(key or SANDBOX_API_KEY), sandbox, cfg.mode, local)
 
 
-NO_LLM_HELP = (
-    "no LLM endpoint is configured. Set llm.base_url and llm.model in config.yaml, for example:\n"
-    "  OpenAI: base_url: https://api.openai.com/v1   model: gpt-4o-mini   (export OPENAI_API_KEY=...)\n"
-    "  Ollama: base_url: http://127.0.0.1:11434/v1  model: llama3.1      (no key needed)\n"
-    "  vLLM:   base_url: http://127.0.0.1:8000/v1   model: <served model name>"
-)
-
-
 def settle_heap() -> None:
     """Move what start-up built (app, routes, tables, models) out of the garbage collector's sight.
 
@@ -153,13 +143,22 @@ class Runtime:
     vault: Vault
     grants: Grants
     access: PersonaAccess
-    model_factory: ModelFactory | None = None
-    """Injected model for flows (tests, replay); None means the configured LLM."""
+    models: Models
     outbound_transport: httpx.AsyncBaseTransport | None = None
     """Injected transport for the outbound channel (tests); None means the network."""
     checkpoint_transport: httpx.AsyncBaseTransport | None = None
     """Injected transport for the checkpoint webhook (``audit.checkpoint_webhook_url``); None: the network."""
 
+    @property
+    def model_factory(self) -> ModelFactory | None:
+        """Injected models for chat and flows (tests, replay, the demo); None means the configured LLM."""
+        return self.models.factory
+
+    @model_factory.setter
+    def model_factory(self, factory: ModelFactory | None) -> None:
+        self.models.factory = factory
+
+    @property
     def reviews(self) -> ReviewQueue:
         """The draft review queue with its outbound channel."""
         from persona.drafts import DraftStore, Outbound, ReviewQueue
@@ -219,23 +218,7 @@ class Runtime:
         prompts = PromptLibrary(settings.prompts_path())
         return cls(
             settings, store, audit, plisio, registry, policy, dispatcher.approvals, dispatcher, prompts, now, vault,
-            grants, access,
-        )  # fmt: skip
-
-    def context(
-        self,
-        persona: str,
-        user: str,
-        *,
-        conversation_id: str | None = None,
-        source: str = Source.CHAT,
-        flow_key: str | None = None,
-        slots: Mapping[str, str] | None = None,
-        pinned: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> CallContext:
-        return call_context(
-            self.settings, persona, user, conversation_id=conversation_id, source=source, flow_key=flow_key,
-            slots=slots, pinned=pinned,
+            grants, access, Models(settings),
         )  # fmt: skip
 
     @property
@@ -251,51 +234,36 @@ class Runtime:
         """What the recovery, refund and churn flows need (the model as injected at the time of the call)."""
         return FlowDeps(
             settings=self.settings, store=self.store, audit=self.audit, plisio=self.plisio.client,
-            dispatcher=self.dispatcher, prompts=self.prompts, now=self.now, models=self.flow_model,
+            dispatcher=self.dispatcher, prompts=self.prompts, now=self.now, models=self.models.flow,
         )  # fmt: skip
 
-    def flow_model(self, flow: str, persona: str, facts: Mapping[str, Any]) -> ChatModel | None:
-        """The model a flow's persona writes with: injected (tests, replay), configured, or None."""
-        if self.model_factory is not None:
-            return self.model_factory(flow, persona, facts)
-        try:
-            return self.chat_model(persona)
-        except NotConfigured:
-            return None
+    @property
+    def chat(self) -> ChatDeps:
+        """What a chat turn needs (``POST /v1/chat``, ``persona chat``, a replayed chat)."""
+        return ChatDeps(
+            settings=self.settings, store=self.store, audit=self.audit, dispatcher=self.dispatcher,
+            prompts=self.prompts, now=self.now, models=self.models.chat,
+        )  # fmt: skip
 
-    def system_prompt(self, ctx: CallContext) -> str:
-        persona = ctx.persona
-        return self.prompts.render(
-            persona.prompt,
-            persona=ctx.persona_name,
-            description=persona.description,
-            user=ctx.user,
-            today=self.now().date().isoformat(),
-            tools=list(resolve_tools(persona)),
-            policy=persona.invoice_policy,
+    @property
+    def console(self) -> ConsoleDeps:
+        """What the review console needs (its review queue built per action, as the settings then say)."""
+        return ConsoleDeps(operator=self.operator, flows=self.flows, reviews=lambda: self.reviews)
+
+    @property
+    def operator(self) -> OperatorDeps:
+        """What the operator's endpoints and commands need (inbox, audit, approvals, effects)."""
+        return OperatorDeps(
+            settings=self.settings,
+            store=self.store,
+            audit=self.audit,
+            dispatcher=self.dispatcher,
+            now=self.now,
         )
 
-    def chat_model(self, persona: str) -> ChatModel:
-        return model_for(self.settings, persona)
-
     async def aclose(self) -> None:
+        await self.models.aclose()
         await self.audit.aclose()
         await self.access.aclose()
         await self.plisio.aclose()
         self.store.close()
-
-
-def model_for(settings: Settings, persona: str, *, stream: bool | None = None) -> OpenAIChatModel:
-    """The configured endpoint as ``persona`` uses it (its model, temperature, max_tokens); ``stream``
-    overrides ``llm.stream`` (``persona llm check`` tries both)."""
-    llm = settings.llm
-    chosen = settings.persona(persona).model
-    model = chosen.model or llm.model
-    if not llm.base_url or not model:
-        raise NotConfigured(NO_LLM_HELP)
-    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    return OpenAIChatModel(
-        model=model, base_url=llm.base_url, api_key=key, timeout=llm.timeout, max_retries=llm.max_retries,
-        temperature=chosen.temperature, max_tokens=chosen.max_tokens, stream=llm.stream if stream is None else stream,
-        provider=llm.provider,
-    )  # fmt: skip

@@ -19,6 +19,7 @@ import httpx
 from persona.audit import AuditLog
 from persona.clock import Clock
 from persona.dispatcher import Dispatcher
+from persona.drafts import ReviewQueue
 from persona.effects.executor import EffectExecutor
 from persona.inbox import Inbox, InboxWriter
 from persona.llm import ChatModel
@@ -28,7 +29,10 @@ from persona.store.engine import Store
 from tools.plisio.client import PlisioClient
 from tools.plisio.tools import PlisioContext
 
-__all__ = ["FlowDeps", "FlowModels", "ReceiverDeps", "SecretsSource", "WorkerDeps"]
+__all__ = [
+    "ChatDeps", "ChatModels", "ConsoleDeps", "FlowDeps", "FlowModels", "OperatorDeps", "ReceiverDeps", "ReviewQueues", "SecretsSource",
+    "WorkerDeps",
+]  # fmt: skip
 
 SecretsSource = Callable[[], list[str]]
 """Accepted callback keys, current first (index 0 is reported as ``current``)."""
@@ -66,6 +70,52 @@ class FlowDeps:
     prompts: PromptLibrary
     now: Clock
     models: FlowModels
+
+
+ChatModels = Callable[[str, str], ChatModel]
+"""(persona, user) -> the model a chat turn runs on (NotConfigured when no endpoint is set). The runtime's
+models are pooled and closed with it: a caller never closes one."""
+
+
+@dataclass(frozen=True)
+class ChatDeps:
+    """A chat turn's (``POST /v1/chat``, ``persona chat``, a replayed chat): where the conversation and its
+    idempotent answers are stored, the gate its tool calls go through, its system prompt and its model."""
+
+    settings: Settings
+    store: Store
+    audit: AuditLog
+    dispatcher: Dispatcher[PlisioContext]
+    prompts: PromptLibrary
+    now: Clock
+    models: ChatModels
+
+
+@dataclass(frozen=True)
+class OperatorDeps:
+    """The operator's endpoints and commands (the inbox, the audit log, approvals, effects): the store, the
+    audit log their actions are recorded in, the gate that holds approvals and effects, the settings the
+    checkpoint verifier reads."""
+
+    settings: Settings
+    store: Store
+    audit: AuditLog
+    dispatcher: Dispatcher[PlisioContext]
+    now: Clock
+
+
+ReviewQueues = Callable[[], ReviewQueue]
+"""The draft review queue as it stands at the call: its outbound channel is read from the settings then."""
+
+
+@dataclass(frozen=True)
+class ConsoleDeps:
+    """The review console's: the operator's parts (sessions, approvals, the audit log, the inbox), the
+    flows' stored decisions and reports, and the review queue its forms decide drafts through."""
+
+    operator: OperatorDeps
+    flows: FlowDeps
+    reviews: ReviewQueues
 
 
 @dataclass(frozen=True)

@@ -87,9 +87,6 @@ class Dispatcher(Generic[C]):
         """The OpenAI tool definitions offered to a persona: its scope, nothing more."""
         return self.registry.openai_tools(resolve_tools(persona))
 
-    def tools_for_names(self, persona: PersonaSettings) -> tuple[str, ...]:
-        return resolve_tools(persona)
-
     async def _audit(
         self, ctx: CallContext, event: Event, tool: str | None, *, durable: bool = True, **fields: Any
     ) -> None:

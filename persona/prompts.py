@@ -5,12 +5,17 @@ A typo in a template variable must fail loudly at start-up, not ship a prompt wi
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
 from persona.errors import ConfigError
+from persona.settings import resolve_tools
+
+if TYPE_CHECKING:
+    from persona.calls import CallContext
 
 
 class PromptLibrary:
@@ -23,6 +28,15 @@ class PromptLibrary:
             keep_trailing_newline=True,
             trim_blocks=False,
         )
+
+    def for_call(self, ctx: CallContext, *, today: date, template: str | None = None, **extra: Any) -> str:
+        """The system prompt of a call context's persona: its template (or ``template``, a flow's) with
+        the persona, its user, today, its tools and its invoice policy; ``extra`` adds a flow's values."""
+        persona = ctx.persona
+        return self.render(
+            template or persona.prompt, persona=ctx.persona_name, description=persona.description, user=ctx.user,
+            today=today.isoformat(), tools=list(resolve_tools(persona)), policy=persona.invoice_policy, **extra,
+        )  # fmt: skip
 
     def render(self, template: str, **values: Any) -> str:
         try:

@@ -91,7 +91,12 @@ def create_app(
     async def plisio_webhook(request: Request) -> Response:
         return await receiver(request)
 
-    for module in (ops, audit, chat, drafts, flows, approvals, effects, docs):
-        app.include_router(module.router(rt, auth))
-    install_console(app, rt, users)  # the review console at /: sign-in, pages, forms
+    operator = rt.operator
+    for router in (
+        ops.router(operator, auth), audit.router(operator, auth), chat.router(rt.chat, auth),
+        drafts.router(rt.console.reviews, auth), flows.router(rt.flows, auth), approvals.router(operator, auth),
+        effects.router(operator, auth), docs.router(),
+    ):  # fmt: skip
+        app.include_router(router)
+    install_console(app, rt.console, users)  # the review console at /: sign-in, pages, forms
     return app

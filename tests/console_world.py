@@ -14,6 +14,7 @@ import httpx
 from pydantic import SecretStr
 
 from persona.app import Runtime
+from persona.calls import call_context
 from persona.drafts import Draft
 from persona.flows import churn, recovery, refunds
 from persona.llm import ChatModel, ScriptedChatModel
@@ -115,7 +116,7 @@ async def _held_call(rt: Runtime) -> tuple[str, str]:
                                              "source_currency": "USD", "email": "billing@acme.example"})),
          say("The 600 USD invoice for Acme waits for an admin's approval.")], name="scripted-finance",
     )  # fmt: skip
-    ctx = rt.context("finance", OPERATOR, conversation_id="conv_console_demo", source="http")
+    ctx = call_context(rt.settings, "finance", OPERATOR, conversation_id="conv_console_demo", source="http")
     result = await run_turn(model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt="You help.",
                             history=[], user_message="Invoice Acme 600 USD for the yearly plan, please.")  # fmt: skip
     held = [c for c in result.calls if c.approval_id]

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from persona.calls import call_context
 from persona.llm import ScriptedChatModel, ScriptStep, ToolCall
 from persona.loop import run_turn
 from persona.settings import Limits
@@ -101,9 +102,9 @@ async def attack(
     """Run the script; returns the runtime, the turn and the conversation id."""
     rt = build_runtime(store, sandbox)
     model = ScriptedChatModel(steps)
-    ctx = rt.context(persona, "mallory@example.com")
+    ctx = call_context(rt.settings, persona, "mallory@example.com")
     result = await run_turn(
-        model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.system_prompt(ctx), user_message="go",
+        model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.prompts.for_call(ctx, today=rt.now().date()), user_message="go",
         limits=Limits(max_steps=10, max_tool_calls=40),
     )  # fmt: skip
     await rt.plisio.aclose()

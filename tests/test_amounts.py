@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from persona.app import Runtime
-from persona.calls import Outcome
+from persona.calls import Outcome, call_context
 from persona.events import Event
 from persona.llm import ScriptedChatModel
 from persona.loop import run_turn
@@ -354,7 +354,7 @@ async def rt(store: Store, sandbox: Sandbox) -> AsyncIterator[Runtime]:
 
 
 async def chat_turn(rt: Runtime, *steps: Any) -> tuple[Any, str]:
-    ctx = rt.context("finance", "alice@example.com")
+    ctx = call_context(rt.settings, "finance", "alice@example.com")
     result = await run_turn(
         model=ScriptedChatModel(list(steps)), dispatcher=rt.dispatcher, ctx=ctx, system_prompt="s",
         user_message="make the invoice",

@@ -315,7 +315,7 @@ async def test_the_cli_retry_is_the_same_domain_call_with_its_own_source(
     rt: Runtime, as_role: dict[str, httpx.AsyncClient]
 ) -> None:
     row_id = await _poison_row(as_role["operator"])
-    row = await retry_inbox_row(rt, row_id, by=None, source=Source.CLI)
+    row = await retry_inbox_row(rt.operator, row_id, by=None, source=Source.CLI)
     assert row.state == "pending"
     [record] = events(rt, "inbox_retried")
     assert (record.source, record.user, record.payload["inbox_id"]) == ("cli", None, row_id)

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from persona.app import Runtime
 from persona.audit import AuditFilter
 from persona.audit_keys import MacKeys
+from persona.calls import call_context
 from persona.effects import is_order_number
 from persona.effects.keys import EffectKey, arguments_hash, normalised
 from persona.effects.seal import Held, Seal
@@ -52,7 +53,9 @@ def rt(store: Store, sandbox: Sandbox) -> Iterator[Runtime]:
 
 
 async def held(rt: Runtime, args: dict[str, Any] = INVOICE, user: str = ASKER) -> str:
-    done = await rt.dispatcher.dispatch(call("plisio_create_invoice", args), rt.context("finance", user))
+    done = await rt.dispatcher.dispatch(
+        call("plisio_create_invoice", args), call_context(rt.settings, "finance", user)
+    )
     assert done.outcome.value == "pending_approval" and done.approval_id, done.content
     return done.approval_id
 
@@ -309,13 +312,13 @@ async def test_a_call_held_again_after_a_definite_failure_is_approved_again(
     today = [NOW]
     rt = build_runtime(store, sandbox, now=lambda: today[0])
     try:
-        ctx = rt.context("finance", ASKER)
+        ctx = call_context(rt.settings, "finance", ASKER)
         first = await rt.dispatcher.dispatch(call("plisio_create_invoice", INVOICE, call_id="c1"), ctx, seq=0)
         assert first.approval_id
         for n in range(19):  # 19 x 249 = 4731 of the 5000 USD daily total: 400 more does not fit
             small = {**INVOICE, "order_name": f"small {n}", "source_amount": "249"}
             done = await rt.dispatcher.dispatch(
-                call("plisio_create_invoice", small), rt.context("finance", ASKER)
+                call("plisio_create_invoice", small), call_context(rt.settings, "finance", ASKER)
             )
             assert done.outcome.value == "succeeded", done.content
         _, refused = await rt.dispatcher.approve(first.approval_id, by=APPROVER)

@@ -21,6 +21,7 @@ from persona.audit import AuditFilter
 from persona.conversations import Conversation, Conversations, HistoryLimits, fit
 from persona.errors import Conflict
 from persona.llm import ChatModel, ModelReply, Usage
+from persona.models import Models as RuntimeModels
 from persona.server import create_app
 from persona.store.chat_tables import chat_turns
 from persona.store.engine import Store
@@ -33,7 +34,7 @@ ALICE, MALLORY = "alice@example.com", "mallory@example.com"
 
 
 def client(rt: Runtime, models: Callable[[str, str, Mapping[str, Any]], ChatModel]) -> httpx.AsyncClient:
-    app = create_app(dataclasses.replace(rt, model_factory=models), start_worker=False)
+    app = create_app(dataclasses.replace(rt, models=RuntimeModels(rt.settings, models)), start_worker=False)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://persona.test")
 
 

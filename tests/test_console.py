@@ -241,7 +241,7 @@ async def test_inbox_retry_from_the_console_is_audited_with_its_user(world: dict
 
 async def test_text_from_the_store_is_escaped_never_markup(world: dict[str, Any]) -> None:
     rt, draft = world["rt"], world["draft"]
-    await rt.reviews().reject(draft.id, by="oscar@example.com", note='<script>alert("x")</script><b>bold</b>')
+    await rt.reviews.reject(draft.id, by="oscar@example.com", note='<script>alert("x")</script><b>bold</b>')
     async with client(rt) as c:
         await sign_in(c, world["tokens"]["operator"])
         page = await c.get(f"/drafts/{draft.id}")

@@ -14,7 +14,7 @@ import pytest
 
 from persona.app import Runtime
 from persona.audit import AuditEvent, AuditFilter
-from persona.calls import Outcome
+from persona.calls import Outcome, call_context
 from persona.effects import is_order_number
 from persona.effects.keys import arguments_hash
 from persona.effects.ledger import State
@@ -22,6 +22,7 @@ from persona.events import Event
 from persona.flows import recovery
 from persona.llm import ScriptedChatModel, ToolCall
 from persona.loop import run_turn
+from persona.models import Models as RuntimeModels
 from persona.policy import SIDE_EFFECT_RULES, Verdict
 from persona.settings import Limits
 from persona.store.engine import Store
@@ -65,7 +66,7 @@ def invoices(sandbox: Sandbox) -> list[Any]:
 async def chat(
     rt: Runtime, steps: list[Any], *, conversation_id: str | None = None, history: Any = (), **kw: Any
 ) -> Any:
-    ctx = rt.context("finance", "alice@example.com", conversation_id=conversation_id)
+    ctx = call_context(rt.settings, "finance", "alice@example.com", conversation_id=conversation_id)
     model = ScriptedChatModel(steps)
     result = await run_turn(
         model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt="s", history=list(history), **kw
@@ -273,7 +274,7 @@ async def test_recovery_makes_one_link_whatever_mix_of_model_and_template_runs(
     # A worker crash and a re-run of the flow (the draft gone from view): still the same effect.
     rerun = await rt.dispatcher.dispatch(
         ToolCall(id="fresh_link", name="plisio_create_invoice", arguments=json.dumps({**link, "source_amount": "240"})),
-        rt.context("recovery", "system:recovery", flow_key=f"recovery:{op.id}", slots=recovery.SLOTS), seq=0,
+        call_context(rt.settings, "recovery", "system:recovery", flow_key=f"recovery:{op.id}", slots=recovery.SLOTS), seq=0,
     )  # fmt: skip
     assert rerun.outcome is Outcome.REPLAYED and rerun.data()["txn_id"] == draft.new_txn_id
     assert len(invoices(sandbox)) == 1
@@ -368,7 +369,7 @@ async def test_a_retried_chat_request_with_an_idempotency_key_runs_once(
         made.append(ScriptedChatModel(invoice_script()))
         return made[-1]
 
-    app = create_app(dataclasses.replace(rt, model_factory=factory), start_worker=False)
+    app = create_app(dataclasses.replace(rt, models=RuntimeModels(rt.settings, factory)), start_worker=False)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p.test",
                                      headers=bearer(rt)) as http:  # fmt: skip

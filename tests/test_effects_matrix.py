@@ -20,6 +20,7 @@ import pytest
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
+from persona.calls import call_context
 from persona.drafts import Draft, DraftStore
 from persona.effects.ledger import Effect, State
 from persona.errors import EffectUnresolved
@@ -151,7 +152,7 @@ async def from_chat(kit: Kit, cell: Cell) -> Effect:
         [step(call("plisio_create_invoice", {"order_name": "ACME retainer", "source_amount": "40.00",
                                              "source_currency": "USD"})), say("Done.")]
     )  # fmt: skip
-    ctx = kit.rt.context("finance", "alice@example.com")
+    ctx = call_context(kit.rt.settings, "finance", "alice@example.com")
     disarm = arm(kit, cell)
     try:
         result = await run_turn(model=model, dispatcher=kit.rt.dispatcher, ctx=ctx, system_prompt="s")
@@ -167,7 +168,7 @@ async def from_approval(kit: Kit, cell: Cell) -> Effect:
         [step(call("plisio_create_invoice", {"order_name": "Big retainer", "source_amount": "400",
                                              "source_currency": "USD"})), say("It awaits approval.")]
     )  # fmt: skip
-    ctx = kit.rt.context("finance", "alice@example.com")
+    ctx = call_context(kit.rt.settings, "finance", "alice@example.com")
     result = await run_turn(model=model, dispatcher=kit.rt.dispatcher, ctx=ctx, system_prompt="s")
     [held] = result.calls
     assert held.approval_id is not None

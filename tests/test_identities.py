@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from persona.app import Runtime
+from persona.calls import call_context
 from persona.config import load_settings
 from persona.errors import Forbidden, PersonaError
 from persona.server import create_app
@@ -79,7 +80,9 @@ def rt(store: Store, sandbox: Sandbox) -> Iterator[Runtime]:
 
 
 async def _held(rt: Runtime, user: str) -> str:
-    done = await rt.dispatcher.dispatch(call("plisio_create_invoice", INVOICE), rt.context("finance", user))
+    done = await rt.dispatcher.dispatch(
+        call("plisio_create_invoice", INVOICE), call_context(rt.settings, "finance", user)
+    )
     assert done.outcome.value == "pending_approval" and done.approval_id
     return done.approval_id
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from persona.app import Runtime
+from persona.calls import call_context
 from persona.dispatcher import Outcome
 from persona.effects import is_order_number
 from persona.errors import Conflict, Forbidden
@@ -38,9 +39,9 @@ async def turn(
     message: str = "hi", limits: Limits | None = None, conversation_id: str | None = None,
 ) -> tuple[TurnResult, ScriptedChatModel, str]:  # fmt: skip
     model = ScriptedChatModel(steps)
-    ctx = rt.context(persona, user, conversation_id=conversation_id)
+    ctx = call_context(rt.settings, persona, user, conversation_id=conversation_id)
     result = await run_turn(
-        model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.system_prompt(ctx), user_message=message,
+        model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.prompts.for_call(ctx, today=rt.now().date()), user_message=message,
         limits=limits,
     )  # fmt: skip
     return result, model, ctx.conversation_id
@@ -205,7 +206,7 @@ async def test_wall_clock_limit(store: Store, sandbox: Sandbox) -> None:
     model = ScriptedChatModel(
         [step(call("plisio_get_balance", {"psys_cid": c})) for c in ["BTC", "ETH", "LTC"]]
     )
-    ctx = rt.context("finance", "alice@example.com")
+    ctx = call_context(rt.settings, "finance", "alice@example.com")
     result = await run_turn(
         model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt="s", user_message="go",
         limits=Limits(wall_clock_s=120), clock=lambda: float(next(ticks)),
@@ -310,7 +311,7 @@ async def test_approval_flow_end_to_end(rt: Runtime, sandbox: Sandbox) -> None:
     # If the model asks again with the same call id, the stored answer comes back; nothing re-runs.
     again = await rt.dispatcher.dispatch(
         ToolCall(pending.call_id, "plisio_create_invoice", json.dumps(held)),
-        rt.context("finance", "alice@example.com", conversation_id=conv),
+        call_context(rt.settings, "finance", "alice@example.com", conversation_id=conv),
     )
     assert again.outcome is Outcome.REPLAYED
     assert len([r for r in sandbox.requests if r.path.endswith("/invoices/new")]) == 1

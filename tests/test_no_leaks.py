@@ -27,6 +27,7 @@ from sqlalchemy import select, text, update
 from persona import log as persona_log
 from persona.errors import VaultError
 from persona.llm import ScriptedChatModel
+from persona.models import Models as RuntimeModels
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.store.metadata import metadata
@@ -123,7 +124,7 @@ async def _exercise_everything(
             "order_name": "ACME", "source_amount": "400", "source_currency": "USD"})), say("Held for approval.")],
         [step(call("plisio_get_shop_info", {})), say("Shop read.")],
     )  # fmt: skip
-    app = create_app(replace(rt, model_factory=models), start_worker=False)
+    app = create_app(replace(rt, models=RuntimeModels(rt.settings, models)), start_worker=False)
     responses: list[httpx.Response] = []
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
         chat = await http.post("/v1/chat", json={"persona": "finance", "message": "bill ACME"},

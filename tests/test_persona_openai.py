@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from persona.app import Runtime
+from persona.calls import call_context
 from persona.dispatcher import Outcome
 from persona.events import Event
 from persona.llm import OpenAIChatModel
@@ -69,12 +70,12 @@ async def converse(
     model = OpenAIChatModel(
         model="fake-model", base_url=f"{server.base_url}/v1", stream=stream, max_retries=2
     )
-    ctx = rt.context("finance", "alice@example.com")
+    ctx = call_context(rt.settings, "finance", "alice@example.com")
     seen: list[LoopEvent] = []
     deltas: list[str] = []
     try:
         result = await run_turn(
-            model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.system_prompt(ctx),
+            model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.prompts.for_call(ctx, today=rt.now().date()),
             user_message=message, on_event=seen.append, on_text=deltas.append,
         )  # fmt: skip
     finally:
@@ -178,7 +179,7 @@ async def test_provider_errors_are_retried_without_rerunning_tools(
 async def test_unreachable_model_ends_the_turn_with_a_clear_message(store: Store, sandbox: Sandbox) -> None:
     rt = build_runtime(store, sandbox)
     model = OpenAIChatModel(model="m", base_url="http://127.0.0.1:9/v1", max_retries=0)
-    ctx = rt.context("finance", "alice")
+    ctx = call_context(rt.settings, "finance", "alice")
     result = await run_turn(
         model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt="s", user_message="hi"
     )

@@ -187,11 +187,11 @@ async def test_approved_draft_goes_out_signed_exactly_once(rt: Runtime, sandbox:
     draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     with pytest.raises(NotConfigured, match=r"outbound\.webhook_url"):
-        await rt.reviews().approve(draft.id, by="bob@example.com")
+        await rt.reviews.approve(draft.id, by="bob@example.com")
     assert DraftStore(rt.store).get(draft.id).status == "pending_review", "not approved without a channel"
     capture = Capture()
     with_outbound(rt, capture)
-    sent = await rt.reviews().approve(draft.id, by="bob@example.com", note="looks right")
+    sent = await rt.reviews.approve(draft.id, by="bob@example.com", note="looks right")
     assert sent.status == "sent" and len(capture.requests) == 1
     req = capture.requests[0]
     payload = json.loads(req.content)
@@ -200,7 +200,7 @@ async def test_approved_draft_goes_out_signed_exactly_once(rt: Runtime, sandbox:
     assert req.headers[SIGNATURE_HEADER] == sign(req.content, "s3cret-outbound")
     assert req.headers[DELIVERY_HEADER] == draft.id
     with pytest.raises(Conflict):
-        await rt.reviews().approve(draft.id, by="carol@example.com")
+        await rt.reviews.approve(draft.id, by="carol@example.com")
     assert len(capture.requests) == 1
 
 
@@ -208,11 +208,11 @@ async def test_failed_delivery_stays_visible_and_can_be_resent(rt: Runtime, sand
     draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     with_outbound(rt, Capture(status=503))
-    failed = await rt.reviews().approve(draft.id, by="bob")
+    failed = await rt.reviews.approve(draft.id, by="bob")
     assert failed.status == "send_failed" and failed.delivery["attempts"][0]["status_code"] == 503  # type: ignore[index]
     ok = Capture()
     rt.outbound_transport = ok
-    resent = await rt.reviews().send(draft.id, by="bob")
+    resent = await rt.reviews.send(draft.id, by="bob")
     assert resent.status == "sent" and len(resent.delivery["attempts"]) == 2  # type: ignore[index]
 
 
@@ -235,13 +235,13 @@ async def test_concurrent_sends_and_a_mark_sent_during_a_delivery_deliver_once(
     draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     with_outbound(rt, Capture(status=503))
-    assert (await rt.reviews().approve(draft.id, by="bob")).status == "send_failed"
+    assert (await rt.reviews.approve(draft.id, by="bob")).status == "send_failed"
     held = Held()
     rt.outbound_transport = held
-    first = asyncio.create_task(rt.reviews().send(draft.id, by="bob", source="web"))
+    first = asyncio.create_task(rt.reviews.send(draft.id, by="bob", source="web"))
     await held.arrived.wait()  # the first "send again" is at the receiver
     assert DraftStore(rt.store).get(draft.id).status == "sending"
-    for again in (rt.reviews().send(draft.id, by="carol"), rt.reviews().mark_sent(draft.id, by="carol")):
+    for again in (rt.reviews.send(draft.id, by="carol"), rt.reviews.mark_sent(draft.id, by="carol")):
         with pytest.raises(Conflict, match="being delivered right now"):
             await again
     held.go.set()
@@ -250,7 +250,7 @@ async def test_concurrent_sends_and_a_mark_sent_during_a_delivery_deliver_once(
     attempts = sent.delivery["attempts"]  # type: ignore[index]
     assert [a.get("status_code") for a in attempts] == [503, 200] and "sending" not in sent.delivery  # type: ignore[operator]
     with pytest.raises(Conflict, match="is sent"):
-        await rt.reviews().send(draft.id, by="bob")
+        await rt.reviews.send(draft.id, by="bob")
 
 
 async def test_a_delivery_left_sending_by_a_dead_process_can_be_taken_over(
@@ -262,16 +262,16 @@ async def test_a_delivery_left_sending_by_a_dead_process_can_be_taken_over(
     draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")
     assert draft is not None
     with_outbound(rt, Capture(status=503))
-    await rt.reviews().approve(draft.id, by="bob")
-    queue = rt.reviews()
+    await rt.reviews.approve(draft.id, by="bob")
+    queue = rt.reviews
     DraftStore(rt.store).claim_delivery(
         draft.id, now=clock[0], stale_after=queue.outbound.stale_after
     )  # then it died
     rt.outbound_transport = ok = Capture()
     with pytest.raises(Conflict, match="being delivered right now"):
-        await rt.reviews().send(draft.id, by="bob")
+        await rt.reviews.send(draft.id, by="bob")
     clock[0] += queue.outbound.stale_after
-    assert (await rt.reviews().send(draft.id, by="bob")).status == "sent" and len(ok.requests) == 1
+    assert (await rt.reviews.send(draft.id, by="bob")).status == "sent" and len(ok.requests) == 1
     await rt.plisio.aclose()
 
 
@@ -280,9 +280,9 @@ async def test_rejected_draft_is_never_sent(rt: Runtime, sandbox: Sandbox) -> No
     assert draft is not None
     capture = Capture()
     with_outbound(rt, capture)
-    rejected = await rt.reviews().reject(draft.id, by="bob", note="wrong tone")
+    rejected = await rt.reviews.reject(draft.id, by="bob", note="wrong tone")
     assert rejected.status == "rejected"
     with pytest.raises(Conflict):
-        await rt.reviews().send(draft.id, by="bob")
+        await rt.reviews.send(draft.id, by="bob")
     assert capture.requests == []
     assert repo_settings().outbound.webhook_url is None

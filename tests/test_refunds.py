@@ -155,7 +155,7 @@ async def test_a_model_claiming_approval_of_a_denied_refund_changes_nothing_and_
 
 async def test_without_a_model_the_policy_explains(rt: Runtime) -> None:
     op = await invoice(rt, RECENT_REFUNDABLE_ORDER_NUMBERS[2])  # 45.15 EUR in ETH, 11 days ago
-    assert rt.model_factory is None and rt.flow_model("refund_triage", "refunds", {}) is None
+    assert rt.model_factory is None and rt.models.flow("refund_triage", "refunds", {}) is None
     out = await refunds.triage(
         rt.flows, txn_id=op.id, reason="duplicate order", requested_by="carol", trigger="cli"
     )

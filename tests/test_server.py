@@ -28,6 +28,7 @@ from persona.errors import (
     StoreUnavailable,
 )
 from persona.llm import ChatModel, ScriptedChatModel
+from persona.models import Models as RuntimeModels
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.worker import Worker
@@ -86,7 +87,7 @@ async def test_chat_turns_keep_their_conversation_and_report_tool_calls(rt: Runt
         [step(call("plisio_get_balance", {"psys_cid": "BTC"})), say("You hold some BTC.")],
         [say("Still the same balance.")],
     )
-    app = create_app(dataclasses.replace(rt, model_factory=models), start_worker=False)
+    app = create_app(dataclasses.replace(rt, models=RuntimeModels(rt.settings, models)), start_worker=False)
     async with client(app, bearer(rt)) as http:
         first = await http.post("/v1/chat", json={"persona": "finance", "message": "What is my BTC balance?"})
         assert first.status_code == 200, first.text

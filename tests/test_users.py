@@ -17,7 +17,9 @@ from sqlalchemy import select
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
+from persona.calls import call_context
 from persona.drafts import DraftStore
+from persona.models import Models as RuntimeModels
 from persona.server import create_app
 from persona.store.engine import Store
 from persona.store.vault_tables import api_tokens
@@ -57,7 +59,9 @@ async def http(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
 async def held_invoice(rt: Runtime, user: str = "alice@example.com") -> str:
     """A create-invoice call over the approval threshold: held, pending."""
     args = {"order_name": "ACME retainer", "source_amount": "400", "source_currency": "USD"}
-    done = await rt.dispatcher.dispatch(call("plisio_create_invoice", args), rt.context("finance", user))
+    done = await rt.dispatcher.dispatch(
+        call("plisio_create_invoice", args), call_context(rt.settings, "finance", user)
+    )
     assert done.outcome.value == "pending_approval" and done.approval_id
     return done.approval_id
 
@@ -242,7 +246,8 @@ async def test_chat_records_the_authenticated_user(rt: Runtime) -> None:
     from tests.harness import say
 
     app = create_app(
-        dataclasses.replace(rt, model_factory=lambda *_: ScriptedChatModel([say("hi")])), start_worker=False
+        dataclasses.replace(rt, models=RuntimeModels(rt.settings, lambda *_: ScriptedChatModel([say("hi")]))),
+        start_worker=False,
     )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
         forged = await http.post("/v1/chat", json={"persona": "finance", "message": "hi", "user": "ceo@x.io"},

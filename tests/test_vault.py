@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 
 from persona.app import Runtime, connect_plisio
 from persona.audit import AuditFilter
+from persona.calls import call_context
 from persona.dispatcher import Dispatched
 from persona.errors import Conflict, Forbidden, VaultError
 from persona.llm import ModelReply, ScriptedChatModel
@@ -107,7 +108,7 @@ def grant(kit: Kit, persona: str, connection: str = "shop-main", **kw: Any) -> A
 
 
 async def dispatch(kit: Kit, persona: str, tool: str, args: dict[str, Any]) -> Dispatched:
-    ctx = kit.rt.context(persona, "alice@example.com")
+    ctx = call_context(kit.rt.settings, persona, "alice@example.com")
     done = await kit.rt.dispatcher.dispatch(call(tool, args), ctx)
     await kit.rt.audit.flush()  # outside a turn, nothing flushes the queued records for us
     return done
@@ -387,7 +388,7 @@ async def test_revoke_between_two_tool_calls_of_one_conversation_stops_the_secon
         step(call("plisio_get_balance", {"psys_cid": "LTC"})),
         say("Done."),
     ])  # fmt: skip
-    ctx = kit.rt.context("finance", "alice@example.com")
+    ctx = call_context(kit.rt.settings, "finance", "alice@example.com")
     result = await run_turn(
         model=RevokeBetweenSteps(script, kit), dispatcher=kit.rt.dispatcher, ctx=ctx,
         system_prompt="test", user_message="balances please",

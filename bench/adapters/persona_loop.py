@@ -1,6 +1,6 @@
 """Our loop: ``persona.loop.run_turn`` with the real dispatcher, policy and audit on durable SQLite.
 
-Built as ``persona serve`` runs it (``Runtime.build`` from a config file, ``Runtime.chat_model``, then
+Built as ``persona serve`` runs it (``Runtime.build`` from a config file, its chat bundle and pooled model, then
 ``settle_heap()``: the start-up heap frozen out of the garbage collector's scans, as ``serve`` and
 ``worker`` do before serving; ``persona_loop_default_gc`` is the same loop without it):
 the Plisio client talks to the loopback sandbox, the model client to the fake endpoint, the store is
@@ -15,6 +15,7 @@ from typing import Any
 
 from persona import log
 from persona.app import Runtime, settle_heap
+from persona.calls import call_context
 from persona.config import load_settings
 from persona.dispatcher import Outcome
 from persona.loop import run_turn
@@ -29,15 +30,17 @@ class PersonaLoop:
         settings = load_settings(cfg["persona_config"], env={"OPENAI_API_KEY": cfg["api_key"]})
         log.configure(settings.log.level, settings.log.format)
         self.rt = Runtime.build(settings)
-        self.model = self.rt.chat_model(PERSONA)
+        self.deps = self.rt.chat
+        self.model = self.deps.models(PERSONA, USER)
 
     async def run(self) -> str:
-        ctx = self.rt.context(PERSONA, USER)
+        deps = self.deps
+        ctx = call_context(deps.settings, PERSONA, USER)
         result = await run_turn(
             model=self.model,
-            dispatcher=self.rt.dispatcher,
+            dispatcher=deps.dispatcher,
             ctx=ctx,
-            system_prompt=self.rt.system_prompt(ctx),
+            system_prompt=deps.prompts.for_call(ctx, today=deps.now().date()),
             user_message=self.cfg["user_message"],
         )
         if result.stopped_by is not None:
@@ -53,10 +56,7 @@ class PersonaLoop:
         return {"audit_records": report.records, "audit_ok": report.ok}
 
     async def aclose(self) -> None:
-        close = getattr(self.model, "aclose", None)
-        if close is not None:
-            await close()
-        await self.rt.aclose()
+        await self.rt.aclose()  # the model is the runtime's: closed with it
 
 
 async def build(cfg: dict[str, Any], *, settle: bool = True) -> PersonaLoop:

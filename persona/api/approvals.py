@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query
 from persona.api import examples as ex
 from persona.api.access import requires
 from persona.api.bodies import Decision
-from persona.app import Runtime
 from persona.approvals import STATUSES
+from persona.deps import OperatorDeps
 from persona.events import Source
 from persona.http_auth import ADMIN, Auth
 from persona.jsonutil import jsonable
@@ -19,7 +19,7 @@ from persona.users import User
 from persona.wire import call_view
 
 
-def router(rt: Runtime, auth: Auth) -> APIRouter:
+def router(deps: OperatorDeps, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["approvals"])
     approver = requires(auth, ADMIN, "decide approvals")
 
@@ -38,7 +38,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         ] = "pending",
         _: User = approver,
     ) -> dict[str, Any]:
-        found = await asyncio.to_thread(rt.approvals.find, None if status == "all" else status)
+        found = await asyncio.to_thread(deps.dispatcher.approvals.find, None if status == "all" else status)
         return {"count": len(found), "approvals": [jsonable(a) for a in found]}
 
     @api.get(
@@ -46,7 +46,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.APPROVAL, 404),
     )  # fmt: skip
     async def approval(approval_id: str, _: User = approver) -> dict[str, Any]:
-        return {"approval": jsonable(await asyncio.to_thread(rt.approvals.get, approval_id))}
+        return {"approval": jsonable(await asyncio.to_thread(deps.dispatcher.approvals.get, approval_id))}
 
     @api.post(
         "/v1/approvals/{approval_id}/approve", summary="Approve; it executes once",
@@ -55,7 +55,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
     async def approve(
         approval_id: str, body: Decision | None = None, user: User = approver
     ) -> dict[str, Any]:
-        approval, done = await rt.dispatcher.approve(
+        approval, done = await deps.dispatcher.approve(
             approval_id, by=user.email, note=body.note if body else None, source=Source.HTTP
         )
         return {"approval": jsonable(approval), "call": call_view(done)}
@@ -65,7 +65,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.APPROVAL_REJECTED, 404, 409),
     )  # fmt: skip
     async def reject(approval_id: str, body: Decision | None = None, user: User = approver) -> dict[str, Any]:
-        approval = await rt.dispatcher.reject(
+        approval = await deps.dispatcher.reject(
             approval_id, by=user.email, note=body.note if body else None, source=Source.HTTP
         )
         return {"approval": jsonable(approval)}

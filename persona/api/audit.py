@@ -14,8 +14,8 @@ from fastapi import APIRouter, Path, Query
 
 from persona.api import examples as ex
 from persona.api.access import requires
-from persona.app import Runtime
 from persona.audit import AuditFilter
+from persona.deps import OperatorDeps
 from persona.errors import ConfigError, NotFound
 from persona.events import SOURCES, Event
 from persona.http_auth import READERS, Auth
@@ -24,7 +24,7 @@ from persona.transcript import transcript
 from persona.users import User
 
 
-def router(rt: Runtime, auth: Auth) -> APIRouter:
+def router(deps: OperatorDeps, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["audit"])
     reader = requires(auth, READERS, "read the audit log")
 
@@ -47,12 +47,12 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         _: User = reader,
     ) -> dict[str, Any]:
-        await asyncio.to_thread(_check_filters, rt, event=event, tool=tool, source=source)
+        await asyncio.to_thread(_check_filters, deps, event=event, tool=tool, source=source)
         flt = AuditFilter(
             user=user, persona=persona, conversation_id=conversation, event=event, tool=tool, source=source,
             since=since, until=until, limit=limit, after_seq=after_seq, newest=after_seq is None,
         )  # fmt: skip
-        records = await asyncio.to_thread(rt.audit.query, flt)
+        records = await asyncio.to_thread(deps.audit.query, flt)
         return {"count": len(records), "records": [r.model_dump(mode="json") for r in records]}
 
     @api.get(
@@ -66,8 +66,8 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         ] = None,
         _: User = reader,
     ) -> dict[str, Any]:
-        findings = await asyncio.to_thread(verify_audit, rt, expect_head=expect_head)
-        seq, head = await asyncio.to_thread(rt.audit.head)
+        findings = await asyncio.to_thread(verify_audit, deps, expect_head=expect_head)
+        seq, head = await asyncio.to_thread(deps.audit.head)
         return {
             "ok": all(f.level != "bad" for f in findings),
             "head": {"seq": seq, "hash": head},
@@ -79,7 +79,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.AUDIT_RECORD, 404, 422),
     )  # fmt: skip
     async def record(seq: Annotated[int, Path(ge=0, le=2**63 - 1)], _: User = reader) -> dict[str, Any]:
-        found = await asyncio.to_thread(rt.audit.get, seq)
+        found = await asyncio.to_thread(deps.audit.get, seq)
         if found is None:
             raise NotFound(f"no audit record with seq {seq}")
         return {"record": found.model_dump(mode="json")}
@@ -90,7 +90,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.CONVERSATION, 404),
     )
     async def conversation(conversation_id: str, _: User = reader) -> dict[str, Any]:
-        records = await asyncio.to_thread(rt.audit.conversation, conversation_id)
+        records = await asyncio.to_thread(deps.audit.conversation, conversation_id)
         if not records:
             raise NotFound(f"no audit record belongs to conversation {conversation_id!r}")
         first = records[0]
@@ -103,12 +103,12 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
     return api
 
 
-def _check_filters(rt: Runtime, *, event: str | None, tool: str | None, source: str | None) -> None:
+def _check_filters(deps: OperatorDeps, *, event: str | None, tool: str | None, source: str | None) -> None:
     """A filter names a value records can have (a known event or tool, or one the log holds), or the
     422 lists them: a typo must not look like "no such records"."""
     checks = (
-        ("event", event, {e.value for e in Event} | set(rt.audit.known("event"))),
-        ("tool", tool, set(rt.registry.names()) | set(rt.audit.known("tool"))),
+        ("event", event, {e.value for e in Event} | set(deps.audit.known("event"))),
+        ("tool", tool, set(deps.dispatcher.registry.names()) | set(deps.audit.known("tool"))),
         ("source", source, set(SOURCES)),
     )
     for name, value, valid in checks:

@@ -13,31 +13,32 @@ from fastapi.responses import JSONResponse, Response
 from persona.api import examples as ex
 from persona.api.access import requires
 from persona.api.bodies import ChatRequest
-from persona.app import Runtime
+from persona.calls import call_context
 from persona.chat_requests import ChatRequests, body_hash, check_key, conversation_for
 from persona.conversations import Conversations, audited, new_conversation_id
+from persona.deps import ChatDeps
 from persona.events import Source
 from persona.http_auth import STAFF, Auth
 from persona.jsonutil import jsonable
-from persona.llm import ChatModel
 from persona.users import User
 from persona.wire import call_view
 
 log = structlog.get_logger(__name__)
 
 
-def router(rt: Runtime, auth: Auth) -> APIRouter:
+def router(deps: ChatDeps, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["chat"])
     chatter = requires(auth, STAFF, "chat with personas")
+    settings = deps.settings
     conversations = Conversations(
-        rt.store,
-        rt.now,
+        deps.store,
+        deps.now,
         fresh_hint="start a new one without conversation_id",
-        used_elsewhere=audited(rt.audit),
+        used_elsewhere=audited(deps.audit),
     )
     requests = ChatRequests(
-        rt.store, rt.now, timedelta(seconds=max(p.limits.wall_clock_s for p in rt.settings.personas.values()) * 2)
-        if rt.settings.personas else timedelta(hours=1),
+        deps.store, deps.now, timedelta(seconds=max(p.limits.wall_clock_s for p in settings.personas.values()) * 2)
+        if settings.personas else timedelta(hours=1),
     )  # fmt: skip
 
     busy = "Idempotency-Key reused with another body or its request still runs, or a turn of the conversation runs"
@@ -83,20 +84,17 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         from persona.loop import run_turn
 
         conversation_id = body.conversation_id or new_conversation_id()
-        ctx = rt.context(body.persona, user.email, conversation_id=conversation_id, source=Source.HTTP)
-        rt.settings.chat_persona(body.persona)  # NotFound (or a flow-only persona) before the history
+        ctx = call_context(
+            settings, body.persona, user.email, conversation_id=conversation_id, source=Source.HTTP
+        )
+        settings.chat_persona(body.persona)  # NotFound (or a flow-only persona) before the history
         lease = timedelta(seconds=ctx.persona.limits.wall_clock_s * 2)  # a turn never runs longer than this
         async with conversations.turn(conversation_id, body.persona, user.email, lease=lease) as convo:
-            model, owned = _chat_model(rt, body.persona, user.email)
-            try:
-                result = await run_turn(
-                    model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.system_prompt(ctx),
-                    history=convo.history, user_message=body.message,
-                )  # fmt: skip
-            finally:
-                closer = getattr(model, "aclose", None)
-                if owned and closer is not None:
-                    await closer()
+            result = await run_turn(
+                model=deps.models(body.persona, user.email), dispatcher=deps.dispatcher, ctx=ctx,
+                system_prompt=deps.prompts.for_call(ctx, today=deps.now().date()), history=convo.history,
+                user_message=body.message,
+            )  # fmt: skip
             await conversations.append(convo, result.messages)  # Conflict (409): another instance was first
         answer: dict[str, Any] = jsonable(
             {
@@ -112,10 +110,3 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         return answer
 
     return api
-
-
-def _chat_model(rt: Runtime, persona: str, user: str) -> tuple[ChatModel, bool]:
-    """The injected model (tests, replay) or the configured LLM; True when we must close it."""
-    if rt.model_factory is not None:
-        return rt.model_factory("chat", persona, {"user": user}), False
-    return rt.chat_model(persona), True

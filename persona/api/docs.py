@@ -19,9 +19,6 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader
 
-from persona.app import Runtime
-from persona.http_auth import Auth
-
 METHODS = ("get", "post", "put", "patch", "delete")
 _CHOICES = re.compile(r"^\^\(([\w|.-]+)\)\$$")
 _CONSTRAINTS = (
@@ -61,7 +58,7 @@ class Operation:
     responses: list[dict[str, str]]
 
 
-def router(rt: Runtime, auth: Auth) -> APIRouter:
+def router() -> APIRouter:
     api = APIRouter()
 
     @api.get("/docs", include_in_schema=False, response_class=HTMLResponse)

@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query
 from persona.api import examples as ex
 from persona.api.access import requires
 from persona.api.bodies import Decision
-from persona.app import Runtime
-from persona.drafts import DRAFT_STATUSES, Draft, DraftStore
+from persona.deps import ReviewQueues
+from persona.drafts import DRAFT_STATUSES, Draft
 from persona.errors import NotConfigured
 from persona.events import Source
 from persona.http_auth import STAFF, Auth
@@ -24,7 +24,7 @@ MARK_SENT_HINT = (
 )
 
 
-def router(rt: Runtime, auth: Auth) -> APIRouter:
+def router(reviews: ReviewQueues, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["drafts"])
     operator = requires(auth, STAFF, "work the review queue, refunds and inbox")
 
@@ -42,7 +42,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         ] = None,
         _: User = operator,
     ) -> dict[str, Any]:
-        found = await asyncio.to_thread(DraftStore(rt.store).find, None if status == "all" else status)
+        found = await asyncio.to_thread(reviews().drafts.find, None if status == "all" else status)
         return {"count": len(found), "drafts": [jsonable(d) for d in found]}
 
     @api.get(
@@ -50,7 +50,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.DRAFT, 404),
     )  # fmt: skip
     async def draft(draft_id: str, _: User = operator) -> dict[str, Any]:
-        return {"draft": jsonable(await asyncio.to_thread(DraftStore(rt.store).get, draft_id))}
+        return {"draft": jsonable(await asyncio.to_thread(reviews().drafts.get, draft_id))}
 
     @api.post(
         "/v1/drafts/{draft_id}/approve", summary="Approve a draft; it goes out",
@@ -60,7 +60,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         draft_id: str, body: Decision | None = None, user: User = operator
     ) -> dict[str, Any]:
         draft = await _hinted(
-            rt.reviews().approve(draft_id, by=user.email, note=body.note if body else None, source=Source.HTTP),
+            reviews().approve(draft_id, by=user.email, note=body.note if body else None, source=Source.HTTP),
             draft_id,
         )  # fmt: skip
         return {"draft": jsonable(draft)}
@@ -71,7 +71,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.DRAFT_SENT, 404, 409, 503),
     )
     async def send_draft(draft_id: str, user: User = operator) -> dict[str, Any]:
-        draft = await _hinted(rt.reviews().send(draft_id, by=user.email, source=Source.HTTP), draft_id)
+        draft = await _hinted(reviews().send(draft_id, by=user.email, source=Source.HTTP), draft_id)
         return {"draft": jsonable(draft)}
 
     @api.post(
@@ -82,7 +82,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
     async def mark_draft_sent(
         draft_id: str, body: Decision | None = None, user: User = operator
     ) -> dict[str, Any]:
-        draft = await rt.reviews().mark_sent(
+        draft = await reviews().mark_sent(
             draft_id, by=user.email, note=body.note if body else None, source=Source.HTTP
         )
         return {"draft": jsonable(draft)}
@@ -94,7 +94,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
     async def reject_draft(
         draft_id: str, body: Decision | None = None, user: User = operator
     ) -> dict[str, Any]:
-        draft = await rt.reviews().reject(
+        draft = await reviews().reject(
             draft_id, by=user.email, note=body.note if body else None, source=Source.HTTP
         )
         return {"draft": jsonable(draft)}

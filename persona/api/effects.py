@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 
 from persona.api import examples as ex
 from persona.api.access import requires
-from persona.app import Runtime
+from persona.deps import OperatorDeps
 from persona.effects.ledger import UNRESOLVED, Effect, State
 from persona.events import Source
 from persona.http_auth import ADMIN, Auth
@@ -35,10 +35,10 @@ def _states(state: str) -> tuple[State, ...] | None:
     return None if state == "all" else UNRESOLVED if state == "unresolved" else (State(state),)
 
 
-def router(rt: Runtime, auth: Auth) -> APIRouter:
+def router(deps: OperatorDeps, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["effects"])
     admin = requires(auth, ADMIN, "read and resolve side effects")
-    ledger = rt.dispatcher.effects.ledger
+    ledger = deps.dispatcher.effects.ledger
 
     @api.get(
         "/v1/effects", summary="Side effects (invoices) made or tried, newest first",
@@ -71,6 +71,6 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.EFFECT, 404, 409),
     )
     async def resolve(effect_id: str, _: User = admin) -> dict[str, Any]:
-        return {"effect": view(await resolve_effect(rt, effect_id, source=Source.HTTP))}
+        return {"effect": view(await resolve_effect(deps, effect_id, source=Source.HTTP))}
 
     return api

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query
 from persona.api import examples as ex
 from persona.api.access import requires
 from persona.api.bodies import ChurnScan, RefundRequest
-from persona.app import Runtime
+from persona.deps import FlowDeps
 from persona.http_auth import STAFF, Auth
 from persona.jsonutil import jsonable
 from persona.users import User
@@ -23,15 +23,15 @@ from persona.users import User
 Limit = Annotated[int, Query(ge=1, le=1000, description="At most this many, newest first.")]
 
 
-def router(rt: Runtime, auth: Auth) -> APIRouter:
+def router(deps: FlowDeps, auth: Auth) -> APIRouter:
     api = APIRouter()
     operator = requires(auth, STAFF, "work the review queue, refunds and inbox")
-    _refunds(api, rt, operator)
-    _churn(api, rt, operator)
+    _refunds(api, deps, operator)
+    _churn(api, deps, operator)
     return api
 
 
-def _refunds(api: APIRouter, rt: Runtime, operator: Any) -> None:
+def _refunds(api: APIRouter, deps: FlowDeps, operator: Any) -> None:
     from persona.flows import refunds
 
     @api.post(
@@ -40,7 +40,7 @@ def _refunds(api: APIRouter, rt: Runtime, operator: Any) -> None:
     )  # fmt: skip
     async def refund_request(body: RefundRequest, user: User = operator) -> dict[str, Any]:
         outcome = await refunds.triage(
-            rt.flows, txn_id=body.invoice, reason=body.reason, requested_by=user.email, trigger="http"
+            deps, txn_id=body.invoice, reason=body.reason, requested_by=user.email, trigger="http"
         )
         result: dict[str, Any] = jsonable(outcome)
         return result
@@ -50,7 +50,7 @@ def _refunds(api: APIRouter, rt: Runtime, operator: Any) -> None:
         responses=ex.responses(ex.REFUNDS, 422),
     )  # fmt: skip
     async def refund_decisions(limit: Limit = 50, _: User = operator) -> dict[str, Any]:
-        found = await asyncio.to_thread(refunds.list_decisions, rt.flows, limit)
+        found = await asyncio.to_thread(refunds.list_decisions, deps, limit)
         return {"count": len(found), "refunds": [jsonable(o) for o in found]}
 
     @api.get(
@@ -59,11 +59,11 @@ def _refunds(api: APIRouter, rt: Runtime, operator: Any) -> None:
         responses=ex.responses(ex.REFUND, 404),
     )  # fmt: skip
     async def refund_decision(decision_id: str, _: User = operator) -> dict[str, Any]:
-        found: dict[str, Any] = jsonable(await asyncio.to_thread(refunds.get_decision, rt.flows, decision_id))
+        found: dict[str, Any] = jsonable(await asyncio.to_thread(refunds.get_decision, deps, decision_id))
         return found
 
 
-def _churn(api: APIRouter, rt: Runtime, operator: Any) -> None:
+def _churn(api: APIRouter, deps: FlowDeps, operator: Any) -> None:
     from persona.flows import churn
 
     def view(report: churn.ChurnReport) -> dict[str, Any]:
@@ -80,14 +80,14 @@ def _churn(api: APIRouter, rt: Runtime, operator: Any) -> None:
         slot = None if body is None or body.slot is None else body.slot
         if slot is not None and slot.tzinfo is None:
             slot = slot.replace(tzinfo=UTC)
-        return view(await churn.scan(rt.flows, trigger="http", slot=slot, requested_by=user.email))
+        return view(await churn.scan(deps, trigger="http", slot=slot, requested_by=user.email))
 
     @api.get(
         "/v1/churn", tags=["churn"], summary="Churn reports, newest first (`persona churn reports`)",
         responses=ex.responses(ex.CHURN_REPORTS, 422),
     )  # fmt: skip
     async def churn_reports(limit: Limit = 20, _: User = operator) -> dict[str, Any]:
-        found = await asyncio.to_thread(churn.list_reports, rt.flows, limit)
+        found = await asyncio.to_thread(churn.list_reports, deps, limit)
         return {"count": len(found), "reports": [view(r) for r in found]}
 
     @api.get(
@@ -95,9 +95,9 @@ def _churn(api: APIRouter, rt: Runtime, operator: Any) -> None:
         responses=ex.responses(ex.CHURN_RUNS, 422),
     )  # fmt: skip
     async def churn_runs(limit: Limit = 20, _: User = operator) -> dict[str, Any]:
-        found = await asyncio.to_thread(churn.scan_runs, rt.flows, limit)
-        schedule = rt.settings.flows.churn.schedule
-        upcoming = None if not schedule else churn.next_slot(schedule, rt.now())
+        found = await asyncio.to_thread(churn.scan_runs, deps, limit)
+        schedule = deps.settings.flows.churn.schedule
+        upcoming = None if not schedule else churn.next_slot(schedule, deps.now())
         return {
             "schedule": schedule,
             "next_slot": jsonable(upcoming),
@@ -110,4 +110,4 @@ def _churn(api: APIRouter, rt: Runtime, operator: Any) -> None:
         responses=ex.responses(ex.CHURN_REPORT, 404),
     )  # fmt: skip
     async def churn_report(report_id: str, _: User = operator) -> dict[str, Any]:
-        return view(await asyncio.to_thread(churn.get_report, rt.flows, report_id))
+        return view(await asyncio.to_thread(churn.get_report, deps, report_id))

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from persona.api import examples as ex
 from persona.api.access import requires
-from persona.app import Runtime
+from persona.deps import OperatorDeps
 from persona.errors import StoreError
 from persona.events import Source
 from persona.http_auth import STAFF, Auth
@@ -26,7 +26,7 @@ log = structlog.get_logger(__name__)
 RowId = Annotated[int, Path(ge=1, description="The inbox row's id, exactly (never a prefix).")]
 
 
-def router(rt: Runtime, auth: Auth) -> APIRouter:
+def router(deps: OperatorDeps, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["ops"])
     operator = requires(auth, STAFF, "work the review queue, refunds and inbox")
 
@@ -36,7 +36,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
     )  # fmt: skip
     async def healthz() -> Response:
         try:
-            await asyncio.to_thread(_ping, rt)
+            await asyncio.to_thread(_ping, deps)
         except StoreError as exc:
             log.warning("healthz_store_unavailable", error=str(exc))
             return JSONResponse(ex.UNHEALTHY, status_code=503)
@@ -51,7 +51,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         _: User = operator,
     ) -> dict[str, Any]:
-        rows = await asyncio.to_thread(Inbox(rt.store).list, state, limit=limit)
+        rows = await asyncio.to_thread(Inbox(deps.store).list, state, limit=limit)
         return {"count": len(rows), "rows": [jsonable(r) for r in rows]}
 
     @api.get(
@@ -59,7 +59,7 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.INBOX_ROW, 404, 422),
     )  # fmt: skip
     async def inbox_row(row_id: RowId, _: User = operator) -> dict[str, Any]:
-        return {"row": jsonable(await asyncio.to_thread(Inbox(rt.store).get, row_id))}
+        return {"row": jsonable(await asyncio.to_thread(Inbox(deps.store).get, row_id))}
 
     @api.post(
         "/v1/inbox/{row_id}/retry", tags=["inbox"],
@@ -67,11 +67,11 @@ def router(rt: Runtime, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.INBOX_RETRIED, 404, 409, 422),
     )  # fmt: skip
     async def inbox_retry(row_id: RowId, user: User = operator) -> dict[str, Any]:
-        return {"row": jsonable(await retry_inbox_row(rt, row_id, by=user.email, source=Source.HTTP))}
+        return {"row": jsonable(await retry_inbox_row(deps, row_id, by=user.email, source=Source.HTTP))}
 
     return api
 
 
-def _ping(rt: Runtime) -> None:
-    with rt.store.read("check the store") as conn:
+def _ping(deps: OperatorDeps) -> None:
+    with deps.store.read("check the store") as conn:
         conn.execute(text("SELECT 1"))

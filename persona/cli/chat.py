@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from persona.app import Runtime
     from persona.calls import CallContext
     from persona.conversations import Conversations
+    from persona.deps import ChatDeps
     from persona.loop import LoopEvent, TurnResult
 
 T = TypeVar("T")
@@ -55,7 +56,7 @@ def chat(
     _need_user(user)
 
     async def work(rt: Runtime) -> Ended:
-        return await session(rt, persona, resolve_actor(rt, user, "--user"), message, conversation)
+        return await session(rt.chat, persona, resolve_actor(rt, user, "--user"), message, conversation)
 
     try:
         ended = with_runtime(work)
@@ -97,7 +98,7 @@ def record(
     plisio = connect_plisio(settings, sandbox=sandbox)
 
     async def work(rt: Runtime) -> Ended:
-        ended = await session(rt, persona, resolve_actor(rt, user, "--user"), message, None)
+        ended = await session(rt.chat, persona, resolve_actor(rt, user, "--user"), message, None)
         export_to(rt, ended.conversation_id, out, name or out.stem.replace("_", "-"))
         return ended
 
@@ -132,7 +133,7 @@ class Ended:
 
 
 async def session(
-    rt: Runtime, persona: str, user: str, messages: list[str] | None, conversation: str | None
+    deps: ChatDeps, persona: str, user: str, messages: list[str] | None, conversation: str | None
 ) -> Ended:
     """An interactive (or scripted by ``messages``) chat.
 
@@ -141,21 +142,24 @@ async def session(
     second Ctrl-C, or one at the prompt, raises :class:`Left`."""
     from rich.console import Console
 
+    from persona.calls import call_context
     from persona.conversations import Conversations, audited, new_conversation_id
 
     console = Console(highlight=False)
-    rt.settings.chat_persona(persona)  # a flow-only persona is refused before a model is even looked for
+    deps.settings.chat_persona(persona)  # a flow-only persona is refused before a model is even looked for
     conversation_id = conversation or new_conversation_id()
     stored = Conversations(
-        rt.store,
-        rt.now,
+        deps.store,
+        deps.now,
         fresh_hint="start a new one without --conversation",
-        used_elsewhere=audited(rt.audit),
+        used_elsewhere=audited(deps.audit),
     )
     opened = await stored.open(conversation_id, persona, user)  # Forbidden: someone else's conversation
-    chat = _Chat(rt, console, stored, rt.context(persona, user, conversation_id=conversation_id))
+    chat = _Chat(
+        deps, console, stored, call_context(deps.settings, persona, user, conversation_id=conversation_id)
+    )
     console.print(
-        f"[bold]{persona}[/] · {conversation_id} · Plisio {rt.settings.plisio.mode.value} · "
+        f"[bold]{persona}[/] · {conversation_id} · Plisio {deps.settings.plisio.mode.value} · "
         f"model {chat.model.name}. Empty line or Ctrl-D ends.",
         style="dim",
     )
@@ -177,7 +181,6 @@ async def session(
                 break  # a scripted session has no prompt to come back to
     finally:
         ctrl_c.uninstall()
-        await chat.aclose()
     raise Left(conversation_id)
 
 
@@ -256,10 +259,10 @@ class _CtrlC:
 class _Chat:
     """One CLI conversation: its model, its stored history, its view of each turn."""
 
-    def __init__(self, rt: Runtime, console: Any, stored: Conversations, ctx: CallContext) -> None:
-        self.rt, self.console, self.stored, self.ctx = rt, console, stored, ctx
-        self.model = rt.chat_model(ctx.persona_name)
-        self.system = rt.system_prompt(ctx)
+    def __init__(self, deps: ChatDeps, console: Any, stored: Conversations, ctx: CallContext) -> None:
+        self.deps, self.console, self.stored, self.ctx = deps, console, stored, ctx
+        self.model = deps.models(ctx.persona_name, ctx.user)  # the runtime's: closed with it
+        self.system = deps.prompts.for_call(ctx, today=deps.now().date())
         self.view = _TurnView(console, ctx.persona_name)
         self.stopped: str | None = None
         """Why the last turn that stopped early did (``model_error``, ``max_steps``, ...)."""
@@ -280,7 +283,7 @@ class _Chat:
             try:
                 result = await ctrl_c.run(
                     run_turn(
-                        model=self.model, dispatcher=self.rt.dispatcher, ctx=ctx, system_prompt=self.system,
+                        model=self.model, dispatcher=self.deps.dispatcher, ctx=ctx, system_prompt=self.system,
                         history=convo.history, user_message=text, on_event=self.view.on_event,
                         on_text=self.view.on_text,
                     )
@@ -303,7 +306,7 @@ class _Chat:
         from persona.calls import call_event
         from persona.events import Event, Source
 
-        await self.rt.audit.append(
+        await self.deps.audit.append(
             call_event(
                 dataclasses.replace(self.ctx, source=Source.CLI), Event.TURN_CANCELLED, reason="ctrl_c",
                 payload={"note": "interrupted by the user; the turn is not kept in the conversation's history"},
@@ -312,11 +315,6 @@ class _Chat:
         self.console.print(
             "[yellow]turn cancelled (Ctrl-C); it is not kept in the history. Ctrl-C again leaves.[/]"
         )
-
-    async def aclose(self) -> None:
-        closer = getattr(self.model, "aclose", None)
-        if closer is not None:
-            await closer()
 
 
 class _TurnView:

@@ -151,7 +151,7 @@ def send(draft_id: DraftId, by: By) -> None:
     async def work(rt: Runtime) -> tuple[str, str]:
         actor = resolve_actor(rt, by)
         resolved = _resolve(rt, draft_id)
-        return resolved, (await rt.reviews().send(resolved, by=actor)).status
+        return resolved, (await rt.reviews.send(resolved, by=actor)).status
 
     resolved, status = with_runtime(work)
     Console(highlight=False).print(f"draft {resolved}: {status}", markup=False)
@@ -169,7 +169,7 @@ def mark_sent(draft_id: DraftId, by: By, note: Note = None) -> None:
     async def work(rt: Runtime) -> tuple[str, str, str]:
         actor = resolve_actor(rt, by)
         resolved = _resolve(rt, draft_id)
-        return resolved, (await rt.reviews().mark_sent(resolved, by=actor, note=note)).status, actor
+        return resolved, (await rt.reviews.mark_sent(resolved, by=actor, note=note)).status, actor
 
     resolved, status, actor = with_runtime(work)
     typer.echo(f"draft {resolved}: {status} (by hand, {actor})")
@@ -185,7 +185,7 @@ def _decide(draft_id: str, by: str, note: str | None, *, approve: bool) -> None:
     async def work(rt: Runtime) -> tuple[Draft, str]:
         actor = resolve_actor(rt, by)
         resolved = _resolve(rt, draft_id)
-        queue = rt.reviews()
+        queue = rt.reviews
         if approve:
             return await queue.approve(resolved, by=actor, note=note), actor
         return await queue.reject(resolved, by=actor, note=note), actor

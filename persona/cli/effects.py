@@ -134,7 +134,7 @@ def resolve(
             done = await executor.sweep(source=Source.CLI)
             console.print(f"{len(done)} effect(s) due (older than {executor.resolve_after_s:g}s) looked up")
         else:
-            done = [await resolve_effect(rt, _resolve(rt, effect_id), source=Source.CLI)]
+            done = [await resolve_effect(rt.operator, _resolve(rt, effect_id), source=Source.CLI)]
         for e in done:
             console.print(f"  {e.id}  {e.state.value:<8} {e.order_number}  {e.reason or ''}")
 

@@ -24,10 +24,10 @@ def check(
     could not work with this endpoint."""
     import asyncio
 
-    from persona.app import model_for
     from persona.cli.output import emit_list
     from persona.cli.state import STATE
     from persona.llm.check import run_checks
+    from persona.models import model_for
 
     settings = STATE.settings()
     settings.chat_persona(persona, doing="check")

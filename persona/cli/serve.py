@@ -161,7 +161,9 @@ def retry(
     from persona.operations import retry_inbox_row
 
     async def work(rt: Runtime) -> None:
-        row = await retry_inbox_row(rt, row_id, by=None, source=Source.CLI)  # a number: never a prefix
+        row = await retry_inbox_row(
+            rt.operator, row_id, by=None, source=Source.CLI
+        )  # a number: never a prefix
         typer.echo(f"inbox row {row.id} ({row.txn_id} {row.status}) is pending again")
 
     with_runtime(work)

@@ -152,6 +152,7 @@ async def _run_gated(
     import uuid
 
     from persona.app import Runtime
+    from persona.calls import call_context
     from persona.cli.identity import resolve_actor
     from persona.dispatcher import Outcome
     from persona.events import Source
@@ -160,7 +161,9 @@ async def _run_gated(
     rt = Runtime.build(settings)
     try:
         user = resolve_actor(rt, user, "--user")
-        ctx = rt.context(persona, user, conversation_id=f"cli_{uuid.uuid4().hex[:16]}", source=Source.CLI)
+        ctx = call_context(
+            settings, persona, user, conversation_id=f"cli_{uuid.uuid4().hex[:16]}", source=Source.CLI
+        )
         done = await rt.dispatcher.dispatch(ToolCall(id="cli_call", name=tool.name, arguments=raw), ctx)
         if done.outcome in (Outcome.SUCCEEDED, Outcome.REPLAYED):
             return True, done.data(), None

@@ -113,17 +113,7 @@ async def persona_turn(
         slots=slots,
         pinned=pinned,
     )
-    settings = deps.settings.persona(persona)
-    system = deps.prompts.render(
-        template,
-        persona=persona,
-        description=settings.description,
-        user=user,
-        today=deps.now().date().isoformat(),
-        tools=list(deps.dispatcher.tools_for_names(settings)),
-        policy=settings.invoice_policy,
-        **(extra or {}),
-    )
+    system = deps.prompts.for_call(ctx, today=deps.now().date(), template=template, **(extra or {}))
     return await run_turn(
         model=model,
         dispatcher=deps.dispatcher,

@@ -45,6 +45,7 @@ class OpenAIChatModel:
         max_tokens: int | None = None,
         stream: bool = False,
         http_client: httpx2.AsyncClient | None = None,
+        pool: SharedHttp | None = None,
         provider: str | None = None,
     ) -> None:
         url = urlsplit(base_url or DEFAULT_BASE_URL)
@@ -65,9 +66,12 @@ class OpenAIChatModel:
         self._model, self._timeout, self._max_retries = model, timeout, max_retries
         self._temperature, self._max_tokens, self._stream = temperature, max_tokens, stream
         self.profile = profile(provider, base_url)
-        self._owns_http = http_client is None  # only then can attempts be counted (and the client closed)
-        if http_client is None:
-            http_client = openai.DefaultAsyncHttpxClient(event_hooks={"request": [_count_attempt]})
+        self._owns_http = http_client is None and pool is None  # only then is the client ours to close
+        self._counts = http_client is None  # our hook is on it: attempts can be counted
+        if pool is not None and http_client is None:
+            http_client = pool.client()
+        elif http_client is None:
+            http_client = _counting_client()
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url or DEFAULT_BASE_URL,
@@ -129,7 +133,7 @@ class OpenAIChatModel:
             text, calls, usage, model, finish, extra = await run(request, on_text)
         except _UNREADABLE as exc:
             err = exc if isinstance(exc, openai.OpenAIError) else _undecodable(exc)
-            attempts = counter[0] if self._owns_http else None
+            attempts = counter[0] if self._counts else None
             message, status = self._explain(err, attempts)
             log.warning(
                 "llm_call_failed", host=self._host, model=self._model, status=status, attempts=attempts
@@ -240,6 +244,34 @@ def _text_of(content: Any) -> str | None:
         parts = [get_field(p, "text") for p in content if get_field(p, "type") in (None, "text")]
         return "".join(p for p in parts if isinstance(p, str)) or None
     raise TypeError(f"message content is a {type(content).__name__}")
+
+
+class SharedHttp:
+    """One HTTP connection pool for many models (a runtime's personas and flows), closed once by its owner.
+
+    A model per call on its own client would open (and, unless closed, leak) a pool per flow run; the
+    openai SDK takes a caller's ``http_client`` and leaves closing it to the caller. Attempts are counted
+    on it as on a model's own client (the same request hook)."""
+
+    def __init__(self) -> None:
+        self._client: httpx2.AsyncClient | None = None
+
+    def client(self) -> httpx2.AsyncClient:
+        if self._client is None:
+            self._client = _counting_client()
+        return self._client
+
+    @property
+    def opened(self) -> bool:
+        return self._client is not None and not self._client.is_closed
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def _counting_client() -> httpx2.AsyncClient:
+    return openai.DefaultAsyncHttpxClient(event_hooks={"request": [_count_attempt]})
 
 
 async def _count_attempt(request: httpx2.Request) -> None:

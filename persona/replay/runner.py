@@ -16,6 +16,8 @@ from typing import Any
 
 from persona.app import Runtime, connect_plisio
 from persona.audit import AuditFilter
+from persona.calls import call_context
+from persona.deps import ChatDeps, OperatorDeps
 from persona.drafts import DraftStore
 from persona.errors import PersonaError, ScenarioError, ScriptExhausted
 from persona.events import Source
@@ -63,7 +65,7 @@ async def run_scenario(scenario: Scenario, settings: Settings) -> Result:
         except PersonaError as exc:
             result.failures.append(f"{type(exc).__name__}: {exc}")
         finally:
-            _observe(rt, sandbox, seen)
+            _observe(rt.operator, sandbox, seen)
             await rt.aclose()
         result.failures += scripts.leftovers()
         result.failures += check(scenario.expect, seen)
@@ -76,23 +78,25 @@ async def run_scenario(scenario: Scenario, settings: Settings) -> Result:
 async def _drive(rt: Runtime, scenario: Scenario, scripts: Scripts, sandbox: Sandbox, seen: Observed) -> None:
     kind = scenario.trigger.kind
     if kind == "chat":
-        await _chat(rt, scenario, scripts, seen)
+        await _chat(rt.chat, scenario, scripts, seen)
     elif kind == "callback":
-        await callback(rt, scenario, scripts, sandbox)
+        from persona.server import create_app
+
+        await callback(rt.worker, create_app(rt, start_worker=False), scenario, scripts, sandbox)
     elif kind == "refund_request":
-        seen.refund = await refund_request(rt, scenario, scripts)
+        seen.refund = await refund_request(rt.flows, scenario, scripts)
     else:
-        seen.churn_signals = await churn_scan(rt, scenario)
+        seen.churn_signals = await churn_scan(rt.flows, scenario)
 
 
-async def _chat(rt: Runtime, scenario: Scenario, scripts: Scripts, seen: Observed) -> None:
-    ctx = rt.context(scenario.persona, scenario.user, source=Source.REPLAY)
-    system = rt.system_prompt(ctx)
+async def _chat(deps: ChatDeps, scenario: Scenario, scripts: Scripts, seen: Observed) -> None:
+    ctx = call_context(deps.settings, scenario.persona, scenario.user, source=Source.REPLAY)
+    system = deps.prompts.for_call(ctx, today=deps.now().date())
     history: list[dict[str, Any]] = []
     for index, turn in enumerate(scenario.turns):
         model = scripts.for_turn(index)
         outcome = await run_turn(
-            model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=system, history=history,
+            model=model, dispatcher=deps.dispatcher, ctx=ctx, system_prompt=system, history=history,
             user_message=turn.user,
         )  # fmt: skip
         if isinstance(outcome.error, ScriptExhausted):
@@ -101,8 +105,8 @@ async def _chat(rt: Runtime, scenario: Scenario, scripts: Scripts, seen: Observe
         seen.flags += len(outcome.flags)
 
 
-def _observe(rt: Runtime, sandbox: Sandbox, seen: Observed) -> None:
-    records = rt.audit.query(AuditFilter())
+def _observe(deps: OperatorDeps, sandbox: Sandbox, seen: Observed) -> None:
+    records = deps.audit.query(AuditFilter())
     seen.calls = calls_from(records)
     seen.steps = sum(1 for r in records if r.event == "model_response")
     ended = [r for r in records if r.event == "turn_ended"]
@@ -112,5 +116,5 @@ def _observe(rt: Runtime, sandbox: Sandbox, seen: Observed) -> None:
         (str(r.reason), str(r.payload.get("text") or "")[:160]) for r in records if r.event == "limit_reached"
     ]
     seen.plisio_paths = [r.path for r in sandbox.requests]
-    seen.approvals_pending = len(rt.approvals.find("pending"))
-    seen.drafts = list(reversed(DraftStore(rt.store).find(None)))
+    seen.approvals_pending = len(deps.dispatcher.approvals.find("pending"))
+    seen.drafts = list(reversed(DraftStore(deps.store).find(None)))

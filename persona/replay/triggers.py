@@ -14,7 +14,9 @@ from persona.errors import ScenarioError
 from persona.replay.scenario import Scenario
 
 if TYPE_CHECKING:
-    from persona.app import Runtime
+    from starlette.types import ASGIApp
+
+    from persona.deps import FlowDeps, WorkerDeps
     from persona.replay.script import Scripts
     from tools.plisio.sandbox import Sandbox
 
@@ -22,17 +24,17 @@ REPLAY_CALLBACK_URL = "http://persona.replay/webhooks/plisio"
 """Where the replayed sandbox sends its callbacks: never a real host (the app is served in-process)."""
 
 
-async def refund_request(rt: Runtime, scenario: Scenario, scripts: Scripts) -> Any:
+async def refund_request(flows: FlowDeps, scenario: Scenario, scripts: Scripts) -> Any:
     from persona.flows.refunds import triage
 
     number = scenario.trigger.order_number or ""
-    page = await rt.plisio.client.list_operations(search=number, limit=5)
+    page = await flows.plisio.list_operations(search=number, limit=5)
     found = [op for op in page.operations if op.params is not None and op.params.order_number == number]
     if not found:
         raise ScenarioError(f"trigger.order_number {number!r} is not in the seeded sandbox shop")
     scripts.trigger.update({"txn_id": found[0].id, "order_number": number})
     return await triage(
-        rt.flows,
+        flows,
         txn_id=found[0].id,
         reason=scenario.trigger.reason or "",
         requested_by=scenario.user,
@@ -40,10 +42,10 @@ async def refund_request(rt: Runtime, scenario: Scenario, scripts: Scripts) -> A
     )
 
 
-async def churn_scan(rt: Runtime, scenario: Scenario) -> dict[str, list[str]]:
+async def churn_scan(flows: FlowDeps, scenario: Scenario) -> dict[str, list[str]]:
     from persona.flows.churn import scan
 
-    report = await scan(rt.flows, trigger="replay", slot=scenario.now)
+    report = await scan(flows, trigger="replay", slot=scenario.now)
     return {
         name: [p["email"] for p in people]
         for name, people in report.signals.items()
@@ -51,20 +53,22 @@ async def churn_scan(rt: Runtime, scenario: Scenario) -> dict[str, list[str]]:
     }
 
 
-async def callback(rt: Runtime, scenario: Scenario, scripts: Scripts, sandbox: Sandbox) -> None:
-    """Create the invoice, move it, let the sandbox POST the signed callback, run the worker."""
+async def callback(
+    worker: WorkerDeps, receiver: ASGIApp, scenario: Scenario, scripts: Scripts, sandbox: Sandbox
+) -> None:
+    """Create the invoice, move it, let the sandbox POST the signed callback to ``receiver`` (the app, served
+    in-process), run the worker."""
     import httpx
 
     from persona.effects import EffectKey, order_number
     from persona.replay.scenario import InvoiceSpec
-    from persona.server import create_app
     from persona.worker import Worker
 
     trigger = scenario.trigger
     spec = trigger.invoice or InvoiceSpec()
-    sandbox.notifier.transport = httpx.ASGITransport(app=create_app(rt, start_worker=False))
+    sandbox.notifier.transport = httpx.ASGITransport(app=receiver)
     url = REPLAY_CALLBACK_URL + ("?json=true" if trigger.encoding == "json" else "")
-    created = await rt.plisio.client.create_invoice(
+    created = await worker.plisio.create_invoice(
         order_number=order_number(EffectKey("replay", scenario.name)), order_name=spec.order_name, currency=spec.currency,
         source_currency=spec.source_currency, source_amount=Decimal(spec.source_amount), email=spec.email,
         callback_url=url,
@@ -82,4 +86,4 @@ async def callback(rt: Runtime, scenario: Scenario, scripts: Scripts, sandbox: S
     delivered = report.get("callback") or {}
     if delivered.get("status_code") != 200:
         raise ScenarioError(f"the webhook receiver did not accept the signed callback: {delivered}")
-    await Worker(rt.worker, churn=None, schedules=False).drain()
+    await Worker(worker, churn=None, schedules=False).drain()

@@ -40,7 +40,7 @@ async def _note(request: Request) -> str | None:
 
 def router(console: Console) -> APIRouter:
     web = APIRouter(include_in_schema=False)
-    rt = console.rt
+    ops, reviews = console.deps.operator, console.deps.reviews
     operator = Depends(console.gate(STAFF, "work the review queue, refunds and inbox"))
     approver = Depends(console.gate(ADMIN, "decide approvals"))
 
@@ -67,40 +67,40 @@ def router(console: Console) -> APIRouter:
     @web.post("/drafts/{draft_id}/approve")
     async def approve_draft(request: Request, draft_id: str, session: Session = operator) -> Response:
         by = session.user.email
-        return await act(request, session, lambda note: rt.reviews().approve(draft_id, by=by, note=note, source=WEB),
+        return await act(request, session, lambda note: reviews().approve(draft_id, by=by, note=note, source=WEB),
                          f"/drafts/{draft_id}", "approved")  # fmt: skip
 
     @web.post("/drafts/{draft_id}/reject")
     async def reject_draft(request: Request, draft_id: str, session: Session = operator) -> Response:
         by = session.user.email
-        return await act(request, session, lambda note: rt.reviews().reject(draft_id, by=by, note=note, source=WEB),
+        return await act(request, session, lambda note: reviews().reject(draft_id, by=by, note=note, source=WEB),
                          f"/drafts/{draft_id}", "rejected")  # fmt: skip
 
     @web.post("/drafts/{draft_id}/mark-sent")
     async def mark_sent(request: Request, draft_id: str, session: Session = operator) -> Response:
         by = session.user.email
         return await act(request, session,
-                         lambda note: rt.reviews().mark_sent(draft_id, by=by, note=note, source=WEB),
+                         lambda note: reviews().mark_sent(draft_id, by=by, note=note, source=WEB),
                          f"/drafts/{draft_id}", "marked_sent")  # fmt: skip
 
     @web.post("/drafts/{draft_id}/send")
     async def send_draft(request: Request, draft_id: str, session: Session = operator) -> Response:
         by = session.user.email
-        return await act(request, session, lambda _: rt.reviews().send(draft_id, by=by, source=WEB),
+        return await act(request, session, lambda _: reviews().send(draft_id, by=by, source=WEB),
                          f"/drafts/{draft_id}", "sent")  # fmt: skip
 
     @web.post("/approvals/{approval_id}/approve")
     async def approve(request: Request, approval_id: str, session: Session = approver) -> Response:
         by = session.user.email
         return await act(request, session,
-                         lambda note: rt.dispatcher.approve(approval_id, by=by, note=note, source=WEB),
+                         lambda note: ops.dispatcher.approve(approval_id, by=by, note=note, source=WEB),
                          "/approvals", "executed")  # fmt: skip
 
     @web.post("/approvals/{approval_id}/reject")
     async def reject(request: Request, approval_id: str, session: Session = approver) -> Response:
         by = session.user.email
         return await act(request, session,
-                         lambda note: rt.dispatcher.reject(approval_id, by=by, note=note, source=WEB),
+                         lambda note: ops.dispatcher.reject(approval_id, by=by, note=note, source=WEB),
                          "/approvals", "refused")  # fmt: skip
 
     @web.post("/inbox/{row_id}/retry")
@@ -111,7 +111,7 @@ def router(console: Console) -> APIRouter:
             return console.refusal(request, session, 404, "Not done", f"no inbox row with id {row_id}")
         by = session.user.email
         return await act(
-            request, session, lambda _: retry_inbox_row(rt, row_id, by=by, source=WEB), "/inbox", "retried"
+            request, session, lambda _: retry_inbox_row(ops, row_id, by=by, source=WEB), "/inbox", "retried"
         )
 
     return web

@@ -19,8 +19,8 @@ import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from persona.app import Runtime
 from persona.audit import AuditEvent
+from persona.deps import ConsoleDeps
 from persona.events import OperatorEvent, Source
 from persona.http_auth import ADMIN, READERS, STAFF
 from persona.web import FormRefused, SignInNeeded, WebRefusal
@@ -45,9 +45,9 @@ NAV: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 @dataclass(frozen=True)
 class Console:
-    """What every console handler needs: the runtime, the sessions, the page renderer."""
+    """What every console handler needs: its dependencies, the sessions, the page renderer."""
 
-    rt: Runtime
+    deps: ConsoleDeps
     sessions: WebSessions
     pages: Pages
 
@@ -108,7 +108,7 @@ class Console:
         return await request.form(max_files=0, max_fields=20)
 
     async def record(self, event: str, session: Session, reason: str, **payload: Any) -> None:
-        await self.rt.audit.append(
+        await self.deps.operator.audit.append(
             AuditEvent(
                 event=event, source=Source.WEB, user=session.user.email, reason=reason, payload=payload
             )
@@ -126,14 +126,14 @@ def local_path(target: str | None) -> str | None:
     return target
 
 
-def secure_cookie(request: Request, rt: Runtime) -> bool:
-    public = rt.settings.server.public_url or ""
+def secure_cookie(request: Request, console: Console) -> bool:
+    public = console.deps.operator.settings.server.public_url or ""
     return request.url.scheme == "https" or public.startswith("https://")
 
 
 def signin_router(console: Console) -> APIRouter:
     web = APIRouter(include_in_schema=False)
-    rt, any_role = console.rt, console.gate(READERS, "use the console")
+    any_role = console.gate(READERS, "use the console")
 
     @web.get("/")
     async def home(request: Request) -> Response:
@@ -167,8 +167,8 @@ def signin_router(console: Console) -> APIRouter:
         log.info("web_signed_in", user=session.user.email, role=session.user.role)
         response = RedirectResponse(local_path(target) or home_for(session.user.role), status_code=303)
         response.set_cookie(
-            COOKIE, cookie, max_age=int(rt.settings.server.console_session_minutes * 60), httponly=True,
-            samesite="strict", secure=secure_cookie(request, rt), path="/",
+            COOKIE, cookie, max_age=int(console.deps.operator.settings.server.console_session_minutes * 60), httponly=True,
+            samesite="strict", secure=secure_cookie(request, console), path="/",
         )  # fmt: skip
         response.delete_cookie(SIGNIN_COOKIE, path="/sign-in")
         return response
@@ -195,5 +195,5 @@ def _sign_in_form(
         request, None, "sign_in.html.j2", status, csrf=value, next=target or "", error=error
     )
     response.set_cookie(SIGNIN_COOKIE, value, max_age=900, httponly=True, samesite="strict",
-                        secure=secure_cookie(request, console.rt), path="/sign-in")  # fmt: skip
+                        secure=secure_cookie(request, console), path="/sign-in")  # fmt: skip
     return response

@@ -49,11 +49,11 @@ def choice(value: str | None, allowed: tuple[str, ...], name: str) -> str | None
 
 def router(console: Console) -> APIRouter:
     web = APIRouter(include_in_schema=False)
-    rt = console.rt
+    ops, flows = console.deps.operator, console.deps.flows
     operator = Depends(console.gate(STAFF, "work the review queue, refunds and inbox"))
     approver = Depends(console.gate(ADMIN, "decide approvals"))
     reader = Depends(console.gate(READERS, "read the audit log"))
-    ledger = EffectLedger(rt.store, rt.now)
+    ledger = EffectLedger(ops.store, ops.now)
 
     def page(request: Request, session: Session, name: str, **values: Any) -> Response:
         done = DONE.get(request.query_params.get("done") or "")
@@ -72,7 +72,7 @@ def router(console: Console) -> APIRouter:
             wanted = choice(status, (*DRAFT_STATUSES, "all"), "status")
         except PersonaError as exc:
             return bad(request, session, exc)
-        store = DraftStore(rt.store)
+        store = DraftStore(ops.store)
         found = await asyncio.to_thread(store.find, None if wanted in (None, "all") else wanted)
         links = await asyncio.to_thread(lambda: {d.id: link_of(ledger, d) for d in found})  # one thread hop
         return page(request, session, "drafts.html.j2", drafts=found, links=links, status=wanted or "all",
@@ -81,7 +81,7 @@ def router(console: Console) -> APIRouter:
     @web.get("/drafts/{draft_id}")
     async def draft(request: Request, draft_id: str, session: Session = operator) -> Response:
         try:
-            found = await asyncio.to_thread(DraftStore(rt.store).get, draft_id)
+            found = await asyncio.to_thread(DraftStore(ops.store).get, draft_id)
         except NotFound as exc:
             return bad(request, session, exc)
         link = await asyncio.to_thread(link_of, ledger, found)
@@ -93,16 +93,16 @@ def router(console: Console) -> APIRouter:
             wanted = choice(status, APPROVAL_STATUSES, "status") or "pending"
         except PersonaError as exc:
             return bad(request, session, exc)
-        found = await asyncio.to_thread(rt.approvals.find, None if wanted == "all" else wanted)
+        found = await asyncio.to_thread(ops.dispatcher.approvals.find, None if wanted == "all" else wanted)
         return page(request, session, "approvals.html.j2", approvals=found, status=wanted,
-                    statuses=APPROVAL_STATUSES, same_user=rt.settings.approvals.require_different_user,
+                    statuses=APPROVAL_STATUSES, same_user=ops.settings.approvals.require_different_user,
                     currencies={a.persona: _policy_currency(console, a.persona) for a in found})  # fmt: skip
 
     @web.get("/refunds")
     async def refunds(request: Request, session: Session = operator) -> Response:
         from persona.flows.refunds import list_decisions
 
-        found = await asyncio.to_thread(list_decisions, rt.flows, 100)
+        found = await asyncio.to_thread(list_decisions, flows, 100)
         return page(request, session, "refunds.html.j2", decisions=found)
 
     @web.get("/refunds/{decision_id}")
@@ -110,7 +110,7 @@ def router(console: Console) -> APIRouter:
         from persona.flows.refunds import get_decision
 
         try:
-            found = await asyncio.to_thread(get_decision, rt.flows, decision_id)
+            found = await asyncio.to_thread(get_decision, flows, decision_id)
         except NotFound as exc:
             return bad(request, session, exc)
         return page(request, session, "refund.html.j2", decision=found)
@@ -119,7 +119,7 @@ def router(console: Console) -> APIRouter:
     async def churn(request: Request, session: Session = operator) -> Response:
         from persona.flows.churn import list_reports
 
-        found = await asyncio.to_thread(list_reports, rt.flows, 50)
+        found = await asyncio.to_thread(list_reports, flows, 50)
         return page(request, session, "churn.html.j2", reports=found)
 
     @web.get("/churn/{report_id}")
@@ -127,7 +127,7 @@ def router(console: Console) -> APIRouter:
         from persona.flows.churn import get_report
 
         try:
-            found = await asyncio.to_thread(get_report, rt.flows, report_id)
+            found = await asyncio.to_thread(get_report, flows, report_id)
         except NotFound as exc:
             return bad(request, session, exc)
         return page(request, session, "churn_report.html.j2", report=found)
@@ -138,7 +138,7 @@ def router(console: Console) -> APIRouter:
             wanted = choice(state, (*STATES, "all"), "state") or "all"
         except PersonaError as exc:
             return bad(request, session, exc)
-        box = Inbox(rt.store)
+        box = Inbox(ops.store)
         rows = await asyncio.to_thread(box.list, wanted, limit=200)
         counts = await asyncio.to_thread(box.counts)
         return page(request, session, "inbox.html.j2", rows=rows, state=wanted, states=(*STATES, "all"),
@@ -157,7 +157,7 @@ def router(console: Console) -> APIRouter:
             )  # fmt: skip
         except PersonaError as exc:
             return bad(request, session, exc)
-        records = await asyncio.to_thread(rt.audit.query, flt)
+        records = await asyncio.to_thread(ops.audit.query, flt)
         return page(request, session, "audit.html.j2", records=list(reversed(records)), q=q,
                     sources=[s.value for s in Source])  # fmt: skip
 
@@ -165,13 +165,13 @@ def router(console: Console) -> APIRouter:
     async def verify(request: Request, session: Session = reader) -> Response:
         from persona.operations import verify_audit
 
-        findings = await asyncio.to_thread(verify_audit, rt)
+        findings = await asyncio.to_thread(verify_audit, ops)
         return page(request, session, "verify.html.j2", findings=findings,
                     ok=all(f.level != "bad" for f in findings))  # fmt: skip
 
     @web.get("/audit/records/{seq}")
     async def record(request: Request, seq: int, session: Session = reader) -> Response:
-        found = await asyncio.to_thread(rt.audit.get, seq) if 0 <= seq < 2**63 else None
+        found = await asyncio.to_thread(ops.audit.get, seq) if 0 <= seq < 2**63 else None
         if found is None:
             return bad(request, session, NotFound(f"no audit record #{seq}"))
         return page(request, session, "record.html.j2", record=found)
@@ -180,7 +180,7 @@ def router(console: Console) -> APIRouter:
     async def conversation(request: Request, conversation_id: str, session: Session = reader) -> Response:
         from persona.transcript import entries
 
-        records = await asyncio.to_thread(rt.audit.conversation, conversation_id)
+        records = await asyncio.to_thread(ops.audit.conversation, conversation_id)
         if not records:
             return bad(request, session, NotFound(f"no audit records for conversation {conversation_id!r}"))
         return page(request, session, "conversation.html.j2", conversation_id=conversation_id,
@@ -190,7 +190,7 @@ def router(console: Console) -> APIRouter:
 
 
 def _policy_currency(console: Console, persona: str) -> str | None:
-    settings = console.rt.settings.personas.get(persona)
+    settings = console.deps.operator.settings.personas.get(persona)
     policy = None if settings is None else settings.invoice_policy
     return None if policy is None else policy.currency
 

@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from persona.app import Runtime
+from persona.deps import ConsoleDeps
 from persona.users import Users
 from persona.web import WebRefusal, actions, pages
 from persona.web.console import Console, signin_router
@@ -16,10 +16,11 @@ from persona.web.render import Pages
 from persona.web.sessions import WebSessions
 
 
-def install(app: FastAPI, rt: Runtime, users: Users) -> None:
+def install(app: FastAPI, deps: ConsoleDeps, users: Users) -> None:
     """Add the console to ``app``: sign-in, pages, actions, the stylesheet, the refusal handler."""
-    ttl = timedelta(minutes=rt.settings.server.console_session_minutes)
-    console = Console(rt, WebSessions(rt.store, users, rt.now, ttl), Pages())
+    ops = deps.operator
+    ttl = timedelta(minutes=ops.settings.server.console_session_minutes)
+    console = Console(deps, WebSessions(ops.store, users, ops.now, ttl), Pages())
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, WebRefusal)

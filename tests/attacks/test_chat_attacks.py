@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from persona.app import Runtime
+from persona.calls import call_context
 from persona.loop import run_turn
 from tests.attacks.invariants import assert_nothing_unauthorised, assert_recorded, created
 from tests.attacks.obedient import Obedient, do
@@ -67,11 +68,11 @@ ATTACKS: dict[str, tuple[str, list[tuple[str, Any]], int]] = {
 
 
 async def chat(rt: Runtime, persona: str, message: str, user: str = "mallory@example.com") -> Any:
-    ctx = rt.context(persona, user)
-    model = rt.chat_model(persona)
+    ctx = call_context(rt.settings, persona, user)
+    model = rt.models.configured(persona)
     try:
         return await run_turn(
-            model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.system_prompt(ctx),
+            model=model, dispatcher=rt.dispatcher, ctx=ctx, system_prompt=rt.prompts.for_call(ctx, today=rt.now().date()),
             user_message=message,
         )  # fmt: skip
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from persona.app import Runtime
+from persona.calls import call_context
 from persona.llm import ModelReply, OpenAIChatModel
 from persona.llm.profiles import PROFILES
 from persona.loop import run_turn
@@ -63,7 +64,7 @@ async def turn(rt: Runtime, capture: Capture, *, strip: bool = False) -> tuple[A
             model="replayed", base_url=f"{http.base_url}/v1", stream=capture.streamed, max_retries=0, timeout=10,
             provider=capture.profile,
         )  # fmt: skip
-        ctx = rt.context("growth", "conformance@example.com")
+        ctx = call_context(rt.settings, "growth", "conformance@example.com")
         try:
             result = await run_turn(
                 model=Stripped(model) if strip else model, dispatcher=rt.dispatcher, ctx=ctx,
