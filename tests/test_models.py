@@ -68,7 +68,10 @@ async def test_an_injected_factory_replaces_the_endpoint_for_chat_and_flows() ->
     models = Models(with_endpoint("http://127.0.0.1:9/v1"), factory)
     models.chat("finance", "alice@example.com")
     models.flow("recovery", "growth", {"txn_id": "t1"})
-    assert asked == [("chat", "finance", {"user": "alice@example.com"}), ("recovery", "growth", {"txn_id": "t1"})]
+    assert asked == [
+        ("chat", "finance", {"user": "alice@example.com"}),
+        ("recovery", "growth", {"txn_id": "t1"}),
+    ]
     assert not models.pooled, "the configured endpoint is never opened"
 
 
