@@ -19,6 +19,7 @@ import pytest
 
 from persona.events import EVENTS
 from tests.harness import REPO
+from tools import errors
 from tools.plisio.tools import plisio_registry
 
 PACKAGES = ("persona", "tools")
@@ -169,6 +170,28 @@ def test_the_gate_knows_tools_not_plisio() -> None:
         assert plisio == set(), (
             f"{name} imports {sorted(plisio)}: the tool context comes from the integration"
         )
+
+
+GATE = ("persona.dispatcher", "persona.effects.executor", "persona.loop.turn", "tools.registry")
+
+
+def test_the_gate_catches_service_errors_not_plisio_ones() -> None:
+    for name in GATE:
+        named = {
+            alias.name
+            for node in ast.walk(modules()[name].tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "tools.errors"
+            for alias in node.names
+        }
+        assert not {n for n in named if n.startswith("Plisio")}, (
+            f"{name} imports {sorted(named)}: the gate catches ServiceError, OutcomeUnknown, EffectDiffers"
+        )
+    # and Plisio's errors are those: what the executor tells apart, the integration raises
+    assert issubclass(errors.PlisioOutcomeUnknown, errors.OutcomeUnknown)
+    assert issubclass(errors.PlisioExistingInvoice, errors.EffectDiffers)
+    assert issubclass(errors.PlisioError, errors.ServiceError)
+    assert not issubclass(errors.PlisioApiError, errors.OutcomeUnknown | errors.EffectDiffers)
+    assert not issubclass(errors.PlisioTransportError, errors.OutcomeUnknown), "a refused connect never left"
 
 
 def test_only_entry_points_and_world_builders_take_the_runtime() -> None:

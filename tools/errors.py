@@ -5,14 +5,17 @@ enter, so callers never need to know which library failed and no third-party
 exception (whose message may carry a URL with the API key) escapes unscrubbed.
 
     ToolsError
-    ├── PlisioError                  talking to Plisio (or the sandbox) failed
-    │   ├── PlisioTransportError     the network failed: connect, read, timeout
-    │   │   └── PlisioOutcomeUnknown the request may have been applied; never re-sent blindly
-    │   ├── PlisioDeadlineExceeded   retries ran out of the overall deadline
-    │   ├── PlisioProtocolError      HTML, empty, truncated or non-envelope body
-    │   ├── PlisioExistingInvoice    return_existing gave back an invoice that is not the one asked for
-    │   └── PlisioApiError           Plisio answered {"status": "error", ...}
-    │       └── PlisioRateLimited    HTTP 429, with the Retry-After it asked for
+    ├── ServiceError                 a tool's call to its service failed (any integration; the gate's view)
+    │   ├── OutcomeUnknown           a write may have been applied: look it up by its key, never re-send
+    │   ├── EffectDiffers            the service holds another effect under this key than the one asked
+    │   └── PlisioError              talking to Plisio (or the sandbox) failed
+    │       ├── PlisioTransportError     the network failed: connect, read, timeout
+    │       │   └── PlisioOutcomeUnknown the request may have been applied (also an OutcomeUnknown)
+    │       ├── PlisioDeadlineExceeded   retries ran out of the overall deadline
+    │       ├── PlisioProtocolError      HTML, empty, truncated or non-envelope body
+    │       ├── PlisioExistingInvoice    return_existing gave back another invoice (also an EffectDiffers)
+    │       └── PlisioApiError           Plisio answered {"status": "error", ...}
+    │           └── PlisioRateLimited    HTTP 429, with the Retry-After it asked for
     ├── CallbackError                a Plisio callback cannot be trusted or read
     │   ├── CallbackFormatError      the body is not a callback (bad encoding, not an object)
     │   └── CallbackSignatureError   verify_hash missing, empty or not matching
@@ -29,18 +32,46 @@ class ToolsError(Exception):
     """Root of the tools package's errors."""
 
 
-class PlisioError(ToolsError):
+class ServiceError(ToolsError):
+    """A tool's call to the service behind it failed; ``kind`` and :meth:`to_dict` say how (what the model is
+    answered). The generic gate (``tools.registry.run``, the effects executor) catches these three classes,
+    never an integration's own: a new integration raises its errors as subclasses of them."""
+
+    kind = "service_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind, "message": self.message}
+
+
+class OutcomeUnknown(ServiceError):
+    """A state-changing request left the machine and no answer came back: the service may have applied it.
+    Never "failed": the effect is looked up by its key (``Tool.lookup``) before anything is tried again."""
+
+    kind = "outcome_unknown"
+
+
+class EffectDiffers(ServiceError):
+    """The service already holds an effect under this effect's key, and it is not the one asked for (another
+    amount, payer, or a dead one). The effect did not happen; the other one is named, never passed off."""
+
+    kind = "effect_differs"
+
+
+class PlisioError(ServiceError):
     """A Plisio call failed. ``route`` is the path template, never the full URL (it has the key)."""
 
     kind = "plisio_error"
 
     def __init__(self, message: str, *, route: str = "") -> None:
         super().__init__(message)
-        self.message = message
         self.route = route
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "message": self.message, "route": self.route}
+        return {**super().to_dict(), "route": self.route}
 
 
 class PlisioTransportError(PlisioError):
@@ -49,7 +80,7 @@ class PlisioTransportError(PlisioError):
     kind = "plisio_unreachable"
 
 
-class PlisioOutcomeUnknown(PlisioTransportError):
+class PlisioOutcomeUnknown(PlisioTransportError, OutcomeUnknown):
     """A state-changing request left the machine and no answer came back.
 
     Plisio may have applied it. The client never re-sends such a request blindly; the caller
@@ -78,7 +109,7 @@ class PlisioProtocolError(PlisioError):
         return {**super().to_dict(), "http_status": self.http_status}
 
 
-class PlisioExistingInvoice(PlisioError):
+class PlisioExistingInvoice(PlisioError, EffectDiffers):
     """``/invoices/new`` with ``return_existing`` answered with the invoice its order number already has,
     and that invoice is not what was asked for (another amount, coin or payer, or expired/cancelled).
     It is not a new invoice: the effect did not happen, and the old one is named, not passed off."""

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tools.errors import PlisioError, ToolDefinitionError
+from tools.errors import ServiceError, ToolDefinitionError
 from tools.schemas import admits_null, model_view, strict_schema
 
 if TYPE_CHECKING:
@@ -270,11 +270,11 @@ class Registry(Generic[C]):
 
 
 async def run(tool: Tool[A, C], args: A, ctx: C, *, timeout: float | None = None) -> ToolResult:
-    """Execute already-validated args. Plisio failures and timeouts become data; bugs raise."""
+    """Execute already-validated args. A service's failures and timeouts become data; bugs raise."""
     try:
         async with asyncio.timeout(timeout):
             data = await tool.handler(args, ctx)
-    except PlisioError as exc:
+    except ServiceError as exc:
         return ToolResult.failure(tool.name, ToolFailure(exc.kind, str(exc), details=exc.to_dict()))
     except TimeoutError:
         return ToolResult.failure(

@@ -6,8 +6,9 @@ the ledger mark and the audit record of the outcome finish together, and only th
 caller see its ``CancelledError``. What "not seen to
 finish" means is fixed here, once: a timeout, a cancellation, a dropped connection, a gateway's 5xx or
 an unreadable answer after the request may have left is ``unknown``, never ``failed``; it keeps its
-reservation and is looked up by order number, inline at once and by the sweep later. Only Plisio's own
-refusal, or a request that provably never left, is ``failed``.
+reservation and is looked up by order number, inline at once and by the sweep later. Only the service's
+own refusal, or a request that provably never left, is ``failed``. The integration says which is which by
+the class it raises (``tools.errors``: ``OutcomeUnknown``, ``EffectDiffers``, any other ``ServiceError``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from persona.effects.ledger import UNRESOLVED, Effect, EffectLedger, State
 from persona.errors import Forbidden, VaultError
 from persona.events import Event, Source
 from persona.policy import PolicyDecision
-from tools.errors import PlisioError, PlisioExistingInvoice, PlisioOutcomeUnknown
+from tools.errors import EffectDiffers, OutcomeUnknown, ServiceError
 from tools.redaction import scrub
 from tools.registry import ContextFactory, Registry, Tool, ToolFailure, ToolResult, bounded_json, to_jsonable
 
@@ -210,9 +211,9 @@ class EffectExecutor(Generic[C]):
             return await self._refused(ctx, call_id, tool, effect, exc)
         except TimeoutError:
             unknown = f"no answer within {timeout:g}s"
-        except PlisioOutcomeUnknown as exc:
+        except OutcomeUnknown as exc:
             unknown = exc.message
-        except PlisioError as exc:
+        except ServiceError as exc:
             failure = _failure(exc)
         except BaseException as exc:  # cancelled at shutdown, or a bug: the request may have left
             self._cut_off(ctx, tool, call_id, effect, f"{type(exc).__name__} while the request was in flight")
@@ -302,9 +303,9 @@ class EffectExecutor(Generic[C]):
             tool_ctx = await self._contexts(persona, effect.order_number)
             async with asyncio.timeout(self._lookup_timeout_s):
                 return await tool.lookup(args, tool_ctx)
-        except PlisioExistingInvoice as exc:
+        except EffectDiffers as exc:
             raise _FoundOther(exc) from None
-        except (PlisioError, TimeoutError, Forbidden, VaultError) as exc:
+        except (ServiceError, TimeoutError, Forbidden, VaultError) as exc:
             log.warning(
                 "effect_lookup_failed", effect_id=effect.id, error=scrub(f"{type(exc).__name__}: {exc}")
             )
@@ -382,12 +383,12 @@ class EffectExecutor(Generic[C]):
 class _FoundOther(Exception):
     """The lookup found an invoice under the effect's order number that is not the one asked for."""
 
-    def __init__(self, error: PlisioExistingInvoice) -> None:
+    def __init__(self, error: EffectDiffers) -> None:
         super().__init__(str(error))
         self.error = error
 
 
-def _failure(exc: PlisioError) -> ToolFailure:
+def _failure(exc: ServiceError) -> ToolFailure:
     return ToolFailure(exc.kind, str(exc), details=exc.to_dict())
 
 
