@@ -52,7 +52,7 @@ from persona.store.audit_tables import (
     ts_text,
 )
 from persona.store.batching import BatchWriter, all_done
-from persona.store.engine import Store, like_prefix
+from persona.store.engine import Store
 from tools.redaction import scrub, scrub_data
 
 log = structlog.get_logger(__name__)
@@ -359,16 +359,7 @@ class AuditLog:
 
     def conversations_starting(self, prefix: str, limit: int) -> list[str]:
         """Conversation ids that start with ``prefix`` (an id given by its first characters)."""
-        column = audit_log.c.conversation_id
-        with self._store.read("find a conversation") as conn:
-            rows = conn.execute(
-                select(column)
-                .where(column.like(like_prefix(prefix), escape="\\"))
-                .distinct()
-                .order_by(column)
-                .limit(limit)
-            )
-            return [str(v) for (v,) in rows]
+        return self._store.starting(audit_log.c.conversation_id, prefix, limit, "find a conversation")
 
     def conversation(self, conversation_id: str) -> list[AuditRecord]:
         return self.query(AuditFilter(conversation_id=conversation_id))

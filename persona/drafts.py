@@ -173,16 +173,7 @@ class DraftStore:
 
     def ids_starting(self, prefix: str, limit: int) -> list[str]:
         """Ids of drafts that start with ``prefix`` (taken literally), in order, at most ``limit``."""
-        from persona.store.engine import like_prefix
-
-        query = (
-            select(drafts.c.id)
-            .where(drafts.c.id.like(like_prefix(prefix), escape="\\"))
-            .order_by(drafts.c.id)
-            .limit(limit)
-        )
-        with self._store.read("read drafts") as conn:
-            return [str(r.id) for r in conn.execute(query)]
+        return self._store.starting(drafts.c.id, prefix, limit, "read drafts")
 
     def by_key(self, flow_key: str) -> Draft | None:
         with self._store.read("read drafts") as conn:

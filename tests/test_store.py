@@ -147,3 +147,22 @@ def test_in_memory_sqlite_works_for_one_process() -> None:
             assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 0
     finally:
         store.close()
+
+
+def test_values_starting_with_a_prefix_take_it_literally(store: Store) -> None:
+    from sqlalchemy import Column, Integer, MetaData, String, Table, insert
+
+    meta = MetaData()
+    things = Table("prefix_probe", meta, Column("id", String(20), primary_key=True), Column("kind", Integer))
+    meta.create_all(store.engine)
+    try:
+        with store.begin() as conn:
+            conn.execute(insert(things), [{"id": i, "kind": k} for i, k in
+                                          (("ab_1", 1), ("abX1", 1), ("ab%2", 2), ("ab_3", 2), ("b", 1))])  # fmt: skip
+        assert store.starting(things.c.id, "ab", 10, "probe") == sorted(["ab_1", "abX1", "ab%2", "ab_3"])
+        assert store.starting(things.c.id, "ab_", 10, "probe") == ["ab_1", "ab_3"], "_ is not a wildcard"
+        assert store.starting(things.c.id, "ab%", 10, "probe") == ["ab%2"], "% is not a wildcard"
+        assert store.starting(things.c.id, "ab", 1, "probe") == [sorted(["ab_1", "abX1", "ab%2", "ab_3"])[0]]
+        assert store.starting(things.c.id, "ab", 10, "probe", things.c.kind == 2) == sorted(["ab%2", "ab_3"])
+    finally:
+        meta.drop_all(store.engine)

@@ -144,18 +144,8 @@ class EffectLedger:
     def ids_starting(self, prefix: str, limit: int, *, approvals: bool = False) -> list[str]:
         """Ids of effects (``approvals``: only held ones, once or still) that start with ``prefix`` (taken
         literally), in order, at most ``limit``."""
-        from persona.store.engine import like_prefix
-
-        query = (
-            select(effects.c.id)
-            .where(effects.c.id.like(like_prefix(prefix), escape="\\"))
-            .order_by(effects.c.id)
-            .limit(limit)
-        )
-        if approvals:
-            query = query.where(effects.c.needs_approval == 1)
-        with self._store.read("read effects") as conn:
-            return [str(r.id) for r in conn.execute(query)]
+        held = (effects.c.needs_approval == 1,) if approvals else ()
+        return self._store.starting(effects.c.id, prefix, limit, "read effects", *held)
 
     def by_key(self, key: EffectKey) -> Effect | None:
         with self._store.read("read effects") as conn:

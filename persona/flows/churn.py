@@ -294,12 +294,7 @@ def list_reports(deps: FlowDeps, limit: int = 20) -> list[ChurnReport]:
 
 def ids_starting(deps: FlowDeps, prefix: str, limit: int) -> list[str]:
     """Report ids that start with ``prefix`` (an id given by its first characters), in id order."""
-    from persona.store.engine import like_prefix
-
-    column = churn_reports.c.id
-    query = select(column).where(column.like(like_prefix(prefix), escape="\\")).order_by(column).limit(limit)
-    with deps.store.read("find a churn report") as conn:
-        return [str(v) for v in conn.execute(query).scalars()]
+    return deps.store.starting(churn_reports.c.id, prefix, limit, "find a churn report")
 
 
 def get_report(deps: FlowDeps, report_id: str) -> ChurnReport:

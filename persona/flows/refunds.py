@@ -371,12 +371,7 @@ def list_decisions(deps: FlowDeps, limit: int = 50) -> list[RefundOutcome]:
 
 def ids_starting(deps: FlowDeps, prefix: str, limit: int) -> list[str]:
     """Decision ids that start with ``prefix`` (an id given by its first characters), in id order."""
-    from persona.store.engine import like_prefix
-
-    column = refund_decisions.c.id
-    query = select(column).where(column.like(like_prefix(prefix), escape="\\")).order_by(column).limit(limit)
-    with deps.store.read("find a refund decision") as conn:
-        return [str(v) for v in conn.execute(query).scalars()]
+    return deps.store.starting(refund_decisions.c.id, prefix, limit, "find a refund decision")
 
 
 def get_decision(deps: FlowDeps, decision_id: str) -> RefundOutcome:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Connection, Engine, create_engine, event, exc, pool
+from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, exc, pool, select
 from sqlalchemy.engine import URL, make_url
 
 from persona.errors import ConfigError, StoreError, StoreUnavailable
@@ -144,6 +144,18 @@ class Store:
         lock = self._write_lock or contextlib.nullcontext()
         with lock, self.guard(action), self.engine.begin() as conn:
             yield conn
+
+    def starting(
+        self, column: ColumnElement[Any], prefix: str, limit: int, action: str, *where: ColumnElement[bool]
+    ) -> list[str]:
+        """The distinct values of ``column`` (and ``where``) that start with ``prefix``, taken literally (``%``,
+        ``_`` too), in order, at most ``limit``: how an id given by its first characters is found."""
+        query = (
+            select(column).where(column.like(like_prefix(prefix), escape="\\"), *where)
+            .distinct().order_by(column).limit(limit)
+        )  # fmt: skip
+        with self.read(action) as conn:
+            return [str(v) for v in conn.execute(query).scalars()]
 
     @contextlib.contextmanager
     def read(self, action: str = "read from the database") -> Iterator[Connection]:
