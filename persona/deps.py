@@ -2,7 +2,7 @@
 
 In the spirit of pydantic-ai's ``RunContext[Deps]`` (a run is given a typed ``deps`` object instead of
 reaching for globals): each consumer declares a frozen bundle of exactly what it uses, and the composition
-root (:mod:`persona.app`, built only by the entry points) fills it. A test builds the same bundle from fakes,
+root (:mod:`persona.app`, built by the entry points and the two world builders) fills it. A test builds the same bundle from fakes,
 and a reader sees a component's real inputs without following a service locator.
 
 This module is a low floor: it names types and is built nowhere.

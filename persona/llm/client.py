@@ -266,8 +266,9 @@ class SharedHttp:
         return self._client is not None and not self._client.is_closed
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        client, self._client = self._client, None  # a model made after this gets a fresh pool
+        if client is not None:
+            await client.aclose()
 
 
 def _counting_client() -> httpx2.AsyncClient:
