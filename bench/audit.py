@@ -22,6 +22,8 @@ from typing import Any
 
 from bench.report import Table, verdict
 from bench.servers import ROOT
+from persona.clock import utcnow
+from persona.store.schema import prepare
 
 RECORDS_FULL = 1_000_000
 RECORDS_QUICK = 100_000
@@ -112,7 +114,7 @@ async def _fill(workdir: Path, db: Path, total: int, quick: bool) -> dict[str, A
     (workdir / "master.hex").write_text(secrets.token_bytes(32).hex())
     (workdir / "signing.key").write_text(skey_of("bench/audit", Ed25519PrivateKey.generate()))
     store = Store.open(f"sqlite:///{db}")
-    store.create_all()
+    prepare(store, now=utcnow)
     log = AuditLog(store)
     log.use_keys(_keys(workdir))
     done = 0

@@ -27,10 +27,12 @@ from persona.effects.ledger import EffectLedger
 from persona.effects.seal import Seal
 from persona.errors import NoMasterKey, NotConfigured
 from persona.masterkey import MasterKeySource
+from persona.metrics import Metrics
 from persona.models import ModelFactory, Models
 from persona.policy import PlisioPrices, Policy
 from persona.prompts import PromptLibrary
 from persona.settings import PlisioMode, Settings
+from persona.store import schema
 from persona.store.engine import Store
 from persona.vault import GrantGate, Grants, PersonaAccess, Vault, service_key_source
 from tools.plisio.client import KeySource, PlisioClient, RetryPolicy, Timeouts
@@ -144,6 +146,8 @@ class Runtime:
     grants: Grants
     access: PersonaAccess
     models: Models
+    metrics: Metrics
+    """Counted from the audit log as it is written (:mod:`persona.metrics`), served at ``GET /metrics``."""
     outbound_transport: httpx.AsyncBaseTransport | None = None
     """Injected transport for the outbound channel (tests); None means the network."""
     checkpoint_transport: httpx.AsyncBaseTransport | None = None
@@ -183,8 +187,10 @@ class Runtime:
 
         log.ensure_configured(settings.log.level, settings.log.format)
         store = store or Store.open(settings.store_url())
-        store.create_all()
+        schema.prepare(store, now=now)
         audit = AuditLog(store, now=now)
+        metrics = Metrics(store, now)
+        audit.observe_with(metrics.observe)
         vault = Vault(store, master_keys or MasterKeySource.from_settings(settings), audit, now)
         seal: Seal | None = None
         try:
@@ -218,7 +224,7 @@ class Runtime:
         prompts = PromptLibrary(settings.prompts_path())
         return cls(
             settings, store, audit, plisio, registry, policy, dispatcher.approvals, dispatcher, prompts, now, vault,
-            grants, access, Models(settings),
+            grants, access, Models(settings), metrics,
         )  # fmt: skip
 
     @property
@@ -227,6 +233,7 @@ class Runtime:
         return WorkerDeps(
             settings=self.settings, store=self.store, audit=self.audit, plisio=self.plisio.client,
             effects=self.dispatcher.effects, flows=self.flows, now=self.now, checkpoint_transport=self.checkpoint_transport,
+            metrics=self.metrics,
         )  # fmt: skip
 
     @property
@@ -259,6 +266,7 @@ class Runtime:
             audit=self.audit,
             dispatcher=self.dispatcher,
             now=self.now,
+            metrics=self.metrics,
         )
 
     async def aclose(self) -> None:

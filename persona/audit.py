@@ -133,6 +133,19 @@ class AuditLog:
         self._in_flight: set[Future[AuditRecord]] = set()
         """``record()``ed events handed to the writer and not yet committed (a flush waits for them too)."""
         self._keys: MacKeys | None = None
+        self._observer: Callable[[AuditEvent], None] | None = None
+
+    def observe_with(self, observer: Callable[[AuditEvent], None]) -> None:
+        """Hand every event appended or recorded from now on to ``observer`` too (the metrics); an observer
+        that fails is logged and never costs a record."""
+        self._observer = observer
+
+    def _observe(self, event: AuditEvent) -> None:
+        if self._observer is not None:
+            try:
+                self._observer(event)
+            except Exception as exc:
+                log.error("audit_observer_failed", error=f"{type(exc).__name__}: {exc}")
 
     def use_keys(self, keys: MacKeys) -> None:
         """Key every record appended from now on, and check MACs in :meth:`verify` (the runtime does this
@@ -171,6 +184,7 @@ class AuditLog:
             full = len(self._buffer) >= self._max_batch
         if full:
             self._hand_over()
+        self._observe(event)
         return future
 
     def _hand_over(self) -> list[Future[AuditRecord]]:
@@ -224,6 +238,7 @@ class AuditLog:
             future = self._writer.put(event)
         for _, kept_future in kept:
             kept_future.add_done_callback(self._landed)
+        self._observe(event)
         return future
 
     def _write_batch(self, events: list[AuditEvent]) -> list[AuditRecord | BaseException]:

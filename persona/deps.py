@@ -23,6 +23,7 @@ from persona.drafts import ReviewQueue
 from persona.effects.executor import EffectExecutor
 from persona.inbox import Inbox, InboxWriter
 from persona.llm import ChatModel
+from persona.metrics import Metrics
 from persona.prompts import PromptLibrary
 from persona.settings import Settings
 from persona.store.engine import Store
@@ -50,6 +51,7 @@ class ReceiverDeps:
     now: Clock
     max_body: int
     """``server.max_body_bytes``: a longer body is refused unread (413)."""
+    metrics: Metrics | None = None
 
 
 FlowModels = Callable[[str, str, Mapping[str, Any]], ChatModel | None]
@@ -102,6 +104,8 @@ class OperatorDeps:
     audit: AuditLog
     dispatcher: Dispatcher[PlisioContext]
     now: Clock
+    metrics: Metrics | None = None
+    """Served at ``GET /metrics``; None: no metrics endpoint."""
 
 
 ReviewQueues = Callable[[], ReviewQueue]
@@ -132,3 +136,4 @@ class WorkerDeps:
     now: Clock
     checkpoint_transport: httpx.AsyncBaseTransport | None = None
     """Injected transport for the checkpoint sink (tests); None: the network."""
+    metrics: Metrics | None = None

@@ -13,7 +13,8 @@ stack trace. Bugs are not in this tree: they raise whatever they raise.
     ├── Conflict                 the thing is not in a state that allows this (already approved)
     │   └── EffectUnresolved     a side effect was sent and its outcome is not known yet: retry later
     ├── StoreError               the database failed
-    │   └── StoreUnavailable     the database cannot be reached or written right now
+    │   ├── StoreUnavailable     the database cannot be reached or written right now
+    │   └── SchemaMismatch       the store's schema is not this release's (behind: `persona db upgrade`)
     ├── AuditIntegrityError      the audit chain does not verify (names the first bad record)
     ├── ModelError               the LLM endpoint failed after bounded retries
     │   └── ScriptExhausted      a scripted model was called past the end of its script
@@ -79,6 +80,13 @@ class StoreError(PersonaError):
 
 class StoreUnavailable(StoreError):
     pass
+
+
+class SchemaMismatch(StoreError):
+    """The store's schema revision is behind this release (an upgrade is due) or ahead of it (a newer release
+    wrote it): nothing runs on it until an operator acts."""
+
+    exit_code = 2
 
 
 class AuditIntegrityError(PersonaError):

@@ -352,6 +352,14 @@ class Inbox:
             rows = conn.execute(select(inbox.c.state, func.count()).group_by(inbox.c.state))
             return {str(state): int(n) for state, n in rows}
 
+    def depth(self) -> dict[str, tuple[int, datetime]]:
+        """Per state: how many rows, and when the oldest of them arrived (readiness and metrics)."""
+        from sqlalchemy import func
+
+        query = select(inbox.c.state, func.count(), func.min(inbox.c.received_at)).group_by(inbox.c.state)
+        with self._store.read("read the inbox") as conn:
+            return {str(state): (int(n), as_utc(oldest)) for state, n, oldest in conn.execute(query)}
+
     def retry(self, row_id: int, *, now: datetime) -> InboxRow:
         """Queue a failed (or poison) row again, attempts reset; anything else is a Conflict."""
         with self._store.begin("retry an inbox row") as conn:

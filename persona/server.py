@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
@@ -25,8 +26,10 @@ from persona.api.errors import install_errors
 from persona.app import Runtime
 from persona.deps import ReceiverDeps, SecretsSource
 from persona.http_auth import Auth
+from persona.http_limits import FailedAttempts, RequestLimits
 from persona.inbox import Inbox, InboxWriter
 from persona.jsonutil import jsonable
+from persona.release import VERSION
 from persona.users import Users
 from persona.web.site import install as install_console
 from persona.webhooks import Receiver, vault_secrets
@@ -49,25 +52,25 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if not start_worker:
-            yield
-            return
-        from persona.worker import Worker
-
-        runner = worker(rt) if worker is not None else Worker(rt.worker)
         stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop), name="persona-worker")
+        tasks = [asyncio.create_task(_close_tallies(receiver, rt.now, stop), name="persona-rejections")]
+        if start_worker:
+            from persona.worker import Worker
+
+            runner = worker(rt) if worker is not None else Worker(rt.worker)
+            tasks.append(asyncio.create_task(runner.run(stop), name="persona-worker"))
         try:
             yield
         finally:
             stop.set()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(task, timeout=30)
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(task, timeout=30)
 
     app = FastAPI(
         title="plisio-persona",
         summary="LLM personas operating a Plisio account; Plisio callback receiver.",
-        version="0.1.0",
+        version=VERSION,
         lifespan=lifespan,
         docs_url=None,  # /docs is persona.api.docs: rendered here, nothing loaded from a CDN
         redoc_url=None,
@@ -76,10 +79,17 @@ def create_app(
     receiver = Receiver(ReceiverDeps(
         inbox=inbox, writer=InboxWriter(inbox, rt.store), audit=rt.audit, now=rt.now,
         secrets=secrets or vault_secrets(rt.settings, rt.vault), max_body=rt.settings.server.max_body_bytes,
+        metrics=rt.metrics,
     ))  # fmt: skip
+    app.state.receiver = receiver  # tests flush its tallies of refused callbacks
     users = Users(rt.store, rt.audit, rt.now)
     auth = Auth(users)
     install_errors(app)
+    server = rt.settings.server
+    app.add_middleware(
+        RequestLimits, users=users, max_request_bytes=server.max_request_bytes,
+        failures=FailedAttempts(server.auth_failures_per_minute),
+    )  # fmt: skip
 
     @app.post(
         "/webhooks/plisio",
@@ -100,3 +110,15 @@ def create_app(
         app.include_router(router)
     install_console(app, rt.console, users)  # the review console at /: sign-in, pages, forms
     return app
+
+
+TALLY_EVERY_S = 5.0
+
+
+async def _close_tallies(receiver: Receiver, now: Callable[[], datetime], stop: asyncio.Event) -> None:
+    """Audit the refused-callback tallies whose minute has closed, every few seconds; all of them at the end."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), TALLY_EVERY_S)
+        await receiver.rejections.flush_due(now())
+    await receiver.rejections.flush_all()

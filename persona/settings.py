@@ -125,14 +125,30 @@ class ApprovalSettings(Frozen):
     """Four eyes: whoever asked for a call cannot approve it."""
 
 
+class ReadinessSettings(Frozen):
+    """What ``GET /readyz`` requires besides a reachable store at this release's schema."""
+
+    expect_worker: bool = True
+    """A worker (in this process or another on the same store) must have beaten within ``worker_max_silence_s``;
+    false for an instance that only receives callbacks while no worker runs anywhere (they wait in the inbox)."""
+    worker_max_silence_s: float = Field(30.0, ge=2, le=3600)
+    backlog_max_age_s: float = Field(300.0, ge=1, le=7 * 86_400)
+    """The oldest inbox row waiting to be processed may be at most this old."""
+
+
 class ServerSettings(Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(16_384, ge=1024, le=10_000_000)
     """Callback bodies above this get 413 before anything is parsed."""
+    max_request_bytes: int = Field(1_048_576, ge=1024, le=100_000_000)
+    """Every other request body (API, console) above this gets 413, counted before it is read."""
+    auth_failures_per_minute: int = Field(10, ge=1, le=100_000)
+    """Failed API tokens an address may send in a minute; then 429 with ``Retry-After`` until one expires."""
     public_url: str | None = Field(None, pattern=r"^https?://")
     """How Plisio reaches this server; ``<public_url>/webhooks/plisio`` becomes the invoices' callback_url."""
     in_process_worker: bool = True
+    ready: ReadinessSettings = ReadinessSettings()
     console_session_minutes: int = Field(480, ge=5, le=7 * 24 * 60)
     """How long a console sign-in lasts (then the token is asked for again); signing out ends it at once."""
 
@@ -162,7 +178,10 @@ class WorkerSettings(Frozen):
     reconcile_pages: int = Field(2, ge=1, le=20)
     """Pages (50 operations each, newest first) the reconciler reads per failure status."""
     reconcile_max_age_h: float | None = Field(72.0, gt=0)
-    """The reconciler ignores invoices that failed longer ago (a first start must not chase old ones)."""
+    """The reconciler ignores invoices that failed longer ago, and any that failed before the store was first
+    initialised (a first start never chases a shop's history: ``persona reconcile --since`` does, on request)."""
+    heartbeat_s: float = Field(5.0, ge=0.5, le=300)
+    """How often a running worker records that it is alive (readiness reads it)."""
 
 
 class AuditSettings(Frozen):

@@ -6,15 +6,16 @@ durably stored (or known to be a duplicate)? Then 200, whatever its content. The
 =========================================  ====  ==========================================
 received                                   HTTP  effect
 =========================================  ====  ==========================================
-body over ``server.max_body_bytes``        413   audit ``webhook_rejected``; counted while
-                                                 streaming, no row
+body over ``server.max_body_bytes``        413   counted while streaming, no row; every refusal
+                                                 is logged, and audited as ``webhook_rejected``,
+                                                 one record per address and minute
 body we cannot parse (not UTF-8, not JSON,
 duplicate keys, nested JSON values, a form
-name PHP would merge or re-key)            400   audit; no row. An unparsable body cannot be
+name PHP would merge or re-key)            400   no row (tallied as above). An unparsable body cannot be
                                                  signature-checked, so it is not stored. (Form
                                                  names in PHP's nested syntax are read as PHP does.)
 ``verify_hash`` missing, empty, malformed
-or not matching any accepted key           401   audit (which check failed); no row
+or not matching any accepted key           401   no row (tallied: which check failed)
 signed, but unusable (no txn_id, unknown
 status ``111``, amount not a number)       200   row in state ``poison`` + audit
 signed, already stored (same body, or same
@@ -49,6 +50,7 @@ from persona.deps import ReceiverDeps, SecretsSource
 from persona.errors import StoreError, StoreUnavailable
 from persona.events import Source, WebhookEvent
 from persona.inbox import UnusableCallback, parse_callback
+from persona.rejections import Rejections, Tally, kind_of
 from persona.settings import PlisioMode, Settings
 from persona.vault import Vault, callback_secrets
 from tools.errors import CallbackFormatError, CallbackSignatureError
@@ -116,6 +118,8 @@ class Receiver:
         self.secrets, self.max_body = deps.secrets, deps.max_body
         self.inbox, self.writer = deps.inbox, deps.writer
         self._secrets: tuple[float, list[str]] | None = None
+        self.rejections = Rejections(self._audit_tally)
+        """Refusals tallied per address and minute (:mod:`persona.rejections`): flush them at shutdown."""
 
     async def __call__(self, request: Request) -> Response:
         return _answer(await self.receive(request))
@@ -228,8 +232,18 @@ class Receiver:
             log.error("webhook_audit_failed", audit_event=event, error=f"{type(exc).__name__}: {exc}")
 
     async def _reject(self, reason: str, peer: str | None, **payload: Any) -> None:
+        """Log and count a refusal now; the audit log gets the address's tally when its minute closes."""
         log.warning(WebhookEvent.REJECTED, reason=reason, peer=peer, **payload)
-        await self._audit(WebhookEvent.REJECTED, reason, {"peer": peer, **payload}, decision="rejected")
+        if self.deps.metrics is not None:
+            self.deps.metrics.rejected.labels(kind_of(reason)).inc()
+        size = payload.get("bytes", 0)
+        await self.rejections.add(peer, reason, size if isinstance(size, int) else 0, self.deps.now())
+
+    async def _audit_tally(self, tally: Tally) -> None:
+        reason = (
+            f"{tally.count} callback(s) refused from {tally.peer} in the minute (first: {tally.first_reason})"
+        )
+        await self._audit(WebhookEvent.REJECTED, reason, tally.payload(), decision="rejected")
 
     async def _audit(
         self, event: str, reason: str | None, payload: dict[str, Any], decision: str | None = None

@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -47,9 +47,12 @@ from persona.audit import AuditEvent
 from persona.checkpoints.publisher import CheckpointPublisher
 from persona.deps import FlowDeps, WorkerDeps
 from persona.events import Source, WorkerEvent
+from persona.heartbeats import Heartbeats
 from persona.inbox import Callback, Inbox, InboxRow, UnusableCallback, parse_callback
 from persona.invoices import SUCCESS_STATUSES, InvoiceStates, Transition, advance, rank
+from persona.jsonutil import rfc3339
 from persona.scheduler import Job, Scheduler, cron_slot, interval_slot
+from persona.store import schema
 from tools.errors import PlisioError
 from tools.plisio.models import Operation, OperationStatus, OperationType
 from tools.redaction import scrub
@@ -103,7 +106,12 @@ class Processed:
 class Reconciled:
     seen: int
     enqueued: list[str]
+    """The invoices queued for the recovery flow (with ``dry_run``: that would be)."""
     too_old: int = 0
+    since: datetime | None = None
+    """The cutoff used: failures before it were counted in ``too_old`` and left alone."""
+    operations: tuple[Operation, ...] = ()
+    """The invoices of ``enqueued``, as Plisio listed them."""
 
 
 class _UnknownStatus(Exception):
@@ -138,6 +146,7 @@ class Worker:
             reconcile_max_age = None if hours is None else timedelta(hours=hours)
         self.reconcile_max_age = reconcile_max_age
         self.inbox = Inbox(deps.store)
+        self.heartbeats = Heartbeats(deps.store)
         self.states = InvoiceStates(deps.store)
         self.recovery_statuses = frozenset(deps.settings.flows.recovery.statuses)
         jobs = [Job("reconcile", interval_slot(self.settings.reconcile_every_s), self._reconcile_job,
@@ -171,17 +180,43 @@ class Worker:
         :meth:`CheckpointPublisher.step`), drain the inbox, wait ``poll_interval_s``. On the way out: a last
         checkpoint and its delivery (:meth:`CheckpointPublisher.finish`)."""
         log.info("worker_started", owner=self.owner)
-        while not stop.is_set():
-            try:
-                await self.scheduler.tick()
-                await self.checkpoints.step()
-                await self.drain(stop=stop)
-            except Exception as exc:  # the store may be down: keep polling, never die
-                log.error("worker_iteration_failed", error=scrub(f"{type(exc).__name__}: {exc}"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
-        await self.checkpoints.finish()
+        beating = asyncio.create_task(self._beat(stop), name="persona-worker-heartbeat")
+        try:
+            while not stop.is_set():
+                try:
+                    await self.scheduler.tick()
+                    await self.checkpoints.step()
+                    await self.drain(stop=stop)
+                except Exception as exc:  # the store may be down: keep polling, never die
+                    log.error("worker_iteration_failed", error=scrub(f"{type(exc).__name__}: {exc}"))
+                    if self.deps.metrics is not None:
+                        self.deps.metrics.iterations_failed.inc()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.poll_interval_s)
+            await self.checkpoints.finish()
+        finally:
+            if not stop.is_set():  # cancelled: no last beat
+                beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
         log.info("worker_stopped", owner=self.owner)
+
+    async def _beat(self, stop: asyncio.Event) -> None:
+        """Record every ``heartbeat_s`` that this worker lives (apart from the loop: a long batch is not a
+        dead worker), and its stop at the end. A failed beat is logged and tried again at the next."""
+        while True:
+            stopping = stop.is_set()
+            try:
+                if stopping:
+                    await asyncio.to_thread(self.heartbeats.stopped, self.owner, self.now())
+                else:
+                    await asyncio.to_thread(self.heartbeats.beat, self.owner, self.now())
+            except Exception as exc:  # the store may be down: readiness will say so
+                log.warning("worker_heartbeat_failed", error=scrub(f"{type(exc).__name__}: {exc}"))
+            if stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.heartbeat_s)
 
     async def drain(self, *, limit: int = 1000, stop: asyncio.Event | None = None) -> list[Processed]:
         """Process due rows until none is left (or ``limit``): what a test or one poll does."""
@@ -207,6 +242,8 @@ class Worker:
         )  # fmt: skip
         if not rows:
             return []
+        if self.deps.metrics is not None:
+            self.deps.metrics.batches.inc()
         held = {row.id for row in rows}  # claimed and not finished: their leases are renewed
         unstarted = [row.id for row in rows]
         heartbeat = asyncio.create_task(self._keep_leases(held))
@@ -387,10 +424,20 @@ class Worker:
         found = await self.reconcile()
         return f"seen {found.seen}, enqueued {len(found.enqueued)}"
 
-    async def reconcile(self) -> Reconciled:
-        """Find failed invoices whose callback never came: newest first, ``reconcile_pages`` pages per status."""
-        seen, too_old, enqueued = 0, 0, []
-        cutoff = None if self.reconcile_max_age is None else self.now() - self.reconcile_max_age
+    def reconcile_since(self) -> datetime | None:
+        """The oldest failure the scheduled reconciler acts on: ``reconcile_max_age`` ago, and never before the
+        store was first initialised (a first start leaves the shop's history alone)."""
+        floor = schema.initialised_at(self.deps.store)
+        aged = None if self.reconcile_max_age is None else self.now() - self.reconcile_max_age
+        return max((t for t in (floor, aged) if t is not None), default=None)
+
+    async def reconcile(self, *, since: datetime | Literal["scheduled"] | None = "scheduled",
+                        dry_run: bool = False) -> Reconciled:  # fmt: skip
+        """Find failed invoices whose callback never came: newest first, ``reconcile_pages`` pages per status,
+        failed at ``since`` or later (by default :meth:`reconcile_since`; an operator may ask for earlier).
+        ``dry_run``: enqueue nothing, report what would be."""
+        seen, too_old, enqueued, chosen = 0, 0, [], []
+        cutoff = await asyncio.to_thread(self.reconcile_since) if since == "scheduled" else since
         for status in self.deps.settings.flows.recovery.statuses:
             for page in range(1, self.settings.reconcile_pages + 1):
                 found = await self.deps.plisio.list_operations(
@@ -403,16 +450,26 @@ class Worker:
                 ops = recent
                 known = await asyncio.to_thread(self.states.terminal, [op.id for op in ops])
                 for op in ops:
-                    if op.id not in known and await asyncio.to_thread(self._enqueue, op, status):
+                    if op.id in known or op.id in enqueued:
+                        continue
+                    if dry_run or await asyncio.to_thread(self._enqueue, op, status):
                         enqueued.append(op.id)
+                        chosen.append(op)
                 last_page = found.meta.page_count and page >= found.meta.page_count
                 if len(found.operations) + len(found.skipped) < PAGE_SIZE or last_page:  # unread rows count
                     break
-        await self._audit(
-            WorkerEvent.RECONCILED, None, {"seen": seen, "too_old": too_old, "enqueued": enqueued}
-        )
+        if dry_run:
+            log.info("reconcile_dry_run", seen=seen, too_old=too_old, would_enqueue=len(enqueued))
+            return Reconciled(seen, enqueued, too_old, since=cutoff, operations=tuple(chosen))
+        payload = {
+            "seen": seen,
+            "too_old": too_old,
+            "enqueued": enqueued,
+            "since": cutoff and rfc3339(cutoff),
+        }
+        await self._audit(WorkerEvent.RECONCILED, None, payload)
         log.info(WorkerEvent.RECONCILED, seen=seen, too_old=too_old, enqueued=len(enqueued))
-        return Reconciled(seen, enqueued, too_old)
+        return Reconciled(seen, enqueued, too_old, since=cutoff, operations=tuple(chosen))
 
     def _enqueue(self, op: Operation, status: str) -> bool:
         fields = {"txn_id": op.id, "status": status, "source": "reconciler"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,13 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from persona.store import Store
+from persona.store.schema import prepare
 
 POSTGRES_ENV = "PERSONA_TEST_POSTGRES_URL"
+LONG_AGO = datetime(2020, 1, 1, tzinfo=UTC)
+"""When the fixture's stores were "first initialised": before every seeded or test time, so the reconciler's
+first-start floor leaves the tests of its age limit and paging as they were (tests/test_first_start.py has
+a store initialised now)."""
 _POSTGRES_URL = os.environ.get(POSTGRES_ENV, "")
 _BACKENDS = ["sqlite", *([pytest.param("postgres", marks=pytest.mark.postgres)] if _POSTGRES_URL else [])]
 """Each PostgreSQL variant carries the ``postgres`` marker: ``pytest -m postgres`` runs exactly those."""
@@ -48,7 +54,14 @@ def store(store_url: str) -> Iterator[Store]:
     """A :class:`Store` on ``store_url`` with every table created, closed at teardown."""
     opened = Store.open(store_url)
     try:
-        opened.create_all()
+        prepare(opened, now=lambda: LONG_AGO)
         yield opened
     finally:
         opened.close()
+
+
+def as_before_migrations(store: Store) -> None:
+    """Leave ``store`` as a release from before migrations created it: no revision, none of the later tables."""
+    with store.begin() as conn:
+        for table in ("alembic_version", "store_info", "worker_heartbeats"):
+            conn.exec_driver_sql(f"DROP TABLE {table}")

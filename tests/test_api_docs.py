@@ -3,6 +3,7 @@ load), every body has an example that its model accepts, every route's example h
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable
 from decimal import Decimal
@@ -16,6 +17,7 @@ from persona.api import bodies
 from persona.api import examples as ex
 from persona.app import Runtime
 from persona.flows import recovery
+from persona.heartbeats import Heartbeats
 from tests import test_api_parity as parity
 from tests.harness import call, say, step
 from tests.test_api_parity import BIG, Flows
@@ -148,7 +150,7 @@ def test_the_refund_body_takes_invoice_or_its_deprecated_alias_and_documents_bot
 # -- the response examples are real answers --------------------------------------------------------
 
 EXAMPLES = {
-    ("/v1/chat", "post"): "CHAT", ("/healthz", "get"): "HEALTH", ("/v1/inbox", "get"): "INBOX_ROWS", ("/v1/inbox/{row_id}", "get"): "INBOX_ROW",
+    ("/v1/chat", "post"): "CHAT", ("/healthz", "get"): "HEALTH", ("/livez", "get"): "HEALTH", ("/readyz", "get"): "READY", ("/v1/inbox", "get"): "INBOX_ROWS", ("/v1/inbox/{row_id}", "get"): "INBOX_ROW",
     ("/v1/inbox/{row_id}/retry", "post"): "INBOX_RETRIED", ("/v1/audit", "get"): "AUDIT_RECORDS",
     ("/v1/audit/verify", "get"): "AUDIT_VERIFY", ("/v1/audit/{seq}", "get"): "AUDIT_RECORD",
     ("/v1/conversations/{conversation_id}", "get"): "CONVERSATION", ("/v1/drafts", "get"): "DRAFTS",
@@ -268,6 +270,9 @@ async def test_each_example_has_the_keys_its_route_really_returns(
     conversation = held[0]["conversation_id"]
     await at(("/v1/conversations/{conversation_id}", "get"), admin.get(f"/v1/conversations/{conversation}"))
     await at(("/healthz", "get"), admin.get("/healthz"))
+    await at(("/livez", "get"), admin.get("/livez"))
+    await asyncio.to_thread(Heartbeats(rt.store).beat, "w-docs", rt.now())
+    await at(("/readyz", "get"), admin.get("/readyz"))
 
     assert set(real) == set(EXAMPLES)
     for route, name in EXAMPLES.items():

@@ -21,6 +21,7 @@ from persona.app import Runtime
 from persona.audit import AuditFilter
 from persona.audit_keys import MacKeys
 from persona.calls import call_context
+from persona.clock import utcnow
 from persona.effects import is_order_number
 from persona.effects.keys import EffectKey, arguments_hash, normalised
 from persona.effects.seal import Held, Seal
@@ -29,9 +30,11 @@ from persona.events import Event
 from persona.masterkey import Keyring
 from persona.server import create_app
 from persona.store.engine import Store
+from persona.store.schema import upgrade
 from persona.store.tables import effects
 from persona.users import Users
 from tests.conftest import NOW
+from tests.fixtures_store import as_before_migrations
 from tests.harness import bearer, build_runtime, call
 from tests.test_audit import raw
 from tests.test_console import sign_in
@@ -210,7 +213,8 @@ async def test_a_held_row_from_before_seals_is_refused_after_the_upgrade(rt: Run
     raw(store, "UPDATE effects SET seal = NULL, seal_kv = NULL WHERE id = :i", i=approval_id)
     for column in ("seal", "seal_kv"):  # the table as an older release created it
         raw(store, f"ALTER TABLE effects DROP COLUMN {column}")
-    store.create_all()
+    as_before_migrations(store)
+    upgrade(store, now=utcnow)  # the baseline adopts it: columns added, triggers back
     assert raw(store, "SELECT seal, seal_kv FROM effects WHERE id = :i", i=approval_id) == [(None, None)]
     with pytest.raises(Conflict, match="carries no seal"):
         await rt.dispatcher.approve(approval_id, by=APPROVER)

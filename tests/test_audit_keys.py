@@ -17,8 +17,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from persona.audit import AuditLog
 from persona.audit_keys import MacKeys, derive
+from persona.clock import utcnow
 from persona.masterkey import Keyring, parse_keyring
 from persona.store.engine import Store
+from persona.store.schema import upgrade
+from tests.fixtures_store import as_before_migrations
 from tests.test_audit import Clock, drop_triggers, event, fill, raw
 from tests.test_audit_checkpoints import rechain
 from tests.test_vault import ADMIN, make_kit
@@ -101,7 +104,8 @@ def test_a_log_written_before_records_were_keyed_upgrades_in_place(store: Store)
     drop_triggers(store)
     for column in ("mac", "mac_kv"):  # the table as it was before this release
         raw(store, f"ALTER TABLE audit_log DROP COLUMN {column}")
-    store.create_all()  # triggers back, columns added
+    as_before_migrations(store)
+    upgrade(store, now=utcnow)  # the baseline adopts it: columns added, triggers back
     old = AuditLog(store, now=Clock())
     fill(old, 4)  # an unkeyed writer
     old.close()

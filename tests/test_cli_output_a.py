@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 
 from persona.audit_keys import MacKeys
+from persona.clock import utcnow
 from persona.drafts import DraftStore
 from persona.effects.keys import EffectKey
 from persona.effects.ledger import EffectLedger, Intent
 from persona.effects.seal import Seal
 from persona.masterkey import Keyring
 from persona.store.engine import Store
+from persona.store.schema import prepare
 from tests.harness import run_cli, write_config
 
 NARROW = {"COLUMNS": "80"}
@@ -49,7 +51,7 @@ def seed(tmp_path: Path) -> tuple[list[str], list[str]]:
     """ROWS drafts and ROWS held calls (approvals, effects), with values longer than 80 columns."""
     store = Store.open(f"sqlite:///{tmp_path / 'persona.sqlite3'}")
     try:
-        store.create_all()
+        prepare(store, now=utcnow)
         drafts = DraftStore(store)
         draft_ids = [
             drafts.create(

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from persona.audit import AuditLog
+from persona.clock import utcnow
 from persona.store.engine import Store
+from persona.store.schema import prepare
 from tests.harness import run_cli, write_config
 from tests.test_audit import Clock, event
 
@@ -22,7 +24,7 @@ LONG_USER = "maria.fernanda.garcia-lopez@finance.northwind-digital.example.com"
 def test_audit_list_and_show_for_pipes_and_scripts(tmp_path: Path) -> None:
     cfg = write_config(tmp_path)
     store = Store.open(f"sqlite:///{tmp_path / 'persona.sqlite3'}")
-    store.create_all()
+    prepare(store, now=utcnow)
     log = AuditLog(store, now=Clock())
     try:
         for i in range(4):
@@ -81,7 +83,7 @@ def test_drafts_mark_sent_on_the_command_line(tmp_path: Path) -> None:
 
     cfg = write_config(tmp_path)
     store = Store.open(f"sqlite:///{tmp_path / 'persona.sqlite3'}")
-    store.create_all()
+    prepare(store, now=utcnow)
     draft, _ = DraftStore(store).create(
         flow_key="recovery:t9", txn_id="t9", order_number="ORD-9", customer_email="e@x.io", subject="Hi",
         body="Pay again?", payment_link=None, new_txn_id=None, context={}, drafted_by="template",

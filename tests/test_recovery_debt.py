@@ -13,9 +13,11 @@ import pytest
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
+from persona.clock import utcnow
 from persona.flows import recovery
 from persona.llm import ScriptedChatModel
 from persona.store.engine import Store
+from persona.store.schema import prepare
 from tests.harness import build_runtime, call, say, step
 from tests.test_recovery import failed_invoice, recovery_script
 from tools.plisio.sandbox import Sandbox
@@ -151,7 +153,7 @@ async def test_drafts_show_puts_the_failed_invoice_beside_the_link(tmp_path: Any
     cfg = write_config(tmp_path)
     settings = load_settings(cfg, env={})
     store = Store.open(settings.store.url)
-    store.create_all()
+    prepare(store, now=utcnow)
     rt = build_runtime(store, sandbox, settings=settings)
     rt.model_factory = steered(source_amount="999", source_currency="USD", email="attacker@example.net")
     draft = await recovery.handle_failure(rt.flows, await failed_invoice(rt, sandbox), trigger="webhook")

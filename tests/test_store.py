@@ -9,15 +9,17 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
+from persona.clock import utcnow
 from persona.errors import ConfigError, StoreError, StoreUnavailable
 from persona.store import Store
+from persona.store.schema import prepare
 
 PASSWORD = "hunter2-Very-Secret"
 
 
 def test_create_all_is_idempotent_and_registers_every_table(store: Store) -> None:
-    store.create_all()
-    store.create_all()
+    prepare(store, now=utcnow)
+    prepare(store, now=utcnow)
     tables = set(inspect(store.engine).get_table_names())
     assert {"audit_log", "audit_head", "effects", "chat_requests"} <= tables
     assert not {"approvals", "tool_results", "spend_ledger"} & tables, "replaced by the effects ledger"
@@ -142,7 +144,7 @@ def test_unsupported_urls_are_config_errors_that_do_not_echo_the_url(url: str) -
 def test_in_memory_sqlite_works_for_one_process() -> None:
     store = Store.open("sqlite://")
     try:
-        store.create_all()
+        prepare(store, now=utcnow)
         with store.read() as conn:
             assert conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one() == 0
     finally:

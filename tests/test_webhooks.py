@@ -24,12 +24,14 @@ from sqlalchemy import create_engine
 
 from persona.app import Runtime
 from persona.audit import AuditFilter
+from persona.clock import utcnow
 from persona.deps import FlowDeps
 from persona.drafts import DraftStore
 from persona.inbox import Inbox, InboxRow
 from persona.invoices import InvoiceStates
 from persona.server import create_app
 from persona.store.engine import Store
+from persona.store.schema import prepare
 from persona.worker import Worker
 from tests.harness import bearer, build_runtime, repo_settings
 from tests.test_callbacks import hmac_sha1
@@ -115,6 +117,12 @@ def rows(rt: Runtime, state: str = "all") -> list[InboxRow]:
     return Inbox(rt.store).list(state)
 
 
+async def refusals(rt: Runtime, srv: LoopbackServer) -> list[Any]:
+    """The ``webhook_rejected`` tallies, written now (the receiver writes an address's when its minute closes)."""
+    await srv.app.state.receiver.rejections.flush_all()  # type: ignore[attr-defined]
+    return events(rt, "webhook_rejected")
+
+
 def events(rt: Runtime, name: str) -> list[Any]:
     rt.audit.flush_sync()  # the receiver commits its audit record just after the 200
     return rt.audit.query(AuditFilter(event=name))
@@ -154,7 +162,7 @@ async def test_altered_byte_is_401_without_a_row(rt: Runtime, server: LoopbackSe
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "bad_signature"
     assert rows(rt) == []
-    [rejected] = events(rt, "webhook_rejected")
+    [rejected] = await refusals(rt, server)
     assert "does not match" in (rejected.reason or "")
     assert KEY not in rejected.model_dump_json()
 
@@ -176,7 +184,7 @@ async def test_missing_empty_or_wrong_key_signature_is_401(
     response = await post(server, body)
     assert response.status_code == 401
     assert rows(rt) == []
-    [rejected] = events(rt, "webhook_rejected")
+    [rejected] = await refusals(rt, server)
     assert reason in (rejected.reason or "")
 
 
@@ -226,7 +234,11 @@ async def test_oversized_body_is_413_whether_declared_or_streamed(
     response = await post(server, chunks())
     assert response.status_code == 413
     assert rows(rt) == []
-    assert [e.reason for e in events(rt, "webhook_rejected")] == ["body too large", "body too large"]
+    [tally] = await refusals(rt, server)  # one record per address and minute
+    assert (tally.payload["count"], tally.payload["kinds"]) == (2, {"body too large": 2})
+    assert tally.reason.startswith(
+        "2 callback(s) refused from 127.0.0.1 in the minute (first: body too large)"
+    )
 
 
 def multipart(fields: dict[str, str], boundary: str = "----plisio7d1b") -> tuple[bytes, str]:
@@ -332,8 +344,9 @@ async def test_unparsable_body_is_400_without_a_row(
     response = await post(server, body, ctype)
     assert response.status_code == 400
     assert rows(rt) == []
-    [rejected] = events(rt, "webhook_rejected")
-    assert (rejected.reason or "").startswith("malformed body")
+    [rejected] = await refusals(rt, server)
+    assert "(first: malformed body" in (rejected.reason or "")
+    assert rejected.payload["kinds"] == {"malformed body": 1}
 
 
 @pytest.mark.parametrize(
@@ -452,7 +465,7 @@ async def test_store_unavailable_is_503_so_plisio_retries(
 ) -> None:
     if store.dialect == "sqlite":  # the database's directory vanishes under a running server
         broken = Store.open(f"sqlite:///{tmp_path / 'gone' / 'db.sqlite3'}")
-        broken.create_all()
+        prepare(broken, now=utcnow)
         broken.engine.dispose()
         shutil.rmtree(tmp_path / "gone")
     else:  # PostgreSQL on a port where nothing listens
@@ -467,7 +480,8 @@ async def test_store_unavailable_is_503_so_plisio_retries(
         assert response.json()["error"]["type"] == "store_unavailable"
         assert "sqlite" not in response.text and "postgresql" not in response.text
         async with httpx.AsyncClient(base_url=srv.base_url) as http:
-            assert (await http.get("/healthz")).status_code == 503
+            assert (await http.get("/healthz")).status_code == 200  # alive: restarting would not help
+            assert (await http.get("/readyz")).status_code == 503  # not ready: send no traffic here
     async with LoopbackServer(create_app(rt, start_worker=False)) as srv:
         assert (await post(srv, body)).status_code == 200  # Plisio's retry lands once the store is back
     rt.audit.close()

@@ -23,6 +23,9 @@ from persona.operations import verify_audit
 from persona.transcript import transcript
 from persona.users import User
 
+MAX_SEQ = 2**63 - 1
+"""The largest record number a store can hold (a BIGINT): a larger ``after_seq`` is a 422, not a 500."""
+
 
 def router(deps: OperatorDeps, auth: Auth) -> APIRouter:
     api = APIRouter(tags=["audit"])
@@ -33,16 +36,16 @@ def router(deps: OperatorDeps, auth: Auth) -> APIRouter:
         responses=ex.responses(ex.AUDIT_RECORDS, 422),
     )  # fmt: skip
     async def audit(
-        user: str | None = None,
-        persona: str | None = None,
-        conversation: Annotated[str | None, Query(alias="conversation_id")] = None,
-        event: str | None = None,
-        tool: str | None = None,
-        source: str | None = None,
+        user: Annotated[str | None, Query(max_length=254)] = None,
+        persona: Annotated[str | None, Query(max_length=64)] = None,
+        conversation: Annotated[str | None, Query(alias="conversation_id", max_length=64)] = None,
+        event: Annotated[str | None, Query(max_length=64)] = None,
+        tool: Annotated[str | None, Query(max_length=64)] = None,
+        source: Annotated[str | None, Query(max_length=32)] = None,
         since: datetime | None = None,
         until: datetime | None = None,
         after_seq: Annotated[
-            int | None, Query(ge=0, description="Records after this seq, oldest first.")
+            int | None, Query(ge=0, le=MAX_SEQ, description="Records after this seq, oldest first.")
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         _: User = reader,

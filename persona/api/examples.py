@@ -43,7 +43,22 @@ _EXAMPLES: dict[str, dict[str, Any]] = json.loads(
 
 CHAT: dict[str, Any] = _EXAMPLES["CHAT"]
 HEALTH: dict[str, Any] = {"status": "ok"}
-UNHEALTHY: dict[str, Any] = {"status": "unavailable", "reason": "the store is unreachable"}
+READY: dict[str, Any] = {
+    "status": "ready",
+    "checks": {
+        "store": {"ok": True, "detail": "answers"},
+        "schema": {"ok": True, "detail": "revision 0002"},
+        "worker": {"ok": True, "detail": "last heartbeat 2 s ago"},
+        "backlog": {"ok": True, "detail": "no callback is waiting"},
+    },
+}
+UNREADY: dict[str, Any] = {
+    "status": "unready",
+    "checks": {
+        **READY["checks"],
+        "worker": {"ok": False, "detail": "the last worker heartbeat was 95 s ago (limit 30 s)"},
+    },
+}
 DRAFT: dict[str, Any] = _EXAMPLES["DRAFT"]
 DRAFTS: dict[str, Any] = _EXAMPLES["DRAFTS"]
 DRAFT_SENT: dict[str, Any] = _EXAMPLES["DRAFT_SENT"]

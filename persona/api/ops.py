@@ -1,4 +1,4 @@
-"""Operations over HTTP: health and the callback inbox (list, show a row, retry a failed one)."""
+"""Operations over HTTP: liveness, readiness and the callback inbox (list, show a row, retry a failed one)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,22 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 
 from persona.api import examples as ex
 from persona.api.access import requires
 from persona.deps import OperatorDeps
-from persona.errors import StoreError
 from persona.events import Source
-from persona.http_auth import STAFF, Auth
+from persona.http_auth import READERS, STAFF, Auth
 from persona.inbox import STATES, Inbox
 from persona.jsonutil import jsonable
+from persona.metrics import CONTENT_TYPE
 from persona.operations import retry_inbox_row
+from persona.readiness import assess
 from persona.users import User
 
 log = structlog.get_logger(__name__)
 
-RowId = Annotated[int, Path(ge=1, description="The inbox row's id, exactly (never a prefix).")]
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The inbox row's id, exactly (never a prefix).")]
 
 
 def router(deps: OperatorDeps, auth: Auth) -> APIRouter:
@@ -31,16 +31,41 @@ def router(deps: OperatorDeps, auth: Auth) -> APIRouter:
     operator = requires(auth, STAFF, "work the review queue, refunds and inbox")
 
     @api.get(
-        "/healthz", summary="200 when the store answers, else 503",
-        responses={**ex.responses(ex.HEALTH, auth=False), 503: ex.content(ex.UNHEALTHY, "the store is unreachable")},
+        "/livez", summary="Liveness: 200 while the process answers (no store read)",
+        responses=ex.responses(ex.HEALTH, auth=False),
     )  # fmt: skip
-    async def healthz() -> Response:
-        try:
-            await asyncio.to_thread(_ping, deps)
-        except StoreError as exc:
-            log.warning("healthz_store_unavailable", error=str(exc))
-            return JSONResponse(ex.UNHEALTHY, status_code=503)
+    async def livez() -> Response:
         return JSONResponse(ex.HEALTH)
+
+    api.add_api_route(
+        "/healthz", livez, methods=["GET"], summary="Liveness (an alias of /livez)",
+        responses=ex.responses(ex.HEALTH, auth=False),
+    )  # fmt: skip
+
+    @api.get(
+        "/readyz", summary="Readiness: the store answers, its schema is current, a worker beats, the backlog is young",
+        responses={**ex.responses(ex.READY, auth=False), 503: ex.content(ex.UNREADY, "a check failed (it says which)")},
+    )  # fmt: skip
+    async def readyz() -> Response:
+        found = await asyncio.to_thread(assess, deps.store, deps.settings.server.ready, deps.now)
+        if not found.ready:
+            failed = [name for name, check in found.checks.items() if not check.ok]
+            log.warning("readiness_failed", checks=failed)
+        return JSONResponse(found.document(), status_code=200 if found.ready else 503)
+
+    reader = requires(auth, READERS, "read the metrics")
+
+    @api.get(
+        "/metrics", summary="Prometheus metrics (text exposition format); any role's token",
+        responses={200: {"content": {"text/plain": {}}}, 401: ex.error(401), 403: ex.error(403)},
+    )  # fmt: skip
+    async def metrics(_: User = reader) -> Response:
+        if deps.metrics is None:
+            return JSONResponse(
+                {"error": {"type": "not_found", "message": "metrics are off"}}, status_code=404
+            )
+        body = await asyncio.to_thread(deps.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE)
 
     @api.get(
         "/v1/inbox", tags=["inbox"], summary="Callback inbox rows, newest first (e.g. ?state=poison)",
@@ -70,8 +95,3 @@ def router(deps: OperatorDeps, auth: Auth) -> APIRouter:
         return {"row": jsonable(await retry_inbox_row(deps, row_id, by=user.email, source=Source.HTTP))}
 
     return api
-
-
-def _ping(deps: OperatorDeps) -> None:
-    with deps.store.read("check the store") as conn:
-        conn.execute(text("SELECT 1"))

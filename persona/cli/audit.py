@@ -443,10 +443,12 @@ def export(
 
     flt = _filter(conversation_id=conversation, persona=persona, since=_when(since), until=_when(until))
 
+    from persona.private_files import open_private
+
     async def work(rt: Runtime) -> int:
         if out is None:
             return rt.audit.export_jsonl(sys.stdout, flt)
-        with Path(out).open("w", encoding="utf-8") as fh:  # noqa: ASYNC230 - a CLI command, nothing else runs
+        with open_private(Path(out)) as fh:  # mode 0600: the records name customers
             return rt.audit.export_jsonl(fh, flt)
 
     count = with_runtime(work)

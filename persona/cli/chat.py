@@ -115,11 +115,13 @@ def record(
 
 
 def export_to(rt: Runtime, conversation_id: str, out: Path, name: str) -> str:
+    from persona.private_files import open_private
     from persona.replay.export import scenario_from_records
     from persona.replay.scenario import dump
 
     scenario = scenario_from_records(rt.audit.conversation(conversation_id), name=name)
-    out.write_text(dump(scenario), encoding="utf-8")
+    with open_private(out) as fh:  # mode 0600: a conversation holds customer data
+        fh.write(dump(scenario))
     return conversation_id
 
 

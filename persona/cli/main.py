@@ -22,6 +22,14 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from persona.release import VERSION
+
+        typer.echo(f"persona {VERSION}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     config: Annotated[
@@ -31,6 +39,10 @@ def _global(
     log_level: Annotated[
         str | None, typer.Option("--log-level", help="debug, info, warning or error.")
     ] = None,
+    _show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the release and exit."),
+    ] = False,
 ) -> None:
     STATE.config = config
     STATE.log_level = log_level
@@ -41,6 +53,8 @@ def _register() -> None:
         approvals,
         audit,
         chat,
+        configuration,
+        db,
         demo,
         drafts,
         effects,
@@ -68,12 +82,15 @@ def _register() -> None:
     app.command("sandbox")(sandbox.sandbox)
     app.command("serve")(serve.serve)
     app.command("worker")(serve.worker)
+    app.command("reconcile")(serve.reconcile)
     app.add_typer(serve.inbox_app, name="inbox")
     app.add_typer(vault.connect_app, name="connect")
     app.add_typer(vault.connections_app, name="connections")
     app.add_typer(vault.grants_app, name="grants")
     app.add_typer(users.app, name="users")
     app.add_typer(llm.app, name="llm")
+    app.add_typer(db.app, name="db")
+    app.add_typer(configuration.app, name="config")
 
 
 _register()

@@ -3,7 +3,9 @@ the error), an id by any unique prefix (an ambiguous one lists its matches)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Sequence
+from datetime import UTC, datetime, timedelta
 
 from persona.errors import ConfigError, NotFound
 
@@ -36,3 +38,22 @@ def resolve_id(given: str, starting_with: Callable[[str, int], Sequence[str]], w
         f"{min(len(found), PREFIX_MATCHES)} {what} ids: {shown}",
         fix="give more characters of the id",
     )
+
+
+_AGO = re.compile(r"^(\d{1,5})([hd])$")
+
+
+def moment(value: str, flag: str, now: datetime) -> datetime:
+    """A time given as ISO 8601 (no offset: UTC) or as an age (``72h``, ``30d``: that long before ``now``)."""
+    ago = _AGO.match(value.strip())
+    if ago:
+        amount, unit = int(ago.group(1)), ago.group(2)
+        return now - (timedelta(hours=amount) if unit == "h" else timedelta(days=amount))
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{value!r} is not a time", key=flag, fix="use ISO 8601 (2026-11-24T09:00, UTC unless an offset is"
+            " given) or an age such as 72h or 30d"
+        ) from None  # fmt: skip
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

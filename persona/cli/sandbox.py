@@ -25,9 +25,13 @@ def sandbox(
     """Serve a faithful fake of Plisio's API (and its signed callbacks) with a seeded demo shop."""
     from rich.console import Console
 
+    from persona.cli.listening import listen
+    from persona.cli.state import STATE
     from tools.plisio.sandbox import SANDBOX_API_KEY, Sandbox
     from tools.plisio.sandbox.server import serve
 
+    level = STATE.settings().log.level
+    sock = listen(host, port, key="--port")
     box = Sandbox(seed=seed, send_creation_callbacks=creation_callbacks, white_label=white_label)
     Console(stderr=True).print(
         f"Plisio sandbox{' (white-label shop)' if white_label else ''} on http://{host}:{port}/api/v1 "
@@ -35,4 +39,4 @@ def sandbox(
         f"control endpoints under /_sandbox/). Ctrl-C stops it.",
         highlight=False,
     )
-    serve(host, port, sandbox=box)
+    serve(sock, sandbox=box, log_level=level)

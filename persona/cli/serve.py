@@ -7,11 +7,15 @@ them apart or run several. ``inbox`` shows what arrived and re-queues what faile
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from persona.cli.output import AsJson, AsJsonl
+
+if TYPE_CHECKING:
+    from persona.worker import Worker
 
 inbox_app = typer.Typer(
     rich_markup_mode=None,
@@ -40,13 +44,19 @@ def serve(
     from rich.console import Console
 
     from persona.app import Runtime, settle_heap
+    from persona.cli.listening import listen
     from persona.cli.state import STATE
     from persona.server import create_app
+    from persona.worker import Worker
 
     settings = STATE.settings()
     bind_host = host or settings.server.host
     bind_port = port or settings.server.port
     in_process = settings.server.in_process_worker if worker is None else worker
+
+    sock = listen(
+        bind_host, bind_port, key="--port" if port else "server.port"
+    )  # first: a port in use is one line
 
     async def main() -> None:
         rt = Runtime.build(settings)
@@ -56,18 +66,35 @@ def serve(
                 app, host=bind_host, port=bind_port, lifespan="on", log_level=settings.log.level,
                 access_log=settings.log.level == "debug", server_header=False,
             )  # fmt: skip
-            Console(stderr=True).print(
+            err = Console(stderr=True)
+            err.print(
                 f"persona on http://{bind_host}:{bind_port} (review console: /; API docs: /docs; callbacks: "
-                f"/webhooks/plisio; worker: {'in process' if in_process else 'separate'}). Ctrl-C stops it.",
+                f"/webhooks/plisio; ready: /readyz; worker: {'in process' if in_process else 'separate'})."
+                " Ctrl-C stops it.",
                 highlight=False,
                 soft_wrap=True,
             )
+            if in_process:
+                err.print(reconcile_plan(Worker(rt.worker)), highlight=False, soft_wrap=True)
             settle_heap()
-            await uvicorn.Server(config).serve()
+            await uvicorn.Server(config).serve(sockets=[sock])
         finally:
             await rt.aclose()
 
     asyncio.run(main())
+
+
+def reconcile_plan(runner: Worker) -> str:
+    """What the scheduled reconciler will act on, said at start (a first start must not surprise anyone)."""
+    from persona.cli.output import cell
+
+    cfg = runner.settings
+    since = runner.reconcile_since()
+    floor = " that failed" if since is None else f" that failed since {cell(since)}"
+    return (
+        f"reconciler: every {cfg.reconcile_every_s:g} s, drafts recovery for invoices{floor} whose callback"
+        f" never came (older ones: `persona reconcile --since TIME --dry-run`)"
+    )
 
 
 def worker(
@@ -101,9 +128,59 @@ def worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         typer.echo(f"worker {runner.owner} running; Ctrl-C stops it", err=True)
+        if schedules:
+            typer.echo(reconcile_plan(runner), err=True)
         await runner.run(stop)
 
     with_runtime(work)
+
+
+def reconcile(
+    since: Annotated[
+        str | None,
+        Opt(
+            "--since",
+            help="Failures since this time (ISO 8601, UTC unless an offset is given) or age (72h, 30d)."
+            " Default: as the schedule does (worker.reconcile_max_age_h, never before the store's first start).",
+        ),
+    ] = None,
+    dry_run: Annotated[bool, Opt("--dry-run", help="List what would be recovered; queue nothing.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Find failed invoices whose callback never came, list them, then queue and process them (recovery drafts).
+
+    The schedule acts only on failures newer than the store's first start; this command is how an operator
+    asks for older ones, after seeing the list with ``--dry-run``.
+    """  # fmt: skip
+    from persona.app import Runtime
+    from persona.cli.options import moment
+    from persona.cli.output import cell, emit_list
+    from persona.cli.runtime import with_runtime
+    from persona.clock import utcnow
+    from persona.worker import Reconciled, Worker
+
+    cutoff = None if since is None else moment(since, "--since", utcnow())
+
+    async def work(rt: Runtime) -> tuple[Reconciled, int]:
+        runner = Worker(rt.worker, schedules=False)
+        found = await runner.reconcile(since="scheduled" if cutoff is None else cutoff, dry_run=dry_run)
+        done = [] if dry_run else await runner.drain()
+        return found, len(done)
+
+    found, processed = with_runtime(work)
+    verb = "would queue" if dry_run else "queued"
+    emit_list(
+        f"reconciler: {found.seen} failed invoice(s) seen, {found.too_old} before"
+        f" {cell(found.since) if found.since else 'any cutoff'} left alone; {verb} {len(found.enqueued)}",
+        ("txn_id", "status", "amount", "currency", "order", "created"),
+        [(op.id, op.status, op.amount, op.currency, op.params.order_name if op.params else None,
+          op.created_at_utc and cell(datetime.fromtimestamp(op.created_at_utc, UTC))) for op in found.operations],
+        [{"txn_id": op.id, "status": op.status} for op in found.operations],
+        as_json=as_json,
+        as_jsonl=False,
+    )  # fmt: skip
+    if not dry_run and not as_json:
+        typer.echo(f"processed {processed} inbox row(s); drafts wait in `persona drafts list`")
 
 
 @inbox_app.command("list")

@@ -88,6 +88,7 @@ def vault_context() -> Iterator[VaultContext]:
     from persona.cli.state import STATE
     from persona.masterkey import MasterKeySource
     from persona.store.engine import Store
+    from persona.store.schema import prepare
     from persona.users import Users
     from persona.vault import Grants, Vault
 
@@ -95,10 +96,11 @@ def vault_context() -> Iterator[VaultContext]:
     store = Store.open(settings.store_url())
     audit = AuditLog(store)
     try:
-        store.create_all()
 
         def now() -> datetime:
             return datetime.now(UTC)
+
+        prepare(store, now=now)
 
         vault = Vault(store, MasterKeySource.from_settings(settings), audit, now)
         audit.use_keys(vault.audit_keys())

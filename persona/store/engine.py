@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, create_engine, event, 
 from sqlalchemy.engine import URL, make_url
 
 from persona.errors import ConfigError, StoreError, StoreUnavailable
+from persona.private_files import create_private, readable_by_others
 from tools.redaction import register_secret, scrub
 
 log = structlog.get_logger(__name__)
@@ -98,27 +99,6 @@ class Store:
             raise
         log.debug("store_opened", dialect=store.dialect, url=masked)
         return store
-
-    def create_all(self) -> None:
-        """Create every table and install the audit triggers; safe to call on every start."""
-        from persona.store import (  # noqa: F401  (registers the tables)
-            audit_tables,
-            chat_tables,
-            flow_tables,
-            inbox_tables,
-            tables,
-            vault_tables,
-            web_tables,
-        )
-        from persona.store.metadata import metadata
-
-        with self.begin() as conn:
-            if self.dialect == "postgresql":
-                # Two instances starting at once must not race on CREATE TABLE.
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7262617412)")
-            metadata.create_all(conn)
-            tables.install(conn)
-            audit_tables.install(conn, self.dialect)
 
     @property
     def shareable(self) -> bool:
@@ -247,14 +227,17 @@ def _sqlite_engine(url: URL, masked: str) -> Engine:
         # One shared connection, or every checkout would see a new empty database.
         kwargs = {"poolclass": pool.StaticPool, "connect_args": {"check_same_thread": False}}
     else:
-        parent = Path(database).expanduser().resolve().parent
+        path = Path(database).expanduser().resolve()
         try:
-            parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(path)  # mode 0600 before SQLite opens it (its -wal and -shm follow)
         except OSError as err:
             raise StoreUnavailable(
-                f"cannot create the directory {parent} for the SQLite database: {err.strerror or err}"
+                f"cannot create the SQLite database {path}: {err.strerror or err}"
                 f" [database: {masked}] (fix: point store.url at a file in a directory this user can write)"
             ) from None
+        if readable_by_others(path):
+            log.warning("store_file_readable_by_others", path=str(path), fix=f"chmod 600 {path}*")
     engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")

@@ -22,8 +22,9 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 def add_missing_columns(conn: Connection, table: str, columns: Iterable[tuple[str, str]]) -> None:
-    """Add nullable ``(name, SQL type)`` columns a table created by an older release lacks (``create_all``
-    never alters a table), inside the caller's transaction; until the store has migrations."""
+    """Add nullable ``(name, SQL type)`` columns a table created by an older release lacks, inside the caller's
+    transaction: how the baseline migration adopts a store from before migrations (later changes are
+    migrations of their own)."""
     present = {column["name"] for column in inspect(conn).get_columns(table)}
     for name, kind in columns:
         if name not in present:

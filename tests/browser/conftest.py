@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
+from persona.clock import utcnow
 from persona.server import create_app
 from persona.store.engine import Store
+from persona.store.schema import prepare
 from tests.conftest import NOW
 from tests.console_world import World, build_world
 from tools.plisio.sandbox import LoopbackServer, Sandbox
@@ -29,7 +31,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, str]]:
     """A world built once per module, served on a loopback port for the browser."""
     store = Store.open(f"sqlite:///{tmp_path_factory.mktemp('console') / 'persona.sqlite3'}")
-    store.create_all()
+    prepare(store, now=utcnow)
     # Its own thread: Playwright's sync API already runs an event loop in this one.
     with ThreadPoolExecutor(1) as pool:
         built = pool.submit(asyncio.run, build_world(store, Sandbox(seed=7, now=lambda: NOW))).result()

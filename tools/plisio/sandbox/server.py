@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 from types import TracebackType
@@ -139,7 +140,17 @@ class LoopbackServer:
         await anyio.to_thread.run_sync(self.stop)
 
 
-def serve(host: str, port: int, *, sandbox: Sandbox) -> None:
-    """Blocking: serve the sandbox until Ctrl-C (``persona sandbox --port N``)."""
+def serve(sock: socket.socket, *, sandbox: Sandbox, log_level: str = "warning") -> None:
+    """Blocking: serve the sandbox on a bound socket until Ctrl-C (``persona sandbox --port N``); uvicorn logs
+    at ``log_level`` (the caller's ``log.level``: its access lines only at debug)."""
     _install_log_filters()
-    uvicorn.run(sandbox.app, host=host, port=port, log_level="info", lifespan="off")
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        sandbox.app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=log_level == "debug",
+        lifespan="off",
+    )
+    uvicorn.Server(config).run(sockets=[sock])

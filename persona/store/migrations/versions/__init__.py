@@ -1,0 +1,1 @@
+"""One module per schema revision (see :mod:`persona.store.migrations`); Alembic skips this file."""
