@@ -92,6 +92,10 @@ def _decoded(data: str, request: httpx2.Request) -> Any:
         ) from None
 
 
+_AFTER_DONE_LINES = 8
+"""Lines read after ``data: [DONE]`` (normally none: the body ends) before giving up on reusing the connection."""
+
+
 class ChunkStream(openai.AsyncStream[Any]):
     """openai's stream class, decoding a chat completion's SSE lines straight into dicts.
 
@@ -106,9 +110,15 @@ class ChunkStream(openai.AsyncStream[Any]):
         request = response.request
         event = None
         streamed = False
+        done = 0
         other: list[str] = []
         try:
             async for line in response.aiter_lines():
+                if done:  # read to the end, so the connection goes back to the pool (a break closes it)
+                    done += 1
+                    if done > _AFTER_DONE_LINES:
+                        break
+                    continue
                 if not line:
                     event = None  # an empty line ends an event
                     continue
@@ -124,7 +134,8 @@ class ChunkStream(openai.AsyncStream[Any]):
                 streamed = True
                 data = line[5:].strip()
                 if data.startswith("[DONE]"):
-                    break
+                    done = 1
+                    continue
                 chunk = _decoded(data, request)
                 if event == "error" or (isinstance(chunk, Mapping) and chunk.get("error")):
                     raise _stream_error(chunk, request)
